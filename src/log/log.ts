@@ -1,0 +1,719 @@
+/**
+ * A segmented, checksummed, append-only log: the storage under every Spool queue.
+ *
+ * Invariants (asserted where cheap):
+ * - Offsets are dense: the batch at a segment's durable end starts at `nextOffset`.
+ * - At most one flush (writev + fdatasync) is in flight; appends arriving meanwhile wait for the
+ *   next one, which is how concurrent appends share an fdatasync (group commit).
+ * - An append resolves only after the fdatasync covering its bytes has resolved.
+ * - Readers see only records below the high watermark, all of which are durable.
+ * - Sealed segments were fully synced before the roll that sealed them and never change again.
+ */
+import assert from 'node:assert/strict';
+import { CorruptError, SpoolError, ioError } from '../errors.js';
+import { encodeCheckpoint, type Checkpoint } from './checkpoint.js';
+import { BATCH_HEADER_BYTES, CHECKPOINT_FILE, SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './format.js';
+import {
+  BatchEncoder,
+  type LogRecord,
+  type RecordInput,
+  decodeRecords,
+  encodedRecordBytes,
+  validateHeaders,
+} from './record-batch.js';
+import { recoverLog, type RecoveryReport } from './recovery.js';
+import { scanBatches } from './scan.js';
+import { Segment } from './segment.js';
+import { SegmentIndex } from './segment-index.js';
+import { type Storage, nodeStorage, writeFileAtomic } from './storage.js';
+import { verifyLog, type VerifyReport } from './verify.js';
+import path from 'node:path';
+
+export interface Clock {
+  /** Milliseconds since the epoch. */
+  now(): number;
+}
+
+export const systemClock: Clock = { now: () => Date.now() };
+
+export interface LogOptions {
+  /** The I/O seam; tests pass a fault-injecting one. Default: node:fs. */
+  storage?: Storage;
+  clock?: Clock;
+  /** Roll to a new segment once the active one would grow past this. Default 128 MiB. */
+  segmentBytesMax?: number;
+  /** Bytes between sparse index entries. Default 4 KiB. */
+  indexIntervalBytes?: number;
+  /** Largest encoded record. Default 4 MiB. */
+  recordBytesMax?: number;
+  /** Largest encoded total of one `append` call. Default 16 MiB. */
+  batchBytesMax?: number;
+  /** Create the directory when it does not exist. Default true. */
+  create?: boolean;
+  /**
+   * Truncate an active segment at its first bad batch even when valid batches follow it (which
+   * means corruption rather than a torn write). Default false: such a log refuses to open with
+   * SPOOL_ERR_CORRUPT so that nothing is silently lost.
+   */
+  repair?: boolean;
+}
+
+export interface ResolvedLogOptions {
+  storage: Storage;
+  clock: Clock;
+  segmentBytesMax: number;
+  indexIntervalBytes: number;
+  recordBytesMax: number;
+  batchBytesMax: number;
+  create: boolean;
+  repair: boolean;
+  /** The most one flush writes; a torn write can only damage this much of a segment's tail. */
+  flushBytesMax: number;
+}
+
+export interface AppendResult {
+  /** Offset of the first record appended. */
+  baseOffset: number;
+  /** Offset of the last record appended. */
+  lastOffset: number;
+  count: number;
+}
+
+export interface ReadOptions {
+  /** Stop once this many bytes of batches were read (at least one record is always returned). Default 1 MiB. */
+  maxBytes?: number;
+  maxRecords?: number;
+}
+
+export interface LogStats {
+  startOffset: number;
+  endOffset: number;
+  segments: number;
+  activeSegmentBytes: number;
+  flushes: number;
+  appendedRecords: number;
+  indexesRebuilt: number;
+}
+
+/** Records a disk batch aims for; larger appends are cut into several batches. */
+const DISK_BATCH_TARGET_BYTES = 1024 * 1024;
+/** A flush takes pending appends until it holds this much (one append may exceed it alone). */
+const FLUSH_TARGET_BYTES = 8 * 1024 * 1024;
+const POSITION_HINTS_MAX = 64;
+const MiB = 1024 * 1024;
+
+interface PendingAppend {
+  /** A single record (from appendOne) or a list. */
+  records: RecordInput | RecordInput[];
+  single: boolean;
+  /** Encoded size of each record (a number for a single record). */
+  sizes: number | number[];
+  bytes: number;
+  timestamp: number;
+  resolve: (value: AppendResult & number) => void;
+  reject: (err: Error) => void;
+}
+
+export class Log {
+  readonly dir: string;
+  readonly options: ResolvedLogOptions;
+  private readonly storage: Storage;
+  /** Sealed segments in offset order, then the active one last. */
+  private segments: Segment[];
+  private active: Segment;
+  private pending: PendingAppend[] = [];
+  private pendingHead = 0;
+  private flushing = false;
+  private closed = false;
+  /** Set after a failure that left the disk state uncertain: the log is read-only until reopened. */
+  private failure: SpoolError | null = null;
+  private bytesSinceIndex: number;
+  private flushBuffer: Buffer = Buffer.allocUnsafe(MiB);
+  private readonly encoder = new BatchEncoder();
+  private readonly positionHints = new Map<number, { segment: Segment; position: number }>();
+  private readonly appendListeners = new Set<(endOffset: number) => void>();
+  private idleWaiters: (() => void)[] = [];
+  private counters = { flushes: 0, appendedRecords: 0, indexesRebuilt: 0 };
+
+  private constructor(dir: string, options: ResolvedLogOptions, segments: Segment[], bytesSinceIndex: number) {
+    this.dir = dir;
+    this.options = options;
+    this.storage = options.storage;
+    this.segments = segments;
+    const active = segments[segments.length - 1];
+    assert(active !== undefined, 'a log always has an active segment');
+    this.active = active;
+    this.bytesSinceIndex = bytesSinceIndex;
+  }
+
+  /**
+   * Opens (or creates) the log in `dir`, recovering from any crash first.
+   * @example
+   *   const { log, recovery } = await Log.open('./data/orders');
+   *   const { baseOffset } = await log.append([{ value: 'hello' }]);
+   *   const records = await log.read(baseOffset);
+   */
+  static async open(dir: string, options: LogOptions = {}): Promise<{ log: Log; recovery: RecoveryReport }> {
+    const resolved = resolveOptions(options);
+    const { segments, report, bytesSinceIndex } = await recoverLog(dir, resolved);
+    const log = new Log(dir, resolved, segments, bytesSinceIndex);
+    log.counters.indexesRebuilt = report.rebuiltIndexes.length;
+    return { log, recovery: report };
+  }
+
+  /** The first offset still retained. */
+  get startOffset(): number {
+    return (this.segments[0] as Segment).baseOffset;
+  }
+
+  /** The high watermark: the offset after the last durable record. Reads never go past it. */
+  get endOffset(): number {
+    return this.active.nextOffset;
+  }
+
+  /** Calls `listener(endOffset)` after each flush that made new records durable. Returns an unsubscribe function. */
+  onAppend(listener: (endOffset: number) => void): () => void {
+    this.appendListeners.add(listener);
+    return () => this.appendListeners.delete(listener);
+  }
+
+  /**
+   * Appends records as one unit of group commit; resolves after they are fsynced.
+   * @example
+   *   const { baseOffset, count } = await log.append([{ value: 'a' }, { value: 'b', key: 'k' }]);
+   */
+  append(records: readonly RecordInput[]): Promise<AppendResult> {
+    if (!Array.isArray(records) || records.length === 0) {
+      return Promise.reject(new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'append takes a non-empty array of records'));
+    }
+    const sizes = new Array<number>(records.length);
+    let bytes = 0;
+    for (let i = 0; i < records.length; i++) {
+      const size = this.validate(records[i] as RecordInput);
+      if (typeof size !== 'number') return Promise.reject(size);
+      sizes[i] = size;
+      bytes += size;
+    }
+    if (bytes + BATCH_HEADER_BYTES > this.options.batchBytesMax) {
+      return Promise.reject(
+        new SpoolError('SPOOL_ERR_BATCH_TOO_LARGE', `append of ${bytes} bytes exceeds batchBytesMax ${this.options.batchBytesMax}`),
+      );
+    }
+    return this.enqueue(records.slice(), false, sizes, bytes) as Promise<AppendResult>;
+  }
+
+  /**
+   * Appends one record; resolves with its offset after it is fsynced. Many concurrent calls share one fsync.
+   * @example
+   *   const offset = await log.appendOne({ value: Buffer.from('hello') });
+   */
+  appendOne(record: RecordInput): Promise<number> {
+    const size = this.validate(record);
+    if (typeof size !== 'number') return Promise.reject(size);
+    return this.enqueue(record, true, size, size) as Promise<number>;
+  }
+
+  private validate(record: RecordInput): number | SpoolError {
+    if (record === null || typeof record !== 'object') {
+      return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'a record must be an object with a value');
+    }
+    const v = record.value;
+    if (typeof v !== 'string' && !(v instanceof Uint8Array)) {
+      return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'record value must be a Buffer, Uint8Array or string');
+    }
+    const k = record.key;
+    if (k != null && typeof k !== 'string' && !(k instanceof Uint8Array)) {
+      return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'record key must be a Buffer, Uint8Array, string or null');
+    }
+    if (record.timestamp !== undefined && !Number.isSafeInteger(record.timestamp)) {
+      return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'record timestamp must be an integer (ms since the epoch)');
+    }
+    const headerProblem = validateHeaders(record.headers);
+    if (headerProblem !== null) return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', headerProblem);
+    const size = encodedRecordBytes(record);
+    if (size > this.options.recordBytesMax) {
+      return new SpoolError('SPOOL_ERR_RECORD_TOO_LARGE', `record of ${size} bytes exceeds recordBytesMax ${this.options.recordBytesMax}`);
+    }
+    return size;
+  }
+
+  private enqueue(records: RecordInput | RecordInput[], single: boolean, sizes: number | number[], bytes: number): Promise<AppendResult | number> {
+    if (this.closed) return Promise.reject(new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed'));
+    if (this.failure !== null) return Promise.reject(this.failure);
+    const timestamp = this.options.clock.now();
+    return new Promise((resolve, reject) => {
+      this.pending.push({ records, single, sizes, bytes, timestamp, resolve: resolve as PendingAppend['resolve'], reject });
+      if (!this.flushing) {
+        this.flushing = true;
+        // A microtask, so that appends made in the same tick join this flush.
+        queueMicrotask(() => void this.flushLoop());
+      }
+    });
+  }
+
+  private async flushLoop(): Promise<void> {
+    try {
+      while (this.pendingHead < this.pending.length) {
+        const batch = this.takeFlush();
+        await this.flushOnce(batch);
+      }
+    } finally {
+      this.pending.length = 0;
+      this.pendingHead = 0;
+      this.flushing = false;
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Takes pending appends up to FLUSH_TARGET_BYTES (always at least one). */
+  private takeFlush(): PendingAppend[] {
+    const out: PendingAppend[] = [];
+    let bytes = 0;
+    while (this.pendingHead < this.pending.length) {
+      const p = this.pending[this.pendingHead] as PendingAppend;
+      if (out.length > 0 && bytes + p.bytes > FLUSH_TARGET_BYTES) break;
+      out.push(p);
+      bytes += p.bytes;
+      this.pending[this.pendingHead] = undefined as unknown as PendingAppend;
+      this.pendingHead++;
+    }
+    if (this.pendingHead === this.pending.length) {
+      this.pending.length = 0;
+      this.pendingHead = 0;
+    }
+    return out;
+  }
+
+  private async flushOnce(batch: PendingAppend[]): Promise<void> {
+    if (this.failure !== null || this.closedHard) {
+      const err = this.failure ?? new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed');
+      for (const p of batch) p.reject(err);
+      return;
+    }
+    let recordBytes = 0;
+    for (const p of batch) recordBytes += p.bytes;
+    // Roll before writing when this flush would push a non-empty segment past its limit.
+    if (this.active.size > SEGMENT_HEADER_BYTES && this.active.size + recordBytes > this.options.segmentBytesMax) {
+      try {
+        await this.roll();
+      } catch (err) {
+        const error = err instanceof SpoolError ? err : ioError(err, 'rolling to a new segment');
+        for (const p of batch) p.reject(error);
+        return;
+      }
+    }
+    const active = this.active;
+    const file = active.file;
+    assert(file !== null, 'the active segment has an open handle');
+    const startPosition = active.size;
+    const startOffset = active.nextOffset;
+    const encoded = this.encodeFlush(batch, startPosition, startOffset);
+    try {
+      await file.writev([encoded.bytes], startPosition);
+      await file.sync();
+    } catch (err) {
+      await this.rollBackFlush(err, batch, startPosition);
+      return;
+    }
+    // Durable: publish the new end, then resolve.
+    for (const e of encoded.indexEntries) active.index?.add(e.relOffset, e.position, e.maxTsBefore);
+    this.bytesSinceIndex = encoded.bytesSinceIndex;
+    active.size = startPosition + encoded.bytes.length;
+    active.nextOffset = encoded.nextOffset;
+    if (encoded.maxTimestamp > active.maxTimestamp) active.maxTimestamp = encoded.maxTimestamp;
+    this.counters.flushes++;
+    this.counters.appendedRecords += encoded.nextOffset - startOffset;
+    let offset = startOffset;
+    for (const p of batch) {
+      if (p.single) {
+        (p.resolve as (v: number) => void)(offset);
+        offset++;
+      } else {
+        const count = (p.records as RecordInput[]).length;
+        (p.resolve as (v: AppendResult) => void)({ baseOffset: offset, lastOffset: offset + count - 1, count });
+        offset += count;
+      }
+    }
+    assert.equal(offset, active.nextOffset, 'every appended record got exactly one offset');
+    for (const l of this.appendListeners) l(active.nextOffset);
+  }
+
+  /** Encodes a flush into one buffer of back-to-back batches of about DISK_BATCH_TARGET_BYTES. */
+  private encodeFlush(batch: PendingAppend[], startPosition: number, startOffset: number) {
+    // Worst case: every record in its own batch.
+    let upperBound = 0;
+    let recordCount = 0;
+    for (const p of batch) {
+      const n = p.single ? 1 : (p.records as RecordInput[]).length;
+      upperBound += p.bytes;
+      recordCount += n;
+    }
+    const batchesMax = Math.min(recordCount, Math.ceil(upperBound / (DISK_BATCH_TARGET_BYTES / 2)) + batch.length + 1);
+    upperBound += batchesMax * BATCH_HEADER_BYTES;
+    if (this.flushBuffer.length < upperBound) this.flushBuffer = Buffer.allocUnsafe(Math.max(upperBound, this.flushBuffer.length * 2));
+    const buf = this.flushBuffer;
+    const enc = this.encoder;
+    const indexEntries: { relOffset: number; position: number; maxTsBefore: number }[] = [];
+    const interval = this.options.indexIntervalBytes;
+    const segmentBase = this.active.baseOffset;
+    let segmentMaxTs = this.active.maxTimestamp;
+    let sinceIndex = this.bytesSinceIndex;
+    let pos = 0;
+    let batchBytes = 0;
+    let offset = startOffset;
+    let batchStart = 0;
+    const sealBatch = () => {
+      const sealed = enc.seal();
+      if (sinceIndex >= interval) {
+        indexEntries.push({ relOffset: offset - enc.recordCount - segmentBase, position: startPosition + batchStart, maxTsBefore: segmentMaxTs });
+        sinceIndex = 0;
+      }
+      sinceIndex += sealed.length;
+      if (enc.maxTimestampValue > segmentMaxTs) segmentMaxTs = enc.maxTimestampValue;
+      pos = batchStart + sealed.length;
+    };
+    const addRecord = (record: RecordInput, size: number, timestamp: number) => {
+      if (batchBytes > 0 && batchBytes + size > DISK_BATCH_TARGET_BYTES) {
+        sealBatch();
+        batchBytes = 0;
+      }
+      if (batchBytes === 0) {
+        batchStart = pos;
+        enc.begin(buf, batchStart, offset);
+        batchBytes = BATCH_HEADER_BYTES;
+      }
+      enc.add(record, record.timestamp ?? timestamp, size);
+      batchBytes += size;
+      offset++;
+    };
+    for (const p of batch) {
+      if (p.single) {
+        addRecord(p.records as RecordInput, p.sizes as number, p.timestamp);
+      } else {
+        const records = p.records as RecordInput[];
+        const sizes = p.sizes as number[];
+        for (let i = 0; i < records.length; i++) addRecord(records[i] as RecordInput, sizes[i] as number, p.timestamp);
+      }
+    }
+    sealBatch();
+    assert(pos <= buf.length, 'flush buffer overrun');
+    return { bytes: buf.subarray(0, pos), indexEntries, bytesSinceIndex: sinceIndex, nextOffset: offset, maxTimestamp: segmentMaxTs };
+  }
+
+  /**
+   * A write or fsync failed: reject every append of the flush and cut the file back to its
+   * durable end. The failed fsync is never retried; if the cut itself fails, the log goes read-only.
+   */
+  private async rollBackFlush(err: unknown, batch: PendingAppend[], durableSize: number): Promise<void> {
+    const error = ioError(err, `appending to ${this.active.logPath}`);
+    try {
+      const file = this.active.file as NonNullable<Segment['file']>;
+      await file.truncate(durableSize);
+      await file.sync();
+    } catch (cutErr) {
+      this.failure = new SpoolError('SPOOL_ERR_IO', `log ${this.dir} is read-only after a failed write could not be rolled back; reopen it`, {
+        cause: cutErr,
+      });
+    }
+    for (const p of batch) p.reject(error);
+  }
+
+  /** Seals the active segment and starts a new one at the current end offset. */
+  private async roll(): Promise<void> {
+    const sealed = this.active;
+    await sealed.writeIndexFiles();
+    const next = new Segment(this.dir, sealed.nextOffset, this.storage);
+    const file = await this.storage.open(next.logPath, 'create');
+    try {
+      await file.writev([encodeSegmentHeader(next.baseOffset)], 0);
+      await file.sync();
+      await this.storage.syncDir(this.dir);
+    } catch (err) {
+      await file.close().catch(() => {});
+      await this.storage.unlink(next.logPath).catch(() => {});
+      throw ioError(err, `creating segment ${next.logPath}`);
+    }
+    next.file = file;
+    next.size = SEGMENT_HEADER_BYTES;
+    next.index = new SegmentIndex();
+    // The sealed segment keeps its handle, now only for reads.
+    this.segments = [...this.segments, next];
+    this.active = next;
+    this.bytesSinceIndex = 0;
+    await this.writeCheckpoint().catch(() => {
+      // The checkpoint only shortens recovery; a stale one is still correct.
+    });
+  }
+
+  private writeCheckpoint(): Promise<void> {
+    const a = this.active;
+    const cp: Checkpoint = { segmentBase: a.baseOffset, position: a.size, nextOffset: a.nextOffset, maxTimestamp: a.maxTimestamp };
+    return writeFileAtomic(this.storage, path.join(this.dir, CHECKPOINT_FILE), encodeCheckpoint(cp));
+  }
+
+  /** Resolves once no flush is in flight or pending. */
+  private whenIdle(): Promise<void> {
+    if (!this.flushing) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Reads records starting at `fromOffset`. Returns [] at the end of the log.
+   * Throws SPOOL_ERR_OFFSET_OUT_OF_RANGE below the start, and CorruptError (SPOOL_ERR_CORRUPT)
+   * naming the file and position when a batch fails its checks: it never returns bad data.
+   * @example
+   *   let next = log.startOffset;
+   *   for (let recs = await log.read(next); recs.length > 0; recs = await log.read(next)) {
+   *     for (const r of recs) console.log(r.offset, r.value.toString());
+   *     next = recs[recs.length - 1].offset + 1;
+   *   }
+   */
+  async read(fromOffset: number, options: ReadOptions = {}): Promise<LogRecord[]> {
+    if (!Number.isSafeInteger(fromOffset) || fromOffset < 0) {
+      throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `offset must be a non-negative integer, got ${fromOffset}`);
+    }
+    this.checkReadable();
+    const maxBytes = options.maxBytes ?? MiB;
+    const maxRecords = options.maxRecords ?? Number.MAX_SAFE_INTEGER;
+    if (!(maxBytes > 0) || !(maxRecords > 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'maxBytes and maxRecords must be positive');
+    if (fromOffset < this.startOffset) {
+      throw new SpoolError('SPOOL_ERR_OFFSET_OUT_OF_RANGE', `offset ${fromOffset} is below the log start ${this.startOffset}`);
+    }
+    const out: LogRecord[] = [];
+    let offset = fromOffset;
+    while (out.length === 0 && offset < this.endOffset) {
+      const segment = this.segmentFor(offset);
+      const end = await this.readSegment(segment, offset, maxBytes, maxRecords, out);
+      if (out.length === 0) {
+        // Nothing at or after `offset` in this segment: continue in the next one.
+        if (end <= offset) offset = segment.nextOffset;
+        else offset = end;
+      }
+    }
+    return out;
+  }
+
+  private checkReadable(): void {
+    if (this.closed) throw new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed');
+  }
+
+  /** The segment whose range holds `offset`; binary search over base offsets. */
+  private segmentFor(offset: number): Segment {
+    const segs = this.segments;
+    let lo = 0;
+    let hi = segs.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if ((segs[mid] as Segment).baseOffset <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    return segs[lo] as Segment;
+  }
+
+  /** Reads from one segment into `out`; returns the offset after the last batch looked at. */
+  private async readSegment(segment: Segment, fromOffset: number, maxBytes: number, maxRecords: number, out: LogRecord[]): Promise<number> {
+    segment.readers++;
+    try {
+      const file = segment === this.active ? segment.file : await segment.openForRead();
+      if (file === null) throw new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed');
+      if (segment.index === null) {
+        if (await segment.loadIndex(this.options.indexIntervalBytes)) this.counters.indexesRebuilt++;
+      }
+      const end = segment === this.active ? segment.size : segment.size;
+      const limitOffset = segment.nextOffset;
+      let position = SEGMENT_HEADER_BYTES;
+      let expected = segment.baseOffset;
+      const hint = this.positionHints.get(fromOffset);
+      if (hint !== undefined && hint.segment === segment) {
+        position = hint.position;
+        expected = fromOffset;
+      } else {
+        const entry = (segment.index as SegmentIndex).lookupOffset(fromOffset - segment.baseOffset);
+        if (entry !== null) {
+          position = entry.position;
+          expected = segment.baseOffset + entry.relOffset;
+        }
+      }
+      let bytesRead = 0;
+      let fault: CorruptError | null = null;
+      const result = await scanBatches(file, position, end, Math.min(Math.max(maxBytes, 64 * 1024), end - position || 1), (buf, pos, header, filePosition) => {
+        if (header.baseOffset !== expected) {
+          fault = new CorruptError(segment.logPath, filePosition, `batch starts at offset ${header.baseOffset}, expected ${expected}`);
+          return false;
+        }
+        expected = header.baseOffset + header.recordCount;
+        if (expected <= fromOffset) return true;
+        const problem = decodeRecords(buf, pos, header, fromOffset, out, maxRecords - out.length);
+        if (problem !== null) {
+          fault = new CorruptError(segment.logPath, filePosition, problem);
+          return false;
+        }
+        bytesRead += header.length;
+        return out.length < maxRecords && bytesRead < maxBytes;
+      });
+      if (fault !== null) throw fault;
+      if (result.problem !== null) {
+        throw new CorruptError(segment.logPath, result.problem.position, `invalid batch: ${result.problem.kind}`);
+      }
+      if (out.length > 0) {
+        const last = (out[out.length - 1] as LogRecord).offset;
+        if (last + 1 === expected && expected < limitOffset) this.rememberPosition(expected, segment, result.end);
+      }
+      if (expected > limitOffset) throw new CorruptError(segment.logPath, result.end, 'segment holds offsets past its end');
+      return expected;
+    } finally {
+      segment.readers--;
+      if (segment.deleted && segment.readers === 0) await segment.closeHandle().catch(() => {});
+    }
+  }
+
+  private rememberPosition(offset: number, segment: Segment, position: number): void {
+    if (this.positionHints.size >= POSITION_HINTS_MAX) {
+      const oldest = this.positionHints.keys().next().value as number;
+      this.positionHints.delete(oldest);
+    }
+    this.positionHints.set(offset, { segment, position });
+  }
+
+  /**
+   * The first offset whose record has a timestamp >= `timestamp`, or `endOffset` when none has.
+   * @example
+   *   const from = await log.offsetForTime(Date.now() - 60_000); // a minute ago
+   */
+  async offsetForTime(timestamp: number): Promise<number> {
+    this.checkReadable();
+    for (const segment of this.segments) {
+      if (segment !== this.active && segment.index === null) {
+        if (await segment.loadIndex(this.options.indexIntervalBytes)) this.counters.indexesRebuilt++;
+      }
+      if (segment.maxTimestamp < timestamp) continue;
+      const entry = (segment.index as SegmentIndex).lookupTime(timestamp);
+      let offset = entry === null ? segment.baseOffset : segment.baseOffset + entry.relOffset;
+      while (offset < segment.nextOffset) {
+        const records = await this.read(offset, { maxBytes: 256 * 1024 });
+        for (const r of records) if (r.timestamp >= timestamp) return r.offset;
+        if (records.length === 0) break;
+        offset = (records[records.length - 1] as LogRecord).offset + 1;
+      }
+    }
+    return this.endOffset;
+  }
+
+  /**
+   * Retention: deletes whole sealed segments whose records all lie below `offset`.
+   * Returns the number of segments deleted. The active segment is never deleted.
+   */
+  async deleteBefore(offset: number): Promise<number> {
+    return this.deleteWhile((s) => s.nextOffset <= offset);
+  }
+
+  /** Retention by age: deletes sealed segments whose newest record is older than `ageMs`. */
+  async deleteOlderThan(ageMs: number): Promise<number> {
+    const cutoff = this.options.clock.now() - ageMs;
+    for (const s of this.segments) {
+      if (s !== this.active && s.index === null && (await s.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
+    }
+    return this.deleteWhile((s) => s.maxTimestamp < cutoff);
+  }
+
+  /** Retention by size: deletes the oldest sealed segments until the log holds at most `bytes`. */
+  async deleteToSize(bytes: number): Promise<number> {
+    let total = 0;
+    for (const s of this.segments) {
+      if (s !== this.active) await s.openForRead();
+      total += s.size;
+    }
+    return this.deleteWhile((s) => {
+      if (total <= bytes) return false;
+      total -= s.size;
+      return true;
+    });
+  }
+
+  /** Deletes sealed segments from the oldest while `predicate` holds: records file first, then its indexes, then fsyncs the directory. */
+  private async deleteWhile(predicate: (s: Segment) => boolean): Promise<number> {
+    this.checkReadable();
+    let deleted = 0;
+    while (this.segments.length > 1) {
+      const s = this.segments[0] as Segment;
+      if (!predicate(s)) break;
+      this.segments = this.segments.slice(1);
+      s.deleted = true;
+      for (const [k, h] of this.positionHints) if (h.segment === s) this.positionHints.delete(k);
+      await this.storage.unlink(s.logPath);
+      for (const p of [s.indexPath, s.timeIndexPath]) {
+        await this.storage.unlink(p).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+      }
+      if (s.readers === 0) await s.closeHandle();
+      deleted++;
+    }
+    if (deleted > 0) await this.storage.syncDir(this.dir);
+    return deleted;
+  }
+
+  /** Walks the whole log, checking every batch, record and index; reports every bad range. */
+  async verify(): Promise<VerifyReport> {
+    this.checkReadable();
+    await this.whenIdle();
+    return verifyLog(this.segments, this.active);
+  }
+
+  stats(): LogStats {
+    return {
+      startOffset: this.startOffset,
+      endOffset: this.endOffset,
+      segments: this.segments.length,
+      activeSegmentBytes: this.active.size,
+      ...this.counters,
+    };
+  }
+
+  private closedHard = false;
+
+  /** Waits for in-flight appends, writes the indexes and the checkpoint, and closes every file. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.whenIdle();
+    this.closedHard = true;
+    try {
+      if (this.failure === null) {
+        await this.active.writeIndexFiles();
+        await this.writeCheckpoint();
+      }
+    } finally {
+      for (const s of this.segments) await s.closeHandle().catch(() => {});
+      this.appendListeners.clear();
+    }
+  }
+}
+
+function resolveOptions(o: LogOptions): ResolvedLogOptions {
+  const segmentBytesMax = o.segmentBytesMax ?? 128 * MiB;
+  const indexIntervalBytes = o.indexIntervalBytes ?? 4096;
+  const recordBytesMax = o.recordBytesMax ?? 4 * MiB;
+  const batchBytesMax = o.batchBytesMax ?? 16 * MiB;
+  const check = (ok: boolean, what: string) => {
+    if (!ok) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', what);
+  };
+  check(Number.isSafeInteger(segmentBytesMax) && segmentBytesMax >= 1024 && segmentBytesMax <= 1024 * MiB, 'segmentBytesMax must be 1 KiB..1 GiB');
+  check(Number.isSafeInteger(indexIntervalBytes) && indexIntervalBytes > 0, 'indexIntervalBytes must be positive');
+  check(Number.isSafeInteger(recordBytesMax) && recordBytesMax > 0 && recordBytesMax <= 64 * MiB, 'recordBytesMax must be 1 B..64 MiB');
+  check(Number.isSafeInteger(batchBytesMax) && batchBytesMax >= recordBytesMax + BATCH_HEADER_BYTES, 'batchBytesMax must be at least recordBytesMax plus a batch header');
+  check(batchBytesMax <= 64 * MiB, 'batchBytesMax must be at most 64 MiB');
+  return {
+    storage: o.storage ?? nodeStorage,
+    clock: o.clock ?? systemClock,
+    segmentBytesMax,
+    indexIntervalBytes,
+    recordBytesMax,
+    batchBytesMax,
+    create: o.create ?? true,
+    repair: o.repair ?? false,
+    flushBytesMax: Math.max(FLUSH_TARGET_BYTES, batchBytesMax) + 2 * DISK_BATCH_TARGET_BYTES,
+  };
+}

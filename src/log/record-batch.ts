@@ -1,0 +1,311 @@
+/**
+ * Encoding and decoding of record batches (docs/format.md "Record batch" and "Record").
+ * The encoder writes many records into one buffer and seals it with a header and CRC; the
+ * decoder checks the CRC before it looks at a single record, then checks the structure again.
+ */
+import assert from 'node:assert/strict';
+import {
+  BATCH_CRC_START,
+  BATCH_HEADER_BYTES,
+  BATCH_OFF_BASE_OFFSET,
+  BATCH_OFF_COUNT,
+  BATCH_OFF_CRC,
+  BATCH_OFF_FIRST_TS,
+  BATCH_OFF_LENGTH,
+  BATCH_OFF_MAGIC,
+  BATCH_OFF_MAX_TS,
+  BATCH_OFF_TYPE,
+  BATCH_TYPE_RECORDS,
+  BATCH_TYPE_SAFE_TO_IGNORE,
+  FORMAT_VERSION,
+  HEADER_COUNT_MAX,
+  HEADER_KEY_BYTES_MAX,
+  RECORD_FIXED_BYTES,
+  RECORD_TAIL_FIXED_BYTES,
+  crc32,
+  readI64,
+  readU64,
+  writeI64,
+  writeU64,
+} from './format.js';
+
+/** What a caller appends. Strings are stored as UTF-8. */
+export interface RecordInput {
+  value: Buffer | Uint8Array | string;
+  key?: Buffer | Uint8Array | string | null;
+  headers?: Readonly<Record<string, Buffer | Uint8Array | string>>;
+  /** Milliseconds since the epoch; defaults to the log's clock. */
+  timestamp?: number;
+}
+
+/** What a reader gets back. `key`, `value` and header values are views into the read buffer. */
+export interface LogRecord {
+  offset: number;
+  timestamp: number;
+  key: Buffer | null;
+  value: Buffer;
+  headers: Readonly<Record<string, Buffer>>;
+}
+
+const EMPTY_HEADERS: Readonly<Record<string, Buffer>> = Object.freeze({});
+const I32_MAX = 0x7fffffff;
+
+function byteLengthOf(v: Buffer | Uint8Array | string): number {
+  return typeof v === 'string' ? Buffer.byteLength(v) : v.byteLength;
+}
+
+/** The bytes a record takes inside a batch, including its length prefix. */
+export function encodedRecordBytes(record: RecordInput): number {
+  let bytes = RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES + byteLengthOf(record.value);
+  if (record.key != null) bytes += byteLengthOf(record.key);
+  const headers = record.headers;
+  if (headers !== undefined) {
+    for (const name in headers) {
+      bytes += 6 + Buffer.byteLength(name) + byteLengthOf(headers[name] as Buffer | string);
+    }
+  }
+  return bytes;
+}
+
+function put(buf: Buffer, v: Buffer | Uint8Array | string, pos: number): number {
+  if (typeof v === 'string') return pos + buf.write(v, pos);
+  buf.set(v, pos);
+  return pos + v.byteLength;
+}
+
+/**
+ * Builds one batch in a caller-supplied buffer. Usage: `begin`, `add` for each record, `seal`.
+ * The caller reserves room: `encodedRecordBytes` for every record plus BATCH_HEADER_BYTES.
+ */
+export class BatchEncoder {
+  private buf: Buffer = Buffer.alloc(0);
+  private start = 0;
+  private pos = 0;
+  private count = 0;
+  private baseOffset = 0;
+  private firstTimestamp = 0;
+  private maxTimestamp = 0;
+
+  begin(buf: Buffer, start: number, baseOffset: number): void {
+    this.buf = buf;
+    this.start = start;
+    this.pos = start + BATCH_HEADER_BYTES;
+    this.count = 0;
+    this.baseOffset = baseOffset;
+  }
+
+  get recordCount(): number {
+    return this.count;
+  }
+
+  /** Appends one record; `bytes` must be `encodedRecordBytes(record)`. */
+  add(record: RecordInput, timestamp: number, bytes: number): void {
+    const buf = this.buf;
+    if (this.count === 0) {
+      this.firstTimestamp = timestamp;
+      this.maxTimestamp = timestamp;
+    } else if (timestamp > this.maxTimestamp) {
+      this.maxTimestamp = timestamp;
+    }
+    const delta = timestamp - this.firstTimestamp;
+    assert(delta >= -I32_MAX && delta <= I32_MAX, 'timestamps in one batch must lie within 24 days');
+    const begin = this.pos;
+    let p = begin;
+    buf.writeUInt32LE(bytes - 4, p);
+    buf.writeUInt32LE(this.count, p + 4);
+    buf.writeInt32LE(delta, p + 8);
+    const key = record.key;
+    if (key == null) {
+      buf.writeInt32LE(-1, p + 12);
+      p += RECORD_FIXED_BYTES;
+    } else {
+      p = put(buf, key, p + RECORD_FIXED_BYTES);
+      buf.writeInt32LE(p - begin - RECORD_FIXED_BYTES, begin + 12);
+    }
+    const headers = record.headers;
+    let headerCount = 0;
+    const countPos = p;
+    p += 2;
+    if (headers !== undefined) {
+      for (const name in headers) {
+        const keyPos = p;
+        p = buf.write(name, p + 2) + p + 2;
+        buf.writeUInt16LE(p - keyPos - 2, keyPos);
+        const valuePos = p;
+        p = put(buf, headers[name] as Buffer | string, p + 4);
+        buf.writeUInt32LE(p - valuePos - 4, valuePos);
+        headerCount++;
+      }
+    }
+    buf.writeUInt16LE(headerCount, countPos);
+    const valuePos = p;
+    p = put(buf, record.value, p + 4);
+    buf.writeUInt32LE(p - valuePos - 4, valuePos);
+    assert.equal(p - begin, bytes, 'record size must match its precomputed size');
+    this.pos = p;
+    this.count++;
+  }
+
+  /** Writes the header and CRC; returns the finished batch (a view of the caller's buffer). */
+  seal(): Buffer {
+    assert(this.count > 0, 'an empty batch is never written');
+    const buf = this.buf;
+    const s = this.start;
+    const length = this.pos - s;
+    buf.writeUInt32LE(length, s + BATCH_OFF_LENGTH);
+    buf.writeUInt8(FORMAT_VERSION, s + BATCH_OFF_MAGIC);
+    buf.writeUInt8(BATCH_TYPE_RECORDS, s + BATCH_OFF_TYPE);
+    buf.writeUInt16LE(0, s + BATCH_OFF_TYPE + 1);
+    buf.writeUInt32LE(this.count, s + BATCH_OFF_COUNT);
+    writeU64(buf, this.baseOffset, s + BATCH_OFF_BASE_OFFSET);
+    writeI64(buf, this.firstTimestamp, s + BATCH_OFF_FIRST_TS);
+    writeI64(buf, this.maxTimestamp, s + BATCH_OFF_MAX_TS);
+    const batch = buf.subarray(s, this.pos);
+    buf.writeUInt32LE(crc32(batch.subarray(BATCH_CRC_START)), s + BATCH_OFF_CRC);
+    return batch;
+  }
+
+  get maxTimestampValue(): number {
+    return this.maxTimestamp;
+  }
+}
+
+/** The header of a batch whose length, magic and CRC have been checked. */
+export interface BatchHeader {
+  length: number;
+  type: number;
+  recordCount: number;
+  baseOffset: number;
+  firstTimestamp: number;
+  maxTimestamp: number;
+}
+
+/** Why bytes at a position are not a valid batch; `zeroed` means unused (never written) space. */
+export type BatchProblem =
+  | 'zeroed'
+  | 'short-header'
+  | 'bad-length'
+  | 'truncated'
+  | 'bad-crc'
+  | 'unknown-version'
+  | 'unknown-type'
+  | 'bad-header';
+
+export type BatchCheck = { ok: true; header: BatchHeader } | { ok: false; problem: BatchProblem };
+
+/**
+ * Checks the batch starting at `pos` in `buf` (of which `end` bytes are valid). Verifies the
+ * length bounds, the CRC and then the version; a batch is never trusted before its CRC is.
+ */
+export function checkBatch(buf: Buffer, pos: number, end: number, batchBytesMax: number): BatchCheck {
+  if (end - pos < BATCH_HEADER_BYTES) {
+    for (let i = pos; i < end; i++) if (buf[i] !== 0) return { ok: false, problem: 'short-header' };
+    return { ok: false, problem: 'zeroed' };
+  }
+  const length = buf.readUInt32LE(pos + BATCH_OFF_LENGTH);
+  if (length === 0 && buf.readUInt32LE(pos + BATCH_OFF_CRC) === 0 && buf[pos + BATCH_OFF_MAGIC] === 0) {
+    return { ok: false, problem: 'zeroed' };
+  }
+  if (length < BATCH_HEADER_BYTES || length > batchBytesMax) return { ok: false, problem: 'bad-length' };
+  if (end - pos < length) return { ok: false, problem: 'truncated' };
+  const crc = buf.readUInt32LE(pos + BATCH_OFF_CRC);
+  if (crc32(buf.subarray(pos + BATCH_CRC_START, pos + length)) !== crc) return { ok: false, problem: 'bad-crc' };
+  if (buf[pos + BATCH_OFF_MAGIC] !== FORMAT_VERSION) return { ok: false, problem: 'unknown-version' };
+  const type = buf[pos + BATCH_OFF_TYPE] as number;
+  if (type !== BATCH_TYPE_RECORDS && (type & BATCH_TYPE_SAFE_TO_IGNORE) === 0) {
+    return { ok: false, problem: 'unknown-type' };
+  }
+  const recordCount = buf.readUInt32LE(pos + BATCH_OFF_COUNT);
+  const baseOffset = readU64(buf, pos + BATCH_OFF_BASE_OFFSET);
+  if (Number.isNaN(baseOffset)) return { ok: false, problem: 'bad-header' };
+  if (type === BATCH_TYPE_RECORDS && recordCount === 0) return { ok: false, problem: 'bad-header' };
+  const firstTimestamp = readI64(buf, pos + BATCH_OFF_FIRST_TS);
+  const maxTimestamp = readI64(buf, pos + BATCH_OFF_MAX_TS);
+  return { ok: true, header: { length, type, recordCount, baseOffset, firstTimestamp, maxTimestamp } };
+}
+
+/**
+ * Decodes the records of a checked batch, skipping those below `fromOffset`, and pushes them to
+ * `out` until `maxRecords` is reached. Returns null on success or a description of the
+ * structural fault; a batch with a structural fault yields no records at all.
+ */
+export function decodeRecords(
+  buf: Buffer,
+  pos: number,
+  header: BatchHeader,
+  fromOffset: number,
+  out: LogRecord[],
+  maxRecords: number,
+): string | null {
+  const end = pos + header.length;
+  const firstOutput = out.length;
+  let p = pos + BATCH_HEADER_BYTES;
+  for (let i = 0; i < header.recordCount; i++) {
+    if (end - p < RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES) return fault(out, firstOutput, 'record header past batch end');
+    const recordEnd = p + 4 + buf.readUInt32LE(p);
+    if (recordEnd > end || recordEnd - p < RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES) {
+      return fault(out, firstOutput, 'record length out of bounds');
+    }
+    if (buf.readUInt32LE(p + 4) !== i) return fault(out, firstOutput, 'offset delta out of sequence');
+    const offset = header.baseOffset + i;
+    if (offset < fromOffset) {
+      p = recordEnd;
+      continue;
+    }
+    const timestamp = header.firstTimestamp + buf.readInt32LE(p + 8);
+    const keyLength = buf.readInt32LE(p + 12);
+    let q = p + RECORD_FIXED_BYTES;
+    let key: Buffer | null = null;
+    if (keyLength >= 0) {
+      if (q + keyLength + RECORD_TAIL_FIXED_BYTES > recordEnd) return fault(out, firstOutput, 'key past record end');
+      key = buf.subarray(q, q + keyLength);
+      q += keyLength;
+    } else if (keyLength !== -1) {
+      return fault(out, firstOutput, 'negative key length');
+    }
+    const headerCount = buf.readUInt16LE(q);
+    q += 2;
+    let headers = EMPTY_HEADERS;
+    if (headerCount > 0) {
+      const h: Record<string, Buffer> = {};
+      for (let j = 0; j < headerCount; j++) {
+        if (q + 2 > recordEnd) return fault(out, firstOutput, 'header past record end');
+        const nameEnd = q + 2 + buf.readUInt16LE(q);
+        if (nameEnd + 4 > recordEnd) return fault(out, firstOutput, 'header name past record end');
+        const name = buf.toString('utf8', q + 2, nameEnd);
+        const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
+        if (valueEnd > recordEnd) return fault(out, firstOutput, 'header value past record end');
+        h[name] = buf.subarray(nameEnd + 4, valueEnd);
+        q = valueEnd;
+      }
+      headers = h;
+    }
+    if (q + 4 > recordEnd) return fault(out, firstOutput, 'value length past record end');
+    const valueEnd = q + 4 + buf.readUInt32LE(q);
+    if (valueEnd !== recordEnd) return fault(out, firstOutput, 'value does not end the record');
+    out.push({ offset, timestamp, key, value: buf.subarray(q + 4, valueEnd), headers });
+    p = recordEnd;
+    if (out.length - firstOutput >= maxRecords) return null;
+  }
+  if (p !== end) return fault(out, firstOutput, 'bytes left after the last record');
+  return null;
+}
+
+function fault(out: LogRecord[], firstOutput: number, reason: string): string {
+  out.length = firstOutput;
+  return reason;
+}
+
+/** Checks a header map before anything is encoded, so a bad header fails the append up front. */
+export function validateHeaders(headers: RecordInput['headers']): string | null {
+  if (headers === undefined) return null;
+  let count = 0;
+  for (const name in headers) {
+    count++;
+    if (Buffer.byteLength(name) > HEADER_KEY_BYTES_MAX) return `header name longer than ${HEADER_KEY_BYTES_MAX} bytes`;
+    const v = headers[name];
+    if (typeof v !== 'string' && !(v instanceof Uint8Array)) return `header ${name} must be a string or bytes`;
+  }
+  if (count > HEADER_COUNT_MAX) return `more than ${HEADER_COUNT_MAX} headers`;
+  return null;
+}
