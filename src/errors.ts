@@ -27,6 +27,14 @@ export const ERROR_CODES = {
   SPOOL_ERR_CLOSED: { retriable: false, exit: 1 },
   /** An offset lies outside the log's retained range. */
   SPOOL_ERR_OFFSET_OUT_OF_RANGE: { retriable: false, exit: 1 },
+  /** A queue, exchange, binding or delivery that does not exist. */
+  SPOOL_ERR_NOT_FOUND: { retriable: false, exit: 1 },
+  /** A redeclaration whose options conflict with what exists (RabbitMQ's PRECONDITION_FAILED). */
+  SPOOL_ERR_PRECONDITION: { retriable: false, exit: 1 },
+  /** A message body larger than the broker's limit. */
+  SPOOL_ERR_MESSAGE_TOO_LARGE: { retriable: false, exit: 1 },
+  /** A queue at maxLength/maxBytes with overflow 'reject-publish' refused the message. */
+  SPOOL_ERR_QUEUE_FULL: { retriable: true, exit: 1 },
   /** Another process holds the data directory. */
   SPOOL_ERR_LOCKED: { retriable: true, exit: 1 },
 } as const satisfies Record<string, { retriable: boolean; exit: number }>;

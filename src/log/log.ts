@@ -161,6 +161,30 @@ export class Log {
     return { log, recovery: report };
   }
 
+  /**
+   * Deletes a closed log's directory: its segments, indexes and checkpoint, then the directory.
+   * Refuses a directory holding anything that is not part of a log.
+   */
+  static async destroy(dir: string, options: Pick<LogOptions, 'storage'> = {}): Promise<void> {
+    const storage = options.storage ?? nodeStorage;
+    let names: string[];
+    try {
+      names = await storage.readdir(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    const ours = /^(\d{20}\.(log|index|timeindex)|checkpoint|.*\.tmp)$/;
+    const foreign = names.filter((n) => !ours.test(n));
+    if (foreign.length > 0) throw new SpoolError('SPOOL_ERR_NOT_A_LOG', `${dir} holds files that are not a log's: ${foreign.slice(0, 3).join(', ')}`);
+    // The checkpoint first: without it (and once segments go) the directory is no longer a log.
+    for (const n of [...names].sort((a, b) => (a === CHECKPOINT_FILE ? -1 : b === CHECKPOINT_FILE ? 1 : a.localeCompare(b)))) {
+      await storage.unlink(path.join(dir, n));
+    }
+    if (storage.rmdir) await storage.rmdir(dir);
+    await storage.syncDir(path.dirname(dir));
+  }
+
   /** The first offset still retained. */
   get startOffset(): number {
     return (this.segments[0] as Segment).baseOffset;

@@ -44,6 +44,8 @@ export interface Storage {
   syncDir(dir: string): Promise<void>;
   /** True if the path exists (file or directory). */
   exists(filePath: string): Promise<boolean>;
+  /** Removes an empty directory. */
+  rmdir?(dir: string): Promise<void>;
 }
 
 function call<T>(fn: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
@@ -145,6 +147,10 @@ export class NodeStorage implements Storage {
     } finally {
       await callVoid((cb) => fs.close(fd, cb));
     }
+  }
+
+  rmdir(dir: string): Promise<void> {
+    return fs.promises.rmdir(dir);
   }
 
   async exists(filePath: string): Promise<boolean> {

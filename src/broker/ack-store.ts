@@ -1,0 +1,208 @@
+/**
+ * The durable state of one consumer group: a committed offset (everything below is acked) plus
+ * the acked offsets above it. It lives in a small log of its own (docs/format.md "Group state"):
+ * each record is either a list of acked ranges or a snapshot of the whole state. Replaying the
+ * log from its start rebuilds the state; a snapshot lets retention drop everything before it.
+ *
+ * Acks are group-committed like appends: while one write is in flight, new acks wait and then
+ * share the next record and fsync. An ack is lost by a crash only if its write had not resolved.
+ */
+import assert from 'node:assert/strict';
+import { Log, type LogOptions } from '../log/index.js';
+
+const KIND_RANGES = 1;
+const KIND_SNAPSHOT = 2;
+/** Take a snapshot (and let retention drop older records) after this many ack records. */
+const SNAPSHOT_EVERY_RECORDS = 20_000;
+const ACK_SEGMENT_BYTES = 1024 * 1024;
+
+export interface AckState {
+  committed: number;
+  acked: Set<number>;
+}
+
+export function encodeRanges(offsets: number[]): Buffer {
+  let sorted = true;
+  for (let i = 1; i < offsets.length; i++) {
+    if ((offsets[i] as number) < (offsets[i - 1] as number)) {
+      sorted = false;
+      break;
+    }
+  }
+  if (!sorted) offsets.sort((a, b) => a - b);
+  const ranges: number[] = [];
+  let start = offsets[0] as number;
+  let count = 1;
+  for (let i = 1; i < offsets.length; i++) {
+    const o = offsets[i] as number;
+    if (o === start + count) count++;
+    else if (o >= start + count) {
+      ranges.push(start, count);
+      start = o;
+      count = 1;
+    }
+  }
+  ranges.push(start, count);
+  const buf = Buffer.allocUnsafe(1 + (ranges.length / 2) * 12);
+  buf[0] = KIND_RANGES;
+  for (let i = 0; i < ranges.length; i += 2) {
+    const p = 1 + (i / 2) * 12;
+    writeU64(buf, ranges[i] as number, p);
+    buf.writeUInt32LE(ranges[i + 1] as number, p + 8);
+  }
+  return buf;
+}
+
+function encodeSnapshot(state: AckState): Buffer {
+  const buf = Buffer.allocUnsafe(1 + 8 + 4 + state.acked.size * 8);
+  buf[0] = KIND_SNAPSHOT;
+  writeU64(buf, state.committed, 1);
+  buf.writeUInt32LE(state.acked.size, 9);
+  let p = 13;
+  for (const o of state.acked) {
+    writeU64(buf, o, p);
+    p += 8;
+  }
+  return buf;
+}
+
+function writeU64(buf: Buffer, v: number, p: number): void {
+  buf.writeUInt32LE(v >>> 0, p);
+  buf.writeUInt32LE(Math.floor(v / 0x1_0000_0000), p + 4);
+}
+
+function readU64(buf: Buffer, p: number): number {
+  return buf.readUInt32LE(p + 4) * 0x1_0000_0000 + buf.readUInt32LE(p);
+}
+
+export function applyRecord(state: AckState, value: Buffer): void {
+  const kind = value[0];
+  if (kind === KIND_SNAPSHOT) {
+    state.committed = readU64(value, 1);
+    state.acked = new Set();
+    const n = value.readUInt32LE(9);
+    for (let i = 0; i < n; i++) state.acked.add(readU64(value, 13 + i * 8));
+    return;
+  }
+  assert.equal(kind, KIND_RANGES, 'unknown group state record kind');
+  for (let p = 1; p < value.length; p += 12) {
+    const start = readU64(value, p);
+    const count = value.readUInt32LE(p + 8);
+    for (let o = start; o < start + count; o++) ackInto(state, o);
+  }
+}
+
+/** Marks `offset` acked; returns false when it already was. */
+export function ackInto(state: AckState, offset: number): boolean {
+  if (offset < state.committed) return false;
+  if (offset === state.committed) {
+    let c = offset + 1;
+    while (state.acked.delete(c)) c++;
+    state.committed = c;
+    return true;
+  }
+  if (state.acked.has(offset)) return false;
+  state.acked.add(offset);
+  return true;
+}
+
+export class AckStore {
+  private pending: number[] = [];
+  private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private flushing = false;
+  private recordsSinceSnapshot = 0;
+  private idle: (() => void)[] = [];
+  onError: (err: Error) => void = () => {};
+
+  private constructor(
+    private readonly log: Log,
+    readonly state: AckState,
+  ) {}
+
+  /** Opens the group's state log, creating it at `initialCommitted` when new. */
+  static async open(dir: string, initialCommitted: () => Promise<number>, logOptions: LogOptions): Promise<AckStore> {
+    const { log, recovery } = await Log.open(dir, { ...logOptions, segmentBytesMax: ACK_SEGMENT_BYTES });
+    const state: AckState = { committed: 0, acked: new Set() };
+    if (recovery.created || log.endOffset === log.startOffset) {
+      state.committed = await initialCommitted();
+      await log.appendOne({ value: encodeSnapshot(state) });
+      return new AckStore(log, state);
+    }
+    let next = log.startOffset;
+    for (;;) {
+      const records = await log.read(next, { maxBytes: 4 * 1024 * 1024 });
+      if (records.length === 0) break;
+      for (const r of records) applyRecord(state, r.value);
+      next = (records[records.length - 1] as { offset: number }).offset + 1;
+    }
+    const store = new AckStore(log, state);
+    store.recordsSinceSnapshot = log.endOffset - log.startOffset;
+    return store;
+  }
+
+  /** Records offsets as acked (already applied to `state` by the caller); resolves once durable. */
+  persist(offsets: number[], wantPromise: boolean): Promise<void> | undefined {
+    for (const o of offsets) this.pending.push(o);
+    let p: Promise<void> | undefined;
+    if (wantPromise) p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    if (!this.flushing) {
+      this.flushing = true;
+      queueMicrotask(() => void this.flushLoop());
+    }
+    return p;
+  }
+
+  persistOne(offset: number, wantPromise: boolean): Promise<void> | undefined {
+    this.pending.push(offset);
+    let p: Promise<void> | undefined;
+    if (wantPromise) p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    if (!this.flushing) {
+      this.flushing = true;
+      queueMicrotask(() => void this.flushLoop());
+    }
+    return p;
+  }
+
+  private async flushLoop(): Promise<void> {
+    try {
+      while (this.pending.length > 0) {
+        const offsets = this.pending;
+        const waiters = this.waiters;
+        this.pending = [];
+        this.waiters = [];
+        try {
+          await this.log.appendOne({ value: encodeRanges(offsets) });
+          this.recordsSinceSnapshot++;
+          for (const w of waiters) w.resolve();
+        } catch (err) {
+          for (const w of waiters) w.reject(err as Error);
+          this.onError(err as Error);
+        }
+        if (this.recordsSinceSnapshot >= SNAPSHOT_EVERY_RECORDS) await this.snapshot().catch((err: Error) => this.onError(err));
+      }
+    } finally {
+      this.flushing = false;
+      const idle = this.idle;
+      this.idle = [];
+      for (const f of idle) f();
+    }
+  }
+
+  /** Writes the whole state as one record and drops the log segments before it. */
+  private async snapshot(): Promise<void> {
+    const offset = await this.log.appendOne({ value: encodeSnapshot(this.state) });
+    this.recordsSinceSnapshot = 0;
+    await this.log.deleteBefore(offset);
+  }
+
+  /** Resolves when every ack handed to `persist` so far is durable (or failed). */
+  drain(): Promise<void> {
+    if (!this.flushing) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    await this.drain();
+    await this.log.close();
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * A queue: one log of messages, its consumer groups, the dedupe window, limits and retention.
+ * On disk: <dataDir>/queues/<name>/messages (the log) and .../groups/<group> (each group's state).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { SpoolError } from '../errors.js';
+import { Log, type Clock, type LogOptions } from '../log/index.js';
+import { AckStore } from './ack-store.js';
+import { ConsumerGroup, type ConsumerOptions, type GroupHooks } from './group.js';
+import { type DecodedRecord, type StoredMessage, fromRecord, toRecord } from './message.js';
+
+export type Overflow = 'drop-head' | 'reject-publish';
+
+export interface QueueOptions {
+  /** Exchange that receives rejected, expired, overflowed or over-limit messages (dead-lettering). */
+  deadLetterExchange?: string;
+  deadLetterRoutingKey?: string;
+  /** Milliseconds a message may wait before it expires. */
+  messageTtl?: number;
+  /** Deliveries after which a message is dead-lettered instead of redelivered. */
+  deliveryLimit?: number;
+  maxLength?: number;
+  maxBytes?: number;
+  overflow?: Overflow;
+  /** How long a publisher-chosen id is remembered for dedupe (default 2 minutes). */
+  dedupeWindowMs?: number;
+}
+
+export const DEDUPE_WINDOW_MS_DEFAULT = 120_000;
+/** The dedupe map is bounded: past this many ids the oldest are forgotten early. */
+const DEDUPE_ENTRIES_MAX = 1_000_000;
+
+export interface QueueHooks {
+  rejected(queue: Queue, record: DecodedRecord, group: string, reason: 'rejected' | 'maxlen'): void;
+  error(err: Error): void;
+}
+
+export class Queue {
+  readonly groups = new Map<string, ConsumerGroup>();
+  private readonly dedupe = new Map<string, number>();
+  private readonly groupOpening = new Map<string, Promise<ConsumerGroup>>();
+  /** With no group attached, offsets below this were dropped by drop-head overflow. */
+  private floor = 0;
+  private unsubscribe: () => void;
+  private trimming = false;
+
+  private constructor(
+    readonly name: string,
+    readonly dir: string,
+    readonly options: QueueOptions,
+    readonly log: Log,
+    private readonly clock: Clock,
+    private readonly logOptions: LogOptions,
+    private readonly hooks: QueueHooks,
+  ) {
+    this.unsubscribe = log.onAppend(() => {
+      for (const g of this.groups.values()) if (g.consumerCount > 0) g.schedulePump();
+    });
+  }
+
+  static async open(name: string, dir: string, options: QueueOptions, clock: Clock, logOptions: LogOptions, hooks: QueueHooks): Promise<Queue> {
+    const { log } = await Log.open(path.join(dir, 'messages'), { ...logOptions, clock });
+    const q = new Queue(name, dir, options, log, clock, logOptions, hooks);
+    await q.rebuildDedupe();
+    if (options.maxLength !== undefined) q.floor = Math.max(0, log.endOffset - options.maxLength);
+    for (const g of await listDirs(path.join(dir, 'groups'))) await q.group(g, {});
+    return q;
+  }
+
+  private get dedupeWindowMs(): number {
+    return this.options.dedupeWindowMs ?? DEDUPE_WINDOW_MS_DEFAULT;
+  }
+
+  /** Reloads the publisher-chosen ids of the last dedupe window from the log, so the window survives restart. */
+  private async rebuildDedupe(): Promise<void> {
+    const since = this.clock.now() - this.dedupeWindowMs;
+    let next = await this.log.offsetForTime(since);
+    while (next < this.log.endOffset) {
+      const records = await this.log.read(next, { maxBytes: 4 * 1024 * 1024 });
+      if (records.length === 0) break;
+      for (const r of records) {
+        const d = fromRecord(r);
+        if (d.callerId && r.timestamp >= since) this.dedupe.set(d.id, r.timestamp + this.dedupeWindowMs);
+      }
+      next = records[records.length - 1]!.offset + 1;
+    }
+  }
+
+  /** Messages waiting: not yet acked by the slowest group (or all retained ones without groups). */
+  get depth(): number {
+    return this.log.endOffset - this.head();
+  }
+
+  private head(): number {
+    if (this.groups.size === 0) return Math.max(this.floor, this.log.startOffset);
+    let min = Number.MAX_SAFE_INTEGER;
+    for (const g of this.groups.values()) min = Math.min(min, g.committed);
+    return min;
+  }
+
+  /**
+   * Appends a message unless its publisher-chosen id was seen within the window.
+   * Resolves after the message is fsynced.
+   */
+  async append(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
+    const now = this.clock.now();
+    if (m.callerId) {
+      this.evictDedupe(now);
+      const until = this.dedupe.get(m.id);
+      if (until !== undefined && until > now) return 'duplicate';
+      // Claimed before the append, so a concurrent publish of the same id sees it.
+      this.dedupe.set(m.id, now + this.dedupeWindowMs);
+    }
+    const overflow = this.options.overflow ?? 'drop-head';
+    if (this.options.maxLength !== undefined && overflow === 'reject-publish' && this.depth >= this.options.maxLength) {
+      if (m.callerId) this.dedupe.delete(m.id);
+      throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at maxLength ${this.options.maxLength}`);
+    }
+    try {
+      await this.log.appendOne(toRecord(m));
+    } catch (err) {
+      if (m.callerId) this.dedupe.delete(m.id);
+      throw err;
+    }
+    if (this.options.maxLength !== undefined && overflow === 'drop-head' && this.depth > this.options.maxLength) this.dropHead();
+    return 'confirmed';
+  }
+
+  private evictDedupe(now: number): void {
+    for (const [id, until] of this.dedupe) {
+      if (until > now && this.dedupe.size < DEDUPE_ENTRIES_MAX) break;
+      this.dedupe.delete(id);
+    }
+  }
+
+  private dropHead(): void {
+    const newHead = this.log.endOffset - (this.options.maxLength as number);
+    if (this.groups.size === 0) {
+      this.floor = Math.max(this.floor, newHead);
+      return;
+    }
+    for (const g of this.groups.values()) {
+      const dropped = g.dropBefore(newHead);
+      if (dropped.length > 0) void this.reportDropped(dropped, g.name);
+    }
+  }
+
+  private async reportDropped(offsets: number[], group: string): Promise<void> {
+    for (const o of offsets) {
+      const [r] = await this.log.read(o, { maxRecords: 1 }).catch(() => []);
+      if (r !== undefined && r.offset === o) this.hooks.rejected(this, fromRecord(r), group, 'maxlen');
+    }
+  }
+
+  /** The group, opened (and created at `from`) on first use. */
+  async group(name: string, options: Pick<ConsumerOptions, 'from'>): Promise<ConsumerGroup> {
+    const existing = this.groups.get(name);
+    if (existing !== undefined) return existing;
+    const opening = this.groupOpening.get(name);
+    if (opening !== undefined) return opening;
+    const p = this.openGroup(name, options);
+    this.groupOpening.set(name, p);
+    try {
+      return await p;
+    } finally {
+      this.groupOpening.delete(name);
+    }
+  }
+
+  private async openGroup(name: string, options: Pick<ConsumerOptions, 'from'>): Promise<ConsumerGroup> {
+    const dir = path.join(this.dir, 'groups', name);
+    const start = async (): Promise<number> => {
+      const from = options.from ?? 'earliest';
+      const earliest = Math.max(this.log.startOffset, this.groups.size === 0 ? this.floor : 0);
+      if (from === 'earliest') return earliest;
+      if (from === 'latest') return this.log.endOffset;
+      if (from instanceof Date) return Math.max(earliest, await this.log.offsetForTime(from.getTime()));
+      if (!Number.isSafeInteger(from) || from < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `from must be 'earliest', 'latest', an offset or a Date`);
+      return Math.min(Math.max(earliest, from), this.log.endOffset);
+    };
+    await fs.promises.mkdir(path.join(this.dir, 'groups'), { recursive: true });
+    const acks = await AckStore.open(dir, start, this.logOptions);
+    const hooks: GroupHooks = {
+      rejected: (record, group) => this.hooks.rejected(this, record, group, 'rejected'),
+      progressed: () => void this.trim(),
+      error: (err) => this.hooks.error(err),
+    };
+    const g = new ConsumerGroup(name, this.name, this.log, acks, this.clock, hooks);
+    this.groups.set(name, g);
+    return g;
+  }
+
+  /** Retention: drop log segments every group has acked past. */
+  async trim(): Promise<number> {
+    if (this.trimming || this.groups.size === 0) return 0;
+    this.trimming = true;
+    try {
+      return await this.log.deleteBefore(this.head());
+    } catch (err) {
+      this.hooks.error(err as Error);
+      return 0;
+    } finally {
+      this.trimming = false;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.unsubscribe();
+    for (const g of this.groups.values()) await g.close();
+    await this.log.close();
+  }
+
+  /** Deletes the queue's files; the queue must be closed. */
+  static async destroy(dir: string): Promise<void> {
+    for (const g of await listDirs(path.join(dir, 'groups'))) await Log.destroy(path.join(dir, 'groups', g));
+    await Log.destroy(path.join(dir, 'messages'));
+    await fs.promises.rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function listDirs(dir: string): Promise<string[]> {
+  try {
+    const entries = await fs.promises.readdir(dir, { withFileTypes: true });
+    return entries.filter((e) => e.isDirectory()).map((e) => e.name);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
