@@ -21,11 +21,13 @@ import { readWholeFile, writeFileAtomic } from '../log/storage.js';
 import type { Message } from './delivery.js';
 import { type AckMode, type Consumer, type ConsumerOptions, type Handler } from './group.js';
 import { DirLock } from './lock.js';
-import { type Body, type DecodedRecord, type Headers, checkHeaders, generateId } from './message.js';
+import type { LogRecord } from '../log/index.js';
+import { type Body, type Headers, checkHeaders, generateId } from './message.js';
 import { checkExchangeName, checkName } from './names.js';
 import { Queue, type QueueOptions } from './queue.js';
 import { EXCHANGE_TYPES, ExchangeRouter, type ExchangeType } from './routing.js';
 import { Subscription } from './subscription.js';
+import { WorkerPool } from './workers.js';
 
 export interface BrokerOptions {
   /** Directory holding every queue; created if missing. Default './data'. */
@@ -86,6 +88,8 @@ const MiB = 1024 * 1024;
 
 export interface ConsumeOptions extends ConsumerOptions {
   group?: string;
+  /** With a handler module path: how many worker threads run it (default 1). */
+  workers?: number;
 }
 
 export class Broker extends EventEmitter<BrokerEvents> {
@@ -157,9 +161,9 @@ export class Broker extends EventEmitter<BrokerEvents> {
     return q;
   }
 
-  private onRejected(queue: Queue, record: DecodedRecord, group: string, reason: 'rejected' | 'maxlen'): void {
+  private onRejected(queue: Queue, record: LogRecord, group: string, reason: 'rejected' | 'maxlen'): void {
     this.counters.dropped++;
-    this.emit('drop', { queue: queue.name, group, id: record.id, offset: record.offset, reason });
+    this.emit('drop', { queue: queue.name, group, id: record.keyText(), offset: record.offset, reason });
   }
 
   private emitError(err: Error): void {
@@ -363,18 +367,48 @@ export class Broker extends EventEmitter<BrokerEvents> {
    *   const c = await broker.consume('billing', async (msg) => { await charge(msg.json()); },
    *     { group: 'billing-svc', prefetch: 100, concurrency: 8 });
    */
-  async consume(queue: string, handler: Handler, options: ConsumeOptions = {}): Promise<Consumer> {
-    if (typeof handler !== 'function') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'handler must be a function');
+  async consume(queue: string, handler: Handler | string, options: ConsumeOptions = {}): Promise<Consumer> {
+    if (typeof handler === 'string') return this.consumeWithWorkers(queue, handler, options);
+    if (typeof handler !== 'function') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'handler must be a function or a module path');
     const resolved = resolveConsumerOptions(options, 'auto');
     const group = await this.consumerGroup(queue, options);
     const c = group.addConsumer(handler, resolved);
+    this.track(c, async () => {});
+    return c;
+  }
+
+  private track(c: Consumer, after: () => Promise<void>): void {
     this.consumers.add(c);
     const close = c.close.bind(c);
     c.close = async () => {
       this.consumers.delete(c);
       await close();
+      await after();
     };
-    return c;
+  }
+
+  /**
+   * Runs a handler module on a worker_threads pool. The module's default export (or `handler`)
+   * gets the message's data; resolving acks, throwing nacks (ack 'auto'; 'none' is also allowed).
+   * @example
+   *   await broker.consume('images', './resize.js', { workers: 4, prefetch: 64 });
+   */
+  private async consumeWithWorkers(queue: string, modulePath: string, options: ConsumeOptions): Promise<Consumer> {
+    const workers = options.workers ?? 1;
+    const resolved = resolveConsumerOptions({ concurrency: workers * 2, ...options }, 'auto');
+    if (resolved.ack === 'manual') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', "a worker handler acks by resolving: use ack 'auto' or 'none'");
+    const pool = new WorkerPool(modulePath, workers);
+    try {
+      await pool.ready();
+      const group = await this.consumerGroup(queue, options);
+      const c = group.addConsumer(pool.handler, resolved);
+      this.track(c, () => pool.close());
+      return c;
+    } catch (err) {
+      await pool.close();
+      if (err instanceof SpoolError) throw err;
+      throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `cannot load handler module ${modulePath}: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   /**

@@ -2,7 +2,8 @@
  * What a consumer receives. Methods live on the prototype so a delivery costs one small object.
  * Vocabulary from nats.js JsMsg: ack, nack (optionally without requeue), and a delivery count.
  */
-import type { DecodedRecord, Headers } from './message.js';
+import type { LogRecord } from '../log/index.js';
+import { type Headers, routeOf, userHeadersOf } from './message.js';
 
 /** The outcome of an ack or nack: expected outcomes are values, not exceptions. */
 export type SettleStatus = 'acked' | 'nacked' | 'unknown';
@@ -23,11 +24,13 @@ export class Message {
   readonly queue: string;
   readonly deliveryCount: number;
   private headersCache: Headers | undefined;
+  private routeCache: { exchange: string; routingKey: string } | undefined;
+  private idCache: string | undefined;
   /** @internal */
   settled = false;
 
   constructor(
-    /** @internal */ readonly record: DecodedRecord,
+    /** @internal */ readonly record: LogRecord,
     queue: string,
     deliveryId: number,
     deliveryCount: number,
@@ -39,13 +42,16 @@ export class Message {
   }
 
   get id(): string {
-    return this.record.id;
+    if (this.idCache === undefined) this.idCache = this.record.keyText();
+    return this.idCache;
   }
   get exchange(): string {
-    return this.record.exchange;
+    this.routeCache ??= routeOf(this.record);
+    return this.routeCache.exchange;
   }
   get routingKey(): string {
-    return this.record.routingKey;
+    this.routeCache ??= routeOf(this.record);
+    return this.routeCache.routingKey;
   }
   get offset(): number {
     return this.record.offset;
@@ -54,23 +60,20 @@ export class Message {
     return this.record.timestamp;
   }
   get body(): Buffer {
-    return this.record.body;
+    return this.record.value;
   }
   /** True when this message was delivered before (to this group). */
   get redelivered(): boolean {
     return this.deliveryCount > 1;
   }
   get headers(): Headers {
-    if (this.headersCache === undefined) {
-      const raw = this.record.headersJson;
-      this.headersCache = raw === undefined ? {} : (JSON.parse(raw.toString('utf8')) as Headers);
-    }
+    this.headersCache ??= userHeadersOf(this.record);
     return this.headersCache;
   }
 
   /** The body parsed as JSON. */
   json<T = unknown>(): T {
-    return JSON.parse(this.record.body.toString('utf8')) as T;
+    return JSON.parse(this.record.value.toString('utf8')) as T;
   }
 
   /** Acknowledges the message; resolves once the ack is durable. 'unknown' if it was already settled or taken back. */

@@ -16,10 +16,9 @@
  */
 import assert from 'node:assert/strict';
 import { SpoolError } from '../errors.js';
-import type { Clock, Log } from '../log/index.js';
+import type { Clock, Log, LogRecord } from '../log/index.js';
 import { AckStore, ackInto } from './ack-store.js';
 import { Message, type SettleStatus, type Settler } from './delivery.js';
-import { type DecodedRecord, fromRecord } from './message.js';
 
 export type AckMode = 'none' | 'auto' | 'manual';
 export type Handler = (msg: Message) => unknown;
@@ -38,7 +37,7 @@ export interface ConsumerOptions {
 }
 
 interface InFlight {
-  record: DecodedRecord;
+  record: LogRecord;
   deliveryId: number;
   deliveryCount: number;
   consumer: Consumer | null;
@@ -49,7 +48,7 @@ const READ_BATCH_BYTES = 1024 * 1024;
 
 export interface GroupHooks {
   /** A message nacked without requeue. */
-  rejected(record: DecodedRecord, group: string): void;
+  rejected(record: LogRecord, group: string): void;
   /** Retention may advance. */
   progressed(): void;
   error(err: Error): void;
@@ -58,7 +57,7 @@ export interface GroupHooks {
 export class ConsumerGroup implements Settler {
   private consumers: Consumer[] = [];
   private rr = 0;
-  private buffer: DecodedRecord[] = [];
+  private buffer: LogRecord[] = [];
   private bufferHead = 0;
   private readCursor: number;
   private redeliver: InFlight[] = [];
@@ -191,24 +190,22 @@ export class ConsumerGroup implements Settler {
     return offset < this.acks.state.committed || this.acks.state.acked.has(offset);
   }
 
-  private takeBuffered(): DecodedRecord | null {
+  private takeBuffered(): LogRecord | null {
     while (this.bufferHead < this.buffer.length) {
-      const r = this.buffer[this.bufferHead++] as DecodedRecord;
+      const r = this.buffer[this.bufferHead++] as LogRecord;
       if (!this.isAcked(r.offset)) return r;
     }
     return null;
   }
 
   /** Reads the next batch from the log; returns its first unacked record, or null when caught up. */
-  private async fill(): Promise<DecodedRecord | null> {
+  private async fill(): Promise<LogRecord | null> {
     for (;;) {
       if (this.readCursor < this.log.startOffset) this.readCursor = this.log.startOffset;
       if (this.readCursor >= this.log.endOffset) return null;
       const records = await this.log.read(this.readCursor, { maxBytes: READ_BATCH_BYTES });
       if (records.length === 0) return null;
-      const decoded = new Array<DecodedRecord>(records.length);
-      for (let i = 0; i < records.length; i++) decoded[i] = fromRecord(records[i]!);
-      this.buffer = decoded;
+      this.buffer = records;
       this.bufferHead = 0;
       this.readCursor = records[records.length - 1]!.offset + 1;
       const r = this.takeBuffered();

@@ -1,14 +1,14 @@
 /**
  * How a message is stored as a log record (docs/format.md "Messages"): the key is the message
  * id, the value is the body, and broker metadata rides in record headers whose names start with
- * a NUL byte, a prefix user headers may not use.
+ * a NUL byte, a prefix user headers may not use. Nothing is decoded until a consumer asks.
  */
-import { monotonicFactory } from 'ulid';
+import crypto from 'node:crypto';
 import type { LogRecord, RecordInput } from '../log/index.js';
 import { SpoolError } from '../errors.js';
 
-export const META_EXCHANGE = '\0e';
-export const META_ROUTING_KEY = '\0k';
+/** `<exchange>\0<routing key>`: exchange names never hold a NUL. */
+export const META_ROUTE = '\0m';
 /** Present (empty) when the publisher chose the id; only such ids enter the dedupe window. */
 export const META_CALLER_ID = '\0u';
 /** JSON of the user's headers. */
@@ -20,11 +20,34 @@ export type HeaderValue = string | number | boolean | null;
 export type Headers = Record<string, HeaderValue>;
 export type Body = Buffer | Uint8Array | string;
 
-const nextUlid = monotonicFactory();
+const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+const idRandom = Array.from(crypto.randomBytes(6), (b) => CROCKFORD[b & 31]).join('');
+let idTimeMs = -1;
+let idTimePrefix = '';
+let idCounter = 0;
 
-/** A unique, time-sortable id (a monotonic ULID). */
+function base32(value: number, width: number): string {
+  let s = '';
+  for (let i = 0; i < width; i++) {
+    s = CROCKFORD[value % 32] + s;
+    value = Math.floor(value / 32);
+  }
+  return s;
+}
+
+/**
+ * A unique, time-sortable id in ULID's alphabet and layout: 10 characters of milliseconds, then
+ * 6 random characters fixed per process and a 10-character counter. Hand-written because the
+ * `ulid` package's monotonic factory cost ~8% of a publish (370 ns per id, measured in bench/).
+ */
 export function generateId(): string {
-  return nextUlid();
+  const now = Date.now();
+  if (now > idTimeMs) {
+    idTimeMs = now;
+    idTimePrefix = base32(now, 10) + idRandom;
+  }
+  idCounter++;
+  return idTimePrefix + base32(idCounter, 10);
 }
 
 export function checkHeaders(headers: unknown): Headers | undefined {
@@ -51,39 +74,41 @@ export interface StoredMessage {
   expiresAt: number | undefined;
 }
 
+/** Header maps for the common case (no user headers, no expiry), shared across messages. */
+const routeHeaderCache = new Map<string, Readonly<Record<string, string>>>();
+const ROUTE_CACHE_MAX = 10_000;
+
 export function toRecord(m: StoredMessage): RecordInput {
-  const h: Record<string, string> = { [META_EXCHANGE]: m.exchange, [META_ROUTING_KEY]: m.routingKey };
+  const route = m.exchange + '\0' + m.routingKey;
+  if (m.headers === undefined && m.expiresAt === undefined) {
+    const cacheKey = m.callerId ? 'u' + route : 'g' + route;
+    let h = routeHeaderCache.get(cacheKey);
+    if (h === undefined) {
+      h = m.callerId ? { [META_ROUTE]: route, [META_CALLER_ID]: '' } : { [META_ROUTE]: route };
+      if (routeHeaderCache.size >= ROUTE_CACHE_MAX) routeHeaderCache.clear();
+      routeHeaderCache.set(cacheKey, h);
+    }
+    return { key: m.id, value: m.body, headers: h };
+  }
+  const h: Record<string, string> = { [META_ROUTE]: route };
   if (m.callerId) h[META_CALLER_ID] = '';
   if (m.headers !== undefined) h[META_HEADERS] = JSON.stringify(m.headers);
   if (m.expiresAt !== undefined) h[META_EXPIRES_AT] = String(m.expiresAt);
   return { key: m.id, value: m.body, headers: h };
 }
 
-/** The parts of a stored record a consumer needs, decoded once. */
-export interface DecodedRecord {
-  offset: number;
-  timestamp: number;
-  id: string;
-  callerId: boolean;
-  exchange: string;
-  routingKey: string;
-  headersJson: Buffer | undefined;
-  body: Buffer;
-  expiresAt: number | undefined;
+export function isCallerId(r: LogRecord): boolean {
+  return r.headerNames > 1 && r.headerText(META_CALLER_ID) !== undefined;
 }
 
-export function fromRecord(r: LogRecord): DecodedRecord {
-  const h = r.headers;
-  const exp = h[META_EXPIRES_AT];
-  return {
-    offset: r.offset,
-    timestamp: r.timestamp,
-    id: r.key === null ? '' : r.key.toString('utf8'),
-    callerId: h[META_CALLER_ID] !== undefined,
-    exchange: h[META_EXCHANGE]?.toString('utf8') ?? '',
-    routingKey: h[META_ROUTING_KEY]?.toString('utf8') ?? '',
-    headersJson: h[META_HEADERS],
-    body: r.value,
-    expiresAt: exp === undefined ? undefined : Number(exp.toString('latin1')),
-  };
+export function routeOf(r: LogRecord): { exchange: string; routingKey: string } {
+  const route = r.headerText(META_ROUTE) ?? '\0';
+  const cut = route.indexOf('\0');
+  return { exchange: route.slice(0, cut), routingKey: route.slice(cut + 1) };
+}
+
+export function userHeadersOf(r: LogRecord): Headers {
+  if (r.headerNames < 2) return {};
+  const raw = r.headerText(META_HEADERS);
+  return raw === undefined ? {} : (JSON.parse(raw) as Headers);
 }

@@ -8,7 +8,8 @@ import { SpoolError } from '../errors.js';
 import { Log, type Clock, type LogOptions } from '../log/index.js';
 import { AckStore } from './ack-store.js';
 import { ConsumerGroup, type ConsumerOptions, type GroupHooks } from './group.js';
-import { type DecodedRecord, type StoredMessage, fromRecord, toRecord } from './message.js';
+import type { LogRecord } from '../log/index.js';
+import { type StoredMessage, isCallerId, toRecord } from './message.js';
 
 export type Overflow = 'drop-head' | 'reject-publish';
 
@@ -32,7 +33,7 @@ export const DEDUPE_WINDOW_MS_DEFAULT = 120_000;
 const DEDUPE_ENTRIES_MAX = 1_000_000;
 
 export interface QueueHooks {
-  rejected(queue: Queue, record: DecodedRecord, group: string, reason: 'rejected' | 'maxlen'): void;
+  rejected(queue: Queue, record: LogRecord, group: string, reason: 'rejected' | 'maxlen'): void;
   error(err: Error): void;
 }
 
@@ -80,8 +81,7 @@ export class Queue {
       const records = await this.log.read(next, { maxBytes: 4 * 1024 * 1024 });
       if (records.length === 0) break;
       for (const r of records) {
-        const d = fromRecord(r);
-        if (d.callerId && r.timestamp >= since) this.dedupe.set(d.id, r.timestamp + this.dedupeWindowMs);
+        if (r.timestamp >= since && isCallerId(r)) this.dedupe.set(r.keyText(), r.timestamp + this.dedupeWindowMs);
       }
       next = records[records.length - 1]!.offset + 1;
     }
@@ -149,7 +149,7 @@ export class Queue {
   private async reportDropped(offsets: number[], group: string): Promise<void> {
     for (const o of offsets) {
       const [r] = await this.log.read(o, { maxRecords: 1 }).catch(() => []);
-      if (r !== undefined && r.offset === o) this.hooks.rejected(this, fromRecord(r), group, 'maxlen');
+      if (r !== undefined && r.offset === o) this.hooks.rejected(this, r, group, 'maxlen');
     }
   }
 

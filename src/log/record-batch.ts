@@ -38,13 +38,76 @@ export interface RecordInput {
   timestamp?: number;
 }
 
-/** What a reader gets back. `key`, `value` and header values are views into the read buffer. */
-export interface LogRecord {
-  offset: number;
-  timestamp: number;
-  key: Buffer | null;
-  value: Buffer;
-  headers: Readonly<Record<string, Buffer>>;
+/**
+ * What a reader gets back. The value is a view into the read buffer; the key and headers are
+ * decoded on first access, so a reader that only wants values allocates nothing else. Their
+ * structure was already checked when the record was decoded.
+ */
+export class LogRecord {
+  private keyCache: Buffer | null | undefined;
+  private headersCache: Readonly<Record<string, Buffer>> | undefined;
+
+  constructor(
+    readonly offset: number,
+    readonly timestamp: number,
+    readonly value: Buffer,
+    private readonly buf: Buffer,
+    /** -1 when the key is null. */
+    private readonly keyStart: number,
+    private readonly keyEnd: number,
+    /** Position of the first header (after the count). */
+    private readonly headersStart: number,
+    private readonly headerCount: number,
+  ) {}
+
+  get key(): Buffer | null {
+    if (this.keyCache === undefined) this.keyCache = this.keyStart < 0 ? null : this.buf.subarray(this.keyStart, this.keyEnd);
+    return this.keyCache;
+  }
+
+  /** The key as UTF-8 text ('' when null), without making a view first. */
+  keyText(): string {
+    return this.keyStart < 0 ? '' : this.buf.toString('utf8', this.keyStart, this.keyEnd);
+  }
+
+  get headers(): Readonly<Record<string, Buffer>> {
+    if (this.headersCache === undefined) {
+      if (this.headerCount === 0) {
+        this.headersCache = EMPTY_HEADERS;
+      } else {
+        const h: Record<string, Buffer> = {};
+        const buf = this.buf;
+        let q = this.headersStart;
+        for (let j = 0; j < this.headerCount; j++) {
+          const nameEnd = q + 2 + buf.readUInt16LE(q);
+          const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
+          h[buf.toString('utf8', q + 2, nameEnd)] = buf.subarray(nameEnd + 4, valueEnd);
+          q = valueEnd;
+        }
+        this.headersCache = h;
+      }
+    }
+    return this.headersCache;
+  }
+
+  /** One header's value as text (UTF-8), or undefined; does not build the header map. */
+  headerText(name: string): string | undefined {
+    const buf = this.buf;
+    let q = this.headersStart;
+    const nameBytes = Buffer.byteLength(name);
+    for (let j = 0; j < this.headerCount; j++) {
+      const nameLength = buf.readUInt16LE(q);
+      const nameEnd = q + 2 + nameLength;
+      const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
+      if (nameLength === nameBytes && buf.toString('utf8', q + 2, nameEnd) === name) return buf.toString('utf8', nameEnd + 4, valueEnd);
+      q = valueEnd;
+    }
+    return undefined;
+  }
+
+  get headerNames(): number {
+    return this.headerCount;
+  }
 }
 
 const EMPTY_HEADERS: Readonly<Record<string, Buffer>> = Object.freeze({});
@@ -255,35 +318,29 @@ export function decodeRecords(
     const timestamp = header.firstTimestamp + buf.readInt32LE(p + 8);
     const keyLength = buf.readInt32LE(p + 12);
     let q = p + RECORD_FIXED_BYTES;
-    let key: Buffer | null = null;
+    let keyStart = -1;
     if (keyLength >= 0) {
       if (q + keyLength + RECORD_TAIL_FIXED_BYTES > recordEnd) return fault(out, firstOutput, 'key past record end');
-      key = buf.subarray(q, q + keyLength);
+      keyStart = q;
       q += keyLength;
     } else if (keyLength !== -1) {
       return fault(out, firstOutput, 'negative key length');
     }
     const headerCount = buf.readUInt16LE(q);
     q += 2;
-    let headers = EMPTY_HEADERS;
-    if (headerCount > 0) {
-      const h: Record<string, Buffer> = {};
-      for (let j = 0; j < headerCount; j++) {
-        if (q + 2 > recordEnd) return fault(out, firstOutput, 'header past record end');
-        const nameEnd = q + 2 + buf.readUInt16LE(q);
-        if (nameEnd + 4 > recordEnd) return fault(out, firstOutput, 'header name past record end');
-        const name = buf.toString('utf8', q + 2, nameEnd);
-        const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
-        if (valueEnd > recordEnd) return fault(out, firstOutput, 'header value past record end');
-        h[name] = buf.subarray(nameEnd + 4, valueEnd);
-        q = valueEnd;
-      }
-      headers = h;
+    const headersStart = q;
+    for (let j = 0; j < headerCount; j++) {
+      if (q + 2 > recordEnd) return fault(out, firstOutput, 'header past record end');
+      const nameEnd = q + 2 + buf.readUInt16LE(q);
+      if (nameEnd + 4 > recordEnd) return fault(out, firstOutput, 'header name past record end');
+      const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
+      if (valueEnd > recordEnd) return fault(out, firstOutput, 'header value past record end');
+      q = valueEnd;
     }
     if (q + 4 > recordEnd) return fault(out, firstOutput, 'value length past record end');
     const valueEnd = q + 4 + buf.readUInt32LE(q);
     if (valueEnd !== recordEnd) return fault(out, firstOutput, 'value does not end the record');
-    out.push({ offset, timestamp, key, value: buf.subarray(q + 4, valueEnd), headers });
+    out.push(new LogRecord(offset, timestamp, buf.subarray(q + 4, valueEnd), buf, keyStart, keyStart + Math.max(keyLength, 0), headersStart, headerCount));
     p = recordEnd;
     if (out.length - firstOutput >= maxRecords) return null;
   }
