@@ -23,6 +23,8 @@ export const ERROR_CODES = {
   SPOOL_ERR_DISK_FULL: { retriable: true, exit: 1 },
   /** A write or fsync failed (EIO and friends); the append was rolled back. */
   SPOOL_ERR_IO: { retriable: true, exit: 1 },
+  /** A write failed and could not be rolled back; the log refuses writes until reopened, and the failed appends' outcome is unknown. */
+  SPOOL_ERR_READ_ONLY: { retriable: false, exit: 1 },
   /** The log or broker was closed. */
   SPOOL_ERR_CLOSED: { retriable: false, exit: 1 },
   /** An offset lies outside the log's retained range. */

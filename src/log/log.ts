@@ -279,9 +279,19 @@ export class Log {
     try {
       while (this.pendingHead < this.pending.length) {
         const batch = this.takeFlush();
-        await this.flushOnce(batch);
+        try {
+          await this.flushOnce(batch);
+        } catch (err) {
+          // A bug, not an I/O failure (those are handled inside): fail loudly but settle every promise.
+          const error = err instanceof SpoolError ? err : new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} failed: ${(err as Error).message}`, { cause: err });
+          this.failure = error;
+          for (const p of batch) p.reject(error);
+        }
       }
+    } catch (err) {
+      this.failure ??= new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} failed`, { cause: err });
     } finally {
+      if (this.failure !== null) for (let i = this.pendingHead; i < this.pending.length; i++) this.pending[i]?.reject(this.failure);
       this.pending.length = 0;
       this.pendingHead = 0;
       this.flushing = false;
@@ -317,7 +327,7 @@ export class Log {
       return;
     }
     let recordBytes = 0;
-    for (const p of batch) recordBytes += p.bytes;
+    for (const p of batch) recordBytes += p.bytes + BATCH_HEADER_BYTES;
     // Roll before writing when this flush would push a non-empty segment past its limit.
     if (this.active.size > SEGMENT_HEADER_BYTES && this.active.size + recordBytes > this.options.segmentBytesMax) {
       try {
@@ -361,7 +371,13 @@ export class Log {
       }
     }
     assert.equal(offset, active.nextOffset, 'every appended record got exactly one offset');
-    for (const l of this.appendListeners) l(active.nextOffset);
+    for (const l of this.appendListeners) {
+      try {
+        l(active.nextOffset);
+      } catch {
+        // A listener's failure is its own; the append is durable and already resolved.
+      }
+    }
   }
 
   /** Encodes a flush into one buffer of back-to-back batches of about DISK_BATCH_TARGET_BYTES. */
@@ -374,7 +390,7 @@ export class Log {
       upperBound += p.bytes;
       recordCount += n;
     }
-    const batchesMax = Math.min(recordCount, Math.ceil(upperBound / (DISK_BATCH_TARGET_BYTES / 2)) + batch.length + 1);
+    const batchesMax = recordCount; // worst case: timestamps far apart put every record in its own batch
     upperBound += batchesMax * BATCH_HEADER_BYTES;
     if (this.flushBuffer.length < upperBound) this.flushBuffer = Buffer.allocUnsafe(Math.max(upperBound, this.flushBuffer.length * 2));
     const buf = this.flushBuffer;
@@ -398,8 +414,9 @@ export class Log {
       if (enc.maxTimestampValue > segmentMaxTs) segmentMaxTs = enc.maxTimestampValue;
       pos = batchStart + sealed.length;
     };
-    const addRecord = (record: RecordInput, size: number, timestamp: number) => {
-      if (batchBytes > 0 && batchBytes + size > DISK_BATCH_TARGET_BYTES) {
+    const addRecord = (record: RecordInput, size: number, defaultTimestamp: number) => {
+      const timestamp = record.timestamp ?? defaultTimestamp;
+      if (batchBytes > 0 && (batchBytes + size > DISK_BATCH_TARGET_BYTES || !enc.accepts(timestamp))) {
         sealBatch();
         batchBytes = 0;
       }
@@ -408,7 +425,7 @@ export class Log {
         enc.begin(buf, batchStart, offset);
         batchBytes = BATCH_HEADER_BYTES;
       }
-      enc.add(record, record.timestamp ?? timestamp, size);
+      enc.add(record, timestamp, size);
       batchBytes += size;
       offset++;
     };
@@ -437,16 +454,20 @@ export class Log {
       await file.truncate(durableSize);
       await file.sync();
     } catch (cutErr) {
-      this.failure = new SpoolError('SPOOL_ERR_IO', `log ${this.dir} is read-only after a failed write could not be rolled back; reopen it`, {
-        cause: cutErr,
-      });
+      this.failure = new SpoolError(
+        'SPOOL_ERR_READ_ONLY',
+        `log ${this.dir} is read-only: a failed write could not be rolled back, so whether its records are on disk is unknown; reopen the log`,
+        { cause: cutErr },
+      );
     }
-    for (const p of batch) p.reject(error);
+    for (const p of batch) p.reject(this.failure ?? error);
   }
 
   /** Seals the active segment and starts a new one at the current end offset. */
   private async roll(): Promise<void> {
     const sealed = this.active;
+    // Every flush was synced already; this guards the invariant that sealed segments are durable.
+    await (sealed.file as NonNullable<Segment['file']>).sync();
     await sealed.writeIndexFiles();
     const next = new Segment(this.dir, sealed.nextOffset, this.storage);
     const file = await this.storage.open(next.logPath, 'create');
@@ -456,7 +477,15 @@ export class Log {
       await this.storage.syncDir(this.dir);
     } catch (err) {
       await file.close().catch(() => {});
-      await this.storage.unlink(next.logPath).catch(() => {});
+      try {
+        await this.storage.unlink(next.logPath);
+        await this.storage.syncDir(this.dir);
+      } catch (cleanupErr) {
+        // A half-made segment might survive a crash and overlap the active one: stop writing.
+        this.failure = new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} is read-only: a failed roll left ${next.logPath} behind; reopen the log`, {
+          cause: cleanupErr,
+        });
+      }
       throw ioError(err, `creating segment ${next.logPath}`);
     }
     next.file = file;
@@ -545,8 +574,9 @@ export class Log {
       if (segment.index === null) {
         if (await segment.loadIndex(this.options.indexIntervalBytes)) this.counters.indexesRebuilt++;
       }
-      const end = segment === this.active ? segment.size : segment.size;
+      const end = segment.size;
       const limitOffset = segment.nextOffset;
+      if (end < SEGMENT_HEADER_BYTES) throw new CorruptError(segment.logPath, 0, `segment is ${end} bytes, shorter than its header`);
       let position = SEGMENT_HEADER_BYTES;
       let expected = segment.baseOffset;
       const hint = this.positionHints.get(fromOffset);
@@ -561,6 +591,7 @@ export class Log {
         }
       }
       let bytesRead = 0;
+      let full = false;
       let fault: CorruptError | null = null;
       const result = await scanBatches(file, position, end, Math.min(Math.max(maxBytes, 64 * 1024), end - position || 1), (buf, pos, header, filePosition) => {
         if (header.baseOffset !== expected) {
@@ -575,7 +606,8 @@ export class Log {
           return false;
         }
         bytesRead += header.length;
-        return out.length < maxRecords && bytesRead < maxBytes;
+        full = out.length >= maxRecords || bytesRead >= maxBytes;
+        return !full;
       });
       if (fault !== null) throw fault;
       if (result.problem !== null) {
@@ -586,6 +618,10 @@ export class Log {
         if (last + 1 === expected && expected < limitOffset) this.rememberPosition(expected, segment, result.end);
       }
       if (expected > limitOffset) throw new CorruptError(segment.logPath, result.end, 'segment holds offsets past its end');
+      if (!full && result.end >= end && expected < limitOffset) {
+        // The scan ran off the end of the file before reaching the segment's last offset.
+        throw new CorruptError(segment.logPath, end, `segment ends at offset ${expected}, expected ${limitOffset}`);
+      }
       return expected;
     } finally {
       segment.readers--;

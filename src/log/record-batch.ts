@@ -161,6 +161,11 @@ export class BatchEncoder {
     return this.count;
   }
 
+  /** False when `timestamp` is too far from the batch's first to store as a 32-bit delta: start a new batch. */
+  accepts(timestamp: number): boolean {
+    return this.count === 0 || Math.abs(timestamp - this.firstTimestamp) <= I32_MAX;
+  }
+
   /** Appends one record; `bytes` must be `encodedRecordBytes(record)`. */
   add(record: RecordInput, timestamp: number, bytes: number): void {
     const buf = this.buf;
@@ -300,6 +305,8 @@ export function decodeRecords(
   out: LogRecord[],
   maxRecords: number,
 ): string | null {
+  // A future batch kind marked safe to ignore carries no records this build understands.
+  if (header.type !== BATCH_TYPE_RECORDS) return null;
   const end = pos + header.length;
   const firstOutput = out.length;
   let p = pos + BATCH_HEADER_BYTES;

@@ -23,7 +23,7 @@ import {
 } from './format.js';
 import type { ResolvedLogOptions } from './log.js';
 import { checkBatch } from './record-batch.js';
-import { BATCH_BYTES_LIMIT, readFully } from './scan.js';
+import { BATCH_BYTES_LIMIT, readFully, scanBatches } from './scan.js';
 import { Segment, emptySeed, type IndexedScanSeed } from './segment.js';
 import { SegmentIndex } from './segment-index.js';
 import { type Storage, type StorageFile, readWholeFile, writeFileAtomic } from './storage.js';
@@ -80,6 +80,18 @@ export async function recoverLog(
   dir: string,
   opts: ResolvedLogOptions,
 ): Promise<{ segments: Segment[]; report: RecoveryReport; bytesSinceIndex: number }> {
+  try {
+    return await recoverLogUnchecked(dir, opts);
+  } catch (err) {
+    if (err instanceof SpoolError) throw err;
+    throw ioError(err, `opening log ${dir}`);
+  }
+}
+
+async function recoverLogUnchecked(
+  dir: string,
+  opts: ResolvedLogOptions,
+): Promise<{ segments: Segment[]; report: RecoveryReport; bytesSinceIndex: number }> {
   const storage = opts.storage;
   const report: RecoveryReport = {
     created: false,
@@ -111,12 +123,15 @@ export async function recoverLog(
   let checkpoint = null;
   if (found.checkpoint) {
     const read = decodeCheckpoint(await readWholeFile(storage, path.join(dir, CHECKPOINT_FILE)));
-    if (read.kind === 'not-a-log') throw new SpoolError('SPOOL_ERR_NOT_A_LOG', `${dir} is not a Spool log (bad checkpoint magic)`);
+    if (read.kind === 'not-a-log' && found.segmentBases.length === 0) {
+      throw new SpoolError('SPOOL_ERR_NOT_A_LOG', `${dir} is not a Spool log (bad checkpoint magic)`);
+    }
+    if (read.kind === 'not-a-log') report.checkpointIgnored = 'checkpoint has a bad magic number';
     if (read.kind === 'unknown-version') {
       throw new SpoolError('SPOOL_ERR_UNKNOWN_VERSION', `${dir} was written by format version ${read.version}; this build reads version ${FORMAT_VERSION}`);
     }
-    if (read.kind === 'damaged') report.checkpointIgnored = 'checkpoint fails its CRC';
-    else checkpoint = read.checkpoint;
+    if (read.kind === 'damaged') report.checkpointIgnored = 'checkpoint fails its CRC or has the wrong size';
+    else if (read.kind === 'ok') checkpoint = read.checkpoint;
   }
 
   if (found.segmentBases.length === 0) {
@@ -153,6 +168,9 @@ export async function recoverLog(
   }
   const active = segments[segments.length - 1] as Segment;
   const bytesSinceIndex = await recoverActive(active, segments.length === 1 && !found.checkpoint, checkpoint, opts, report);
+  // The names found may not be durable yet (a crash right after a roll's create): make them so
+  // before anything is appended to them.
+  await storage.syncDir(dir);
   report.segments = segments.length;
   return { segments, report, bytesSinceIndex };
 }
@@ -190,6 +208,12 @@ async function recoverActive(
   const got = await readFully(file, header, SEGMENT_HEADER_BYTES, 0);
   if (got < SEGMENT_HEADER_BYTES || header.every((b) => b === 0)) {
     // Row "torn segment header": a roll or create that crashed before its header was synced.
+    // Such a segment never held a synced batch, so a valid batch after the header means damage.
+    const next = fileSize > SEGMENT_HEADER_BYTES ? await findNextValidBatch(file, SEGMENT_HEADER_BYTES, fileSize, active.baseOffset) : null;
+    if (next !== null && !opts.repair) {
+      throw new CorruptError(active.logPath, 0, 'segment header is zeroed but valid batches follow; open with repair to truncate');
+    }
+    if (next !== null) report.lostRange = { fromOffset: active.baseOffset, toOffset: await lastOffsetFrom(file, next.position, fileSize, next.lastOffset) };
     await file.truncate(0);
     await file.writev([encodeSegmentHeader(active.baseOffset)], 0);
     await file.sync();
@@ -217,7 +241,10 @@ async function recoverActive(
       report.checkpointIgnored = 'checkpoint position lies outside the segment';
     } else {
       active.size = fileSize;
-      const loaded = await active.readIndexFiles();
+      const loaded =
+        checkpoint.position === SEGMENT_HEADER_BYTES && checkpoint.nextOffset === active.baseOffset
+          ? { index: new SegmentIndex(), nextOffset: active.baseOffset }
+          : await active.readIndexFiles();
       if (loaded === null || loaded.nextOffset !== checkpoint.nextOffset) {
         report.checkpointIgnored = 'index files do not match the checkpoint';
       } else {
@@ -237,6 +264,9 @@ async function recoverActive(
   if (scan.problem !== null) {
     await cutTail(active, file, fileSize, scan.problem, opts, report);
   }
+  // After a process crash the tail may sit in the page cache without ever having been synced:
+  // sync it before serving it, or a later power cut could take back what readers already saw.
+  await file.sync();
   // Index entries are added when this many bytes were written since the last one.
   return scan.problem === null && start === SEGMENT_HEADER_BYTES && scan.end === SEGMENT_HEADER_BYTES ? 0 : opts.indexIntervalBytes;
 }
@@ -265,7 +295,7 @@ async function cutTail(
           `${problem.kind}, yet a valid batch follows at byte ${next.position}; open with repair to truncate (losing offsets from ${active.nextOffset})`,
         );
       }
-      report.lostRange = { fromOffset: active.nextOffset, toOffset: next.lastOffset };
+      report.lostRange = { fromOffset: active.nextOffset, toOffset: await lastOffsetFrom(file, next.position, fileSize, next.lastOffset) };
     }
   }
   await file.truncate(position);
@@ -274,9 +304,20 @@ async function cutTail(
   report.truncatedAt = { file: active.logPath, position, reason: problem.kind };
 }
 
+/** The last offset of the valid batches that follow each other from `position`. */
+async function lastOffsetFrom(file: StorageFile, position: number, end: number, fallback: number): Promise<number> {
+  let last = fallback;
+  await scanBatches(file, position, end, 4 * 1024 * 1024, (_b, _p, header) => {
+    if (header.baseOffset + header.recordCount - 1 < last) return false;
+    last = header.baseOffset + header.recordCount - 1;
+    return true;
+  });
+  return last;
+}
+
 /**
  * Searches forward for the start of a valid batch whose base offset is at least `minOffset`.
- * Returns its position and the furthest offset found after it, or null. Byte-by-byte with cheap
+ * Returns its position and the last offset of that batch, or null. Byte-by-byte with cheap
  * filters first; it runs only on the rare path of corruption.
  */
 export async function findNextValidBatch(

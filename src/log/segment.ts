@@ -96,7 +96,7 @@ export class Segment {
         discontinuity = { position: filePosition, kind: `base offset ${header.baseOffset}, expected ${nextOffset}` };
         return false;
       }
-      if (sinceIndex >= indexIntervalBytes) {
+      if (sinceIndex >= indexIntervalBytes && header.recordCount > 0) {
         index.add(nextOffset - this.baseOffset, filePosition, maxTimestamp);
         sinceIndex = 0;
       }

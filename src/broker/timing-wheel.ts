@@ -1,0 +1,180 @@
+/**
+ * A hierarchical timing wheel (Varghese & Lauck; Kafka's TimingWheel). Schedule and cancel are
+ * O(1); advancing costs O(1) per tick with work plus O(1) per entry per level it falls through.
+ *
+ * Level 0 has `slots` buckets of `tickMs` each; level L's buckets are `slots` times wider than
+ * level L-1's. An entry goes into the lowest level whose span covers its delay; when a higher
+ * level's bucket comes due, its entries are re-inserted and fall to finer levels.
+ *
+ * Worked example (tickMs 4, slots 64): level 0 spans 256 ms, level 1 16.4 s, level 2 17.5 min,
+ * level 3 18.6 h, level 4 49.7 days. An entry due in 20 s lands in level 2; when that bucket's
+ * 17.5-min window starts it moves to level 1, then to level 0, then fires within one tick of its
+ * due time. Advancing over an idle stretch jumps straight to the next occupied bucket.
+ *
+ * Time is passed in: nothing here reads a clock.
+ */
+import assert from 'node:assert/strict';
+
+export interface WheelEntry<K> {
+  key: K;
+  dueAt: number;
+  /** @internal */ level: number;
+  /** @internal */ slot: number;
+}
+
+export class TimingWheel<K> {
+  private readonly levels: Set<WheelEntry<K>>[][];
+  private readonly byKey = new Map<K, WheelEntry<K>>();
+  /** Entries scheduled for a tick already passed: the next advance returns them first. */
+  private readonly overdue = new Set<WheelEntry<K>>();
+  /** Entries per level, so advancing can skip empty levels and idle stretches. */
+  private readonly counts: number[];
+  /** The current time in ticks: every entry due before this tick has been returned. */
+  private tick: number;
+  readonly tickMs: number;
+  readonly slots: number;
+  private readonly slotBits: number;
+
+  constructor(options: { tickMs?: number; slots?: number; levels?: number; startMs: number }) {
+    this.tickMs = options.tickMs ?? 4;
+    this.slots = options.slots ?? 64;
+    assert(Number.isInteger(Math.log2(this.slots)), 'slots must be a power of two');
+    this.slotBits = Math.log2(this.slots);
+    const levelCount = options.levels ?? 5;
+    this.levels = Array.from({ length: levelCount }, () => Array.from({ length: this.slots }, () => new Set<WheelEntry<K>>()));
+    this.counts = new Array<number>(levelCount).fill(0);
+    this.tick = Math.floor(options.startMs / this.tickMs);
+  }
+
+  get size(): number {
+    return this.byKey.size;
+  }
+
+  /** The longest delay the wheel holds; later entries wait in the top level's last bucket. */
+  get spanMs(): number {
+    return this.tickMs * this.slots ** this.levels.length;
+  }
+
+  has(key: K): boolean {
+    return this.byKey.has(key);
+  }
+
+  /** Schedules `key` at `dueAt` (ms), replacing an earlier schedule of the same key. */
+  schedule(key: K, dueAt: number): void {
+    this.cancel(key);
+    const entry: WheelEntry<K> = { key, dueAt, level: 0, slot: 0 };
+    this.byKey.set(key, entry);
+    this.place(entry);
+  }
+
+  /** Removes `key`; returns false when it was not scheduled. */
+  cancel(key: K): boolean {
+    const entry = this.byKey.get(key);
+    if (entry === undefined) return false;
+    this.byKey.delete(key);
+    if (entry.level < 0) {
+      this.overdue.delete(entry);
+      return true;
+    }
+    this.levels[entry.level]![entry.slot]!.delete(entry);
+    this.counts[entry.level]!--;
+    return true;
+  }
+
+  private place(entry: WheelEntry<K>): void {
+    const dueTick = Math.floor(entry.dueAt / this.tickMs);
+    if (dueTick < this.tick) {
+      entry.level = -1;
+      this.overdue.add(entry);
+      return;
+    }
+    const delta = dueTick - this.tick;
+    let level = 0;
+    while (level < this.levels.length - 1 && delta >= this.slots ** (level + 1)) level++;
+    // Bucket index at this level: the due tick's digit in base `slots`.
+    const clamped = Math.min(delta, this.slots ** (level + 1) - 1);
+    const slot = Math.floor((this.tick + clamped) / this.slots ** level) % this.slots;
+    entry.level = level;
+    entry.slot = slot;
+    this.levels[level]![slot]!.add(entry);
+    this.counts[level]!++;
+  }
+
+  /**
+   * Advances to `nowMs` and returns the keys now due, in due order within each tick.
+   * @example
+   *   const wheel = new TimingWheel<string>({ startMs: 0 });
+   *   wheel.schedule('order-1', 1_800_000);
+   *   wheel.advance(1_800_004); // ['order-1']
+   */
+  advance(nowMs: number): K[] {
+    const target = Math.floor(nowMs / this.tickMs);
+    const due: K[] = [];
+    if (this.overdue.size > 0) {
+      const late = [...this.overdue].sort((a, b) => a.dueAt - b.dueAt);
+      this.overdue.clear();
+      for (const e of late) {
+        this.byKey.delete(e.key);
+        due.push(e.key);
+      }
+    }
+    while (this.tick <= target) {
+      if (this.byKey.size === 0) {
+        this.tick = Math.max(this.tick, target + 1);
+        break;
+      }
+      // Level 0 bucket of the current tick: everything in it is due.
+      this.drainSlot(0, this.tick % this.slots, due, target);
+      this.moveTo(this.tick + 1);
+      // Skip idle ticks: with levels below L empty, nothing fires before the next level-L boundary.
+      let lowest = 0;
+      while (lowest < this.levels.length && this.counts[lowest] === 0) lowest++;
+      if (lowest > 0 && this.overdue.size === 0) {
+        const width = this.slots ** Math.min(lowest, this.levels.length - 1);
+        const next = Math.ceil(this.tick / width) * width;
+        if (next > this.tick) this.moveTo(Math.min(next, target + 1));
+      }
+    }
+    return due;
+  }
+
+  /** Sets the current tick; at a level boundary, the coarser buckets that start now fall to finer levels. */
+  private moveTo(tick: number): void {
+    this.tick = tick;
+    for (let level = 1; level < this.levels.length && tick % this.slots ** level === 0; level++) {
+      this.cascade(level, Math.floor(tick / this.slots ** level) % this.slots);
+    }
+  }
+
+  private drainSlot(level: number, slot: number, due: K[], target: number): void {
+    const bucket = this.levels[level]![slot]!;
+    if (bucket.size === 0) return;
+    const ready: WheelEntry<K>[] = [];
+    for (const e of bucket) {
+      if (Math.floor(e.dueAt / this.tickMs) <= target) ready.push(e);
+    }
+    ready.sort((a, b) => a.dueAt - b.dueAt);
+    for (const e of ready) {
+      bucket.delete(e);
+      this.counts[level]!--;
+      this.byKey.delete(e.key);
+      due.push(e.key);
+    }
+  }
+
+  private cascade(level: number, slot: number): void {
+    const bucket = this.levels[level]![slot]!;
+    if (bucket.size === 0) return;
+    const moving = [...bucket];
+    bucket.clear();
+    this.counts[level]! -= moving.length;
+    for (const e of moving) this.place(e);
+  }
+
+  /** The earliest due time among scheduled keys, or null (O(n); for tests and status). */
+  earliest(): number | null {
+    let min: number | null = null;
+    for (const e of this.byKey.values()) if (min === null || e.dueAt < min) min = e.dueAt;
+    return min;
+  }
+}
