@@ -112,19 +112,30 @@ export class AckStore {
   private flushing = false;
   private recordsSinceSnapshot = 0;
   private idle: (() => void)[] = [];
+  /** The committed offset as far as the disk knows: retention may only delete below this. */
+  durableCommitted: number;
   onError: (err: Error) => void = () => {};
+  /** Called after each durable write, once `durableCommitted` is current. */
+  onDurable: () => void = () => {};
 
   private constructor(
     private readonly log: Log,
     readonly state: AckState,
-  ) {}
+  ) {
+    this.durableCommitted = state.committed;
+  }
 
   /** Opens the group's state log, creating it at `initialCommitted` when new. */
-  static async open(dir: string, initialCommitted: () => Promise<number>, logOptions: LogOptions): Promise<AckStore> {
+  /**
+   * Opens the group's state log, creating it at `initialCommitted` when new. `floor` is the
+   * queue's first retained offset: a committed offset below it (a crash between retention and
+   * an ack write) is raised to it, since those messages are gone.
+   */
+  static async open(dir: string, initialCommitted: number, floor: number, logOptions: LogOptions): Promise<AckStore> {
     const { log, recovery } = await Log.open(dir, { ...logOptions, segmentBytesMax: ACK_SEGMENT_BYTES });
     const state: AckState = { committed: 0, acked: new Set() };
     if (recovery.created || log.endOffset === log.startOffset) {
-      state.committed = await initialCommitted();
+      state.committed = initialCommitted;
       await log.appendOne({ value: encodeSnapshot(state) });
       return new AckStore(log, state);
     }
@@ -135,25 +146,30 @@ export class AckStore {
       for (const r of records) applyRecord(state, r.value);
       next = (records[records.length - 1] as { offset: number }).offset + 1;
     }
+    if (state.committed < floor) {
+      for (const o of state.acked) if (o < floor) state.acked.delete(o);
+      let c = floor;
+      while (state.acked.delete(c)) c++;
+      state.committed = c;
+      await log.appendOne({ value: encodeSnapshot(state) });
+    }
     const store = new AckStore(log, state);
     store.recordsSinceSnapshot = log.endOffset - log.startOffset;
     return store;
   }
 
   /** Records offsets as acked (already applied to `state` by the caller); resolves once durable. */
-  persist(offsets: number[], wantPromise: boolean): Promise<void> | undefined {
+  persist(offsets: readonly number[], wantPromise: boolean): Promise<void> | undefined {
     for (const o of offsets) this.pending.push(o);
-    let p: Promise<void> | undefined;
-    if (wantPromise) p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
-    if (!this.flushing) {
-      this.flushing = true;
-      queueMicrotask(() => void this.flushLoop());
-    }
-    return p;
+    return this.queued(wantPromise);
   }
 
   persistOne(offset: number, wantPromise: boolean): Promise<void> | undefined {
     this.pending.push(offset);
+    return this.queued(wantPromise);
+  }
+
+  private queued(wantPromise: boolean): Promise<void> | undefined {
     let p: Promise<void> | undefined;
     if (wantPromise) p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
     if (!this.flushing) {
@@ -170,10 +186,15 @@ export class AckStore {
         const waiters = this.waiters;
         this.pending = [];
         this.waiters = [];
+        // Every ack applied so far is in this write or an earlier one, so once it is durable
+        // the disk knows this committed offset.
+        const committed = this.state.committed;
         try {
           await this.log.appendOne({ value: encodeRanges(offsets) });
           this.recordsSinceSnapshot++;
+          this.durableCommitted = Math.max(this.durableCommitted, committed);
           for (const w of waiters) w.resolve();
+          this.onDurable();
         } catch (err) {
           for (const w of waiters) w.reject(err as Error);
           this.onError(err as Error);

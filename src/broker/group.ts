@@ -41,6 +41,8 @@ interface InFlight {
   deliveryId: number;
   deliveryCount: number;
   consumer: Consumer | null;
+  /** Who held it last: a redelivery goes to someone else when anyone else has room. */
+  lastConsumer: Consumer | null;
   deadline: number;
 }
 
@@ -67,7 +69,6 @@ export class ConsumerGroup implements Settler {
   private pumpAgain = false;
   private pumpScheduled = false;
   private closed = false;
-  private acksSinceProgress = 0;
 
   constructor(
     readonly name: string,
@@ -79,6 +80,12 @@ export class ConsumerGroup implements Settler {
   ) {
     this.readCursor = Math.max(acks.state.committed, log.startOffset);
     acks.onError = (err) => hooks.error(err);
+    acks.onDurable = () => hooks.progressed();
+  }
+
+  /** The committed offset the disk knows; retention deletes only below it. */
+  get durableCommitted(): number {
+    return this.acks.durableCommitted;
   }
 
   get committed(): number {
@@ -118,6 +125,7 @@ export class ConsumerGroup implements Settler {
   private takeBack(entry: InFlight): void {
     this.inflight.delete(entry.record.offset);
     if (entry.consumer !== null) entry.consumer.held--;
+    entry.lastConsumer = entry.consumer;
     entry.consumer = null;
     this.redeliver.push(entry);
   }
@@ -143,18 +151,22 @@ export class ConsumerGroup implements Settler {
         this.pumpAgain = false;
         for (;;) {
           if (this.closed) return;
-          let consumer = this.pickConsumer();
+          let consumer = this.pickConsumer(null);
           if (consumer === null) break;
           let entry = this.nextRedelivery();
+          if (entry !== null && entry.lastConsumer === consumer) {
+            // Prefer another consumer for a message this one gave back or sat on.
+            consumer = this.pickConsumer(consumer) ?? consumer;
+          }
           if (entry === null) {
             const record = this.bufferHead < this.buffer.length ? this.takeBuffered() : await this.fill();
             if (record === null) break;
-            consumer = consumer.closed ? this.pickConsumer() : consumer;
+            consumer = consumer.closed ? this.pickConsumer(null) : consumer;
             if (consumer === null) {
               this.bufferHead--; // put it back
               break;
             }
-            entry = { record, deliveryId: 0, deliveryCount: 0, consumer: null, deadline: 0 };
+            entry = { record, deliveryId: 0, deliveryCount: 0, consumer: null, lastConsumer: null, deadline: 0 };
           }
           this.deliver(consumer, entry);
         }
@@ -166,11 +178,11 @@ export class ConsumerGroup implements Settler {
     }
   }
 
-  private pickConsumer(): Consumer | null {
+  private pickConsumer(exclude: Consumer | null): Consumer | null {
     const n = this.consumers.length;
     for (let i = 0; i < n; i++) {
       const c = this.consumers[(this.rr + i) % n] as Consumer;
-      if (c.held < c.prefetch && !c.closed) {
+      if (c.held < c.prefetch && !c.closed && c !== exclude) {
         this.rr = (this.rr + i + 1) % n;
         return c;
       }
@@ -236,6 +248,7 @@ export class ConsumerGroup implements Settler {
     msg.settled = true;
     this.inflight.delete(msg.offset);
     if (entry.consumer !== null) entry.consumer.held--;
+    entry.lastConsumer = entry.consumer;
     entry.consumer = null;
     this.schedulePump();
     if (ack) {
@@ -258,6 +271,7 @@ export class ConsumerGroup implements Settler {
     msg.settled = true;
     this.inflight.delete(msg.offset);
     if (entry.consumer !== null) entry.consumer.held--;
+    entry.lastConsumer = entry.consumer;
     entry.consumer = null;
     this.schedulePump();
     if (ack) this.ackOffset(msg.offset, false);
@@ -266,12 +280,7 @@ export class ConsumerGroup implements Settler {
 
   private ackOffset(offset: number, wantPromise: boolean): Promise<void> | undefined {
     ackInto(this.acks.state, offset);
-    const p = this.acks.persistOne(offset, wantPromise);
-    if (++this.acksSinceProgress >= 4096) {
-      this.acksSinceProgress = 0;
-      this.hooks.progressed();
-    }
-    return p;
+    return this.acks.persistOne(offset, wantPromise);
   }
 
   /** Acks everything below `offset` that is not in flight (drop-head overflow). Returns the records' offsets it dropped. */

@@ -51,14 +51,17 @@ export class DirLock {
     const file = path.join(dataDir, LOCK_FILE);
     const info: LockInfo = { pid: process.pid, startedAt: new Date().toISOString() };
     for (let attempt = 0; attempt < 3; attempt++) {
+      // Written whole to a private file first, then linked into place: link fails if LOCK
+      // exists, and a LOCK that exists always holds a complete pid (never a half-written one).
+      const tmp = `${file}.${process.pid}.${attempt}`;
+      fs.writeFileSync(tmp, JSON.stringify(info), { mode: 0o644 });
       try {
-        const fd = fs.openSync(file, 'wx', 0o644);
-        fs.writeSync(fd, JSON.stringify(info));
-        fs.fsyncSync(fd);
-        fs.closeSync(fd);
+        fs.linkSync(tmp, file);
         return new DirLock(dataDir, info);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      } finally {
+        fs.rmSync(tmp, { force: true });
       }
       const owner = readLock(dataDir);
       if (owner !== null && owner.pid !== process.pid && alive(owner.pid)) {

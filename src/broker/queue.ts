@@ -10,6 +10,7 @@ import { AckStore } from './ack-store.js';
 import { ConsumerGroup, type ConsumerOptions, type GroupHooks } from './group.js';
 import type { LogRecord } from '../log/index.js';
 import { type StoredMessage, isCallerId, toRecord } from './message.js';
+import { SizeWindow } from './size-window.js';
 
 export type Overflow = 'drop-head' | 'reject-publish';
 
@@ -41,8 +42,10 @@ export class Queue {
   readonly groups = new Map<string, ConsumerGroup>();
   private readonly dedupe = new Map<string, number>();
   private readonly groupOpening = new Map<string, Promise<ConsumerGroup>>();
-  /** With no group attached, offsets below this were dropped by drop-head overflow. */
+  /** Offsets below this were dropped by drop-head overflow; new groups start at or after it. */
   private floor = 0;
+  /** Body sizes of queued messages, kept only when maxBytes is set. */
+  private sizes: SizeWindow | null = null;
   private unsubscribe: () => void;
   private trimming = false;
 
@@ -64,9 +67,25 @@ export class Queue {
     const { log } = await Log.open(path.join(dir, 'messages'), { ...logOptions, clock });
     const q = new Queue(name, dir, options, log, clock, logOptions, hooks);
     await q.rebuildDedupe();
+    // Drop-head is exact for maxLength, so the floor can be recomputed rather than stored.
     if (options.maxLength !== undefined) q.floor = Math.max(0, log.endOffset - options.maxLength);
     for (const g of await listDirs(path.join(dir, 'groups'))) await q.group(g, {});
+    if (options.maxBytes !== undefined) await q.loadSizes();
     return q;
+  }
+
+  private async loadSizes(): Promise<void> {
+    const sizes = new SizeWindow(this.head());
+    let next = sizes.start;
+    while (next < this.log.endOffset) {
+      const records = await this.log.read(next, { maxBytes: 4 * 1024 * 1024 });
+      if (records.length === 0) break;
+      for (const r of records) sizes.add(r.offset, r.value.length);
+      next = records[records.length - 1]!.offset + 1;
+    }
+    this.sizes = sizes;
+    // As for maxLength, drop-head is applied at once, so the floor follows from the sizes.
+    if ((this.options.overflow ?? 'drop-head') === 'drop-head') this.floor = Math.max(this.floor, sizes.headFor(this.options.maxBytes as number));
   }
 
   private get dedupeWindowMs(): number {
@@ -99,6 +118,14 @@ export class Queue {
     return min;
   }
 
+  /** Where retention may delete up to: what every group has durably acked, or -1 while a group is opening. */
+  private retentionHead(): number {
+    if (this.groups.size === 0 || this.groupOpening.size > 0) return -1;
+    let min = Number.MAX_SAFE_INTEGER;
+    for (const g of this.groups.values()) min = Math.min(min, g.durableCommitted);
+    return min;
+  }
+
   /**
    * Appends a message unless its publisher-chosen id was seen within the window.
    * Resolves after the message is fsynced.
@@ -113,18 +140,35 @@ export class Queue {
       this.dedupe.set(m.id, now + this.dedupeWindowMs);
     }
     const overflow = this.options.overflow ?? 'drop-head';
-    if (this.options.maxLength !== undefined && overflow === 'reject-publish' && this.depth >= this.options.maxLength) {
-      if (m.callerId) this.dedupe.delete(m.id);
-      throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at maxLength ${this.options.maxLength}`);
+    const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
+    if (overflow === 'reject-publish') {
+      const full = this.fullReason(size);
+      if (full !== null) {
+        if (m.callerId) this.dedupe.delete(m.id);
+        throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}`);
+      }
     }
+    let offset: number;
     try {
-      await this.log.appendOne(toRecord(m));
+      offset = await this.log.appendOne(toRecord(m));
     } catch (err) {
       if (m.callerId) this.dedupe.delete(m.id);
       throw err;
     }
-    if (this.options.maxLength !== undefined && overflow === 'drop-head' && this.depth > this.options.maxLength) this.dropHead();
+    this.sizes?.add(offset, size);
+    if (overflow === 'drop-head') this.dropHeadIfOver();
     return 'confirmed';
+  }
+
+  /** Why a message of `size` bytes would overflow the queue, or null when it fits. */
+  private fullReason(size: number): string | null {
+    const { maxLength, maxBytes } = this.options;
+    if (maxLength !== undefined && this.depth >= maxLength) return `maxLength ${maxLength}`;
+    if (maxBytes !== undefined && this.sizes !== null) {
+      this.sizes.advanceTo(this.head());
+      if (this.sizes.total + size > maxBytes) return `maxBytes ${maxBytes}`;
+    }
+    return null;
   }
 
   private evictDedupe(now: number): void {
@@ -134,12 +178,16 @@ export class Queue {
     }
   }
 
-  private dropHead(): void {
-    const newHead = this.log.endOffset - (this.options.maxLength as number);
-    if (this.groups.size === 0) {
-      this.floor = Math.max(this.floor, newHead);
-      return;
+  private dropHeadIfOver(): void {
+    const { maxLength, maxBytes } = this.options;
+    let newHead = -1;
+    if (maxLength !== undefined && this.depth > maxLength) newHead = this.log.endOffset - maxLength;
+    if (maxBytes !== undefined && this.sizes !== null) {
+      this.sizes.advanceTo(this.head());
+      if (this.sizes.total > maxBytes) newHead = Math.max(newHead, this.sizes.headFor(maxBytes));
     }
+    if (newHead <= this.floor && newHead <= this.head()) return;
+    this.floor = Math.max(this.floor, newHead);
     for (const g of this.groups.values()) {
       const dropped = g.dropBefore(newHead);
       if (dropped.length > 0) void this.reportDropped(dropped, g.name);
@@ -168,19 +216,23 @@ export class Queue {
     }
   }
 
+  private async startOffset(from: ConsumerOptions['from']): Promise<number> {
+    const earliest = Math.max(this.log.startOffset, this.floor);
+    if (from === undefined || from === 'earliest') return earliest;
+    if (from === 'latest') return this.log.endOffset;
+    if (from instanceof Date && Number.isFinite(from.getTime())) return Math.max(earliest, await this.log.offsetForTime(from.getTime()));
+    if (typeof from !== 'number' || !Number.isSafeInteger(from) || from < 0) {
+      throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `from must be 'earliest', 'latest', an offset or a valid Date`);
+    }
+    return Math.min(Math.max(earliest, from), this.log.endOffset);
+  }
+
   private async openGroup(name: string, options: Pick<ConsumerOptions, 'from'>): Promise<ConsumerGroup> {
     const dir = path.join(this.dir, 'groups', name);
-    const start = async (): Promise<number> => {
-      const from = options.from ?? 'earliest';
-      const earliest = Math.max(this.log.startOffset, this.groups.size === 0 ? this.floor : 0);
-      if (from === 'earliest') return earliest;
-      if (from === 'latest') return this.log.endOffset;
-      if (from instanceof Date) return Math.max(earliest, await this.log.offsetForTime(from.getTime()));
-      if (!Number.isSafeInteger(from) || from < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `from must be 'earliest', 'latest', an offset or a Date`);
-      return Math.min(Math.max(earliest, from), this.log.endOffset);
-    };
+    // Validated before anything is created, so a bad `from` leaves no group behind.
+    const start = await this.startOffset(options.from);
     await fs.promises.mkdir(path.join(this.dir, 'groups'), { recursive: true });
-    const acks = await AckStore.open(dir, start, this.logOptions);
+    const acks = await AckStore.open(dir, start, this.log.startOffset, this.logOptions);
     const hooks: GroupHooks = {
       rejected: (record, group) => this.hooks.rejected(this, record, group, 'rejected'),
       progressed: () => void this.trim(),
@@ -193,10 +245,11 @@ export class Queue {
 
   /** Retention: drop log segments every group has acked past. */
   async trim(): Promise<number> {
-    if (this.trimming || this.groups.size === 0) return 0;
+    const upTo = this.retentionHead();
+    if (this.trimming || upTo < 0) return 0;
     this.trimming = true;
     try {
-      return await this.log.deleteBefore(this.head());
+      return await this.log.deleteBefore(upTo);
     } catch (err) {
       this.hooks.error(err as Error);
       return 0;

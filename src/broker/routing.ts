@@ -17,7 +17,8 @@ export interface Binding {
 
 /** True when topic binding `pattern` matches `routingKey`. */
 export function topicMatches(pattern: string, routingKey: string): boolean {
-  return matchWords(pattern.split('.'), 0, routingKey.split('.'), 0);
+  // As in RabbitMQ, an empty key has zero words: '#' matches it, '*' does not.
+  return matchWords(pattern === '' ? [] : pattern.split('.'), 0, routingKey === '' ? [] : routingKey.split('.'), 0);
 }
 
 function matchWords(p: string[], pi: number, k: string[], ki: number): boolean {

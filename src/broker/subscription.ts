@@ -9,7 +9,8 @@ import type { AckMode, Consumer } from './group.js';
 export class Subscription implements AsyncIterableIterator<Message> {
   private buffer: { msg: Message; done: () => void; cancel: () => void }[] = [];
   private pull: ((r: IteratorResult<Message>) => void) | null = null;
-  private current: (() => void) | null = null;
+  /** The handler call of the message the loop is working on: settle it to ack ('auto') or cancel to give it back. */
+  private current: { done: () => void; cancel: () => void } | null = null;
   private consumer: Consumer | null = null;
   private ready: Promise<void> = Promise.resolve();
   private closed = false;
@@ -26,7 +27,7 @@ export class Subscription implements AsyncIterableIterator<Message> {
       if (this.pull !== null) {
         const pull = this.pull;
         this.pull = null;
-        this.current = done;
+        this.current = { done, cancel };
         pull({ value: msg, done: false });
       } else {
         this.buffer.push({ msg, done, cancel });
@@ -64,7 +65,7 @@ export class Subscription implements AsyncIterableIterator<Message> {
     if (this.closed) return { value: undefined, done: true };
     const head = this.buffer.shift();
     if (head !== undefined) {
-      this.current = head.done;
+      this.current = head;
       return { value: head.msg, done: false };
     }
     return new Promise((resolve) => {
@@ -73,9 +74,9 @@ export class Subscription implements AsyncIterableIterator<Message> {
   }
 
   private releaseCurrent(): void {
-    const done = this.current;
+    const current = this.current;
     this.current = null;
-    if (done !== null) done();
+    current?.done();
   }
 
   async return(): Promise<IteratorResult<Message>> {
@@ -87,7 +88,8 @@ export class Subscription implements AsyncIterableIterator<Message> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.ackMode === 'auto') this.releaseCurrent();
+    // The message the loop held when it ended is not acked, even in 'auto' mode: the loop may
+    // have ended by a throw while processing it. It is redelivered (at least once).
     const pull = this.pull;
     this.pull = null;
     if (pull !== null) pull({ value: undefined, done: true });
@@ -98,7 +100,7 @@ export class Subscription implements AsyncIterableIterator<Message> {
     this.current = null;
     const closing = this.consumer?.close();
     for (const p of parked) p.cancel();
-    if (current !== null) current();
+    current?.cancel();
     await closing;
     for (const f of this.closeHooks) f();
   }

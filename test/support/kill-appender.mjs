@@ -12,7 +12,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { prng, recordFor } from './kill-records.mjs';
 
-const { Log, nodeStorage } = await import(process.env.SPOOL_KILL_LIB ?? '../../dist/src/log/index.js');
+const LIB = process.env.SPOOL_KILL_LIB ?? '../../dist/src/log/index.js';
+const { Log, nodeStorage } = await import(LIB);
+if (typeof Log?.open !== 'function' || typeof nodeStorage?.open !== 'function') {
+  process.stderr.write(`kill-appender: ${LIB} lacks Log or nodeStorage (was dist being rebuilt meanwhile?)\n`);
+  process.exit(1);
+}
 
 const cfg = JSON.parse(process.argv[2]);
 // cfg: { dir, tag, seed, tsBase, segmentBytesMax, outstanding, batchPercent, batchMax, pause: null | { phase: 'open' | 'roll', at } }
@@ -58,6 +63,12 @@ function die(err) {
 }
 process.on('uncaughtException', die);
 process.on('unhandledRejection', die);
+// Never outlive the test: exit when the parent is gone (or after 30 s, far past any kill).
+const parentPid = process.ppid;
+const bornAt = Date.now();
+setInterval(() => {
+  if (process.ppid !== parentPid || Date.now() - bornAt > 30_000) process.exit(3);
+}, 250).unref();
 
 // ---- storage that can freeze before its k-th call in a phase.
 let phase = 'open';

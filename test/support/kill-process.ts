@@ -71,9 +71,11 @@ export interface ChildOutcome {
 }
 
 const live = new Set<ChildProcess>();
+let stopped = false;
 
-/** SIGKILLs every child still running (by pid); for afterEach/afterAll. */
-export function killAllChildren(): void {
+/** SIGKILLs every child still running (by pid), and with `stop` refuses later spawns; for afterEach/afterAll. */
+export function killAllChildren(stop = false): void {
+  if (stop) stopped = true;
   for (const proc of live) {
     if (proc.pid !== undefined && proc.exitCode === null && proc.signalCode === null) {
       try {
@@ -88,6 +90,10 @@ export function killAllChildren(): void {
 
 /** Spawns the appender, SIGKILLs it per `plan` (or at once when it freezes), and resolves after it is gone. */
 export function runAppender(cfg: AppenderConfig, plan: KillPlan): Promise<ChildOutcome> {
+  if (stopped) {
+    // A test that timed out keeps running in the background: it must not start new children.
+    return Promise.resolve({ tag: cfg.tag, confirmed: [], opened: null, frozenAt: null, killedAt: null, error: 'children were stopped', ms: 0 });
+  }
   const env = { ...process.env };
   delete env.NODE_OPTIONS; // whatever vitest put there is not for the child
   const started = Date.now();
@@ -168,20 +174,29 @@ export function runAppender(cfg: AppenderConfig, plan: KillPlan): Promise<ChildO
   });
 
   return new Promise((resolve) => {
-    proc.on('error', (err) => fail(`child ${cfg.tag} failed to spawn: ${err.message}`));
-    // 'close' comes after the pipes drained, so every line the child wrote before dying was seen.
-    proc.on('close', (code, signal) => {
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
       clearTimeout(watchdog);
       if (killTimer !== null) clearTimeout(killTimer);
       live.delete(proc);
+      outcome.ms = Date.now() - started;
+      resolve(outcome);
+    };
+    proc.on('error', (err) => {
+      fail(`child ${cfg.tag} failed: ${err.message}`);
+      if (proc.pid === undefined) finish(); // never started, so no 'close' will come
+    });
+    // 'close' comes after the pipes drained, so every line the child wrote before dying was seen.
+    proc.on('close', (code, signal) => {
       if (outcome.killedAt === null || signal !== 'SIGKILL') {
         const why = `child ${cfg.tag} ended on its own (code ${code}, signal ${signal})`;
         outcome.error = outcome.error ?? (stderr.length > 0 ? `${why}:\n${stderr}` : why);
       } else if (stderr.length > 0 && outcome.error === null) {
         outcome.error = `child ${cfg.tag} wrote to stderr:\n${stderr}`;
       }
-      outcome.ms = Date.now() - started;
-      resolve(outcome);
+      finish();
     });
   });
 }

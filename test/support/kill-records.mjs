@@ -35,8 +35,8 @@ function valueLength(next) {
 
 /**
  * The record appended under `id`; the key is the id itself. Some records carry an explicit
- * timestamp in [tsBase, tsBase + 1e6 ms): it must stay near the clock, since one batch cannot
- * hold timestamps more than 24 days apart.
+ * timestamp in [tsBase, tsBase + 1e6 ms), a few one from 2001 (decades from the clock, so the
+ * log must cut its disk batches there: one batch holds timestamps at most ~24 days apart).
  */
 export function recordFor(id, tsBase) {
   const h = hashId(id);
@@ -52,6 +52,7 @@ export function recordFor(id, tsBase) {
   const record = { key: id, value };
   if (h % 5 === 0) record.headers = { id, bin: value.subarray(0, Math.min(len, 16)) };
   if (h % 7 === 0) record.timestamp = tsBase + (h % 1_000_000);
+  else if (h % 31 === 0) record.timestamp = 1_000_000_000_000 + (h % 1_000_000_000);
   return record;
 }
 
