@@ -1,26 +1,48 @@
 /**
- * The durable state of one consumer group: a committed offset (everything below is acked) plus
- * the acked offsets above it. It lives in a small log of its own (docs/format.md "Group state"):
- * each record is either a list of acked ranges or a snapshot of the whole state. Replaying the
- * log from its start rebuilds the state; a snapshot lets retention drop everything before it.
+ * The durable state of one consumer group (docs/format.md "Group state"): a committed offset
+ * (everything below is acked), the acked offsets above it, the delivery count of messages
+ * delivered but not acked (persisted only for queues with a deliveryLimit), and the due time of
+ * messages waiting for a delayed retry. It lives in a small log of its own; each record is one
+ * kind of change or a snapshot of the whole state. Replaying the log from its start rebuilds the
+ * state; a snapshot lets retention drop everything before it.
  *
- * Acks are group-committed like appends: while one write is in flight, new acks wait and then
- * share the next record and fsync. An ack is lost by a crash only if its write had not resolved.
+ * Writes are group-committed like appends: while one write is in flight, new changes wait and
+ * then share the next write and fsync. A change is lost by a crash only if its write had not resolved.
  */
-import assert from 'node:assert/strict';
-import { Log, type LogOptions } from '../log/index.js';
+import { SpoolError } from '../errors.js';
+import { Log, type LogOptions, type RecordInput } from '../log/index.js';
 
 const KIND_RANGES = 1;
 const KIND_SNAPSHOT = 2;
-/** Take a snapshot (and let retention drop older records) after this many ack records. */
+const KIND_COUNTS = 3;
+const KIND_RETRY = 4;
+/** Take a snapshot (and let retention drop older records) after this many records. */
 const SNAPSHOT_EVERY_RECORDS = 20_000;
 const ACK_SEGMENT_BYTES = 1024 * 1024;
 
 export interface AckState {
   committed: number;
   acked: Set<number>;
+  /** Deliveries so far of unacked messages (only tracked with a deliveryLimit). */
+  counts: Map<number, number>;
+  /** Unacked messages waiting for a retry: offset → due time (ms). */
+  retryAt: Map<number, number>;
 }
 
+export function emptyState(committed: number): AckState {
+  return { committed, acked: new Set(), counts: new Map(), retryAt: new Map() };
+}
+
+function writeU64(buf: Buffer, v: number, p: number): void {
+  buf.writeUInt32LE(v >>> 0, p);
+  buf.writeUInt32LE(Math.floor(v / 0x1_0000_0000), p + 4);
+}
+
+function readU64(buf: Buffer, p: number): number {
+  return buf.readUInt32LE(p + 4) * 0x1_0000_0000 + buf.readUInt32LE(p);
+}
+
+/** Kind 1: acked offsets as (start u64, count u32) ranges. Sorts `offsets` in place. */
 export function encodeRanges(offsets: number[]): Buffer {
   let sorted = true;
   for (let i = 1; i < offsets.length; i++) {
@@ -53,39 +75,80 @@ export function encodeRanges(offsets: number[]): Buffer {
   return buf;
 }
 
-function encodeSnapshot(state: AckState): Buffer {
-  const buf = Buffer.allocUnsafe(1 + 8 + 4 + state.acked.size * 8);
-  buf[0] = KIND_SNAPSHOT;
-  writeU64(buf, state.committed, 1);
-  buf.writeUInt32LE(state.acked.size, 9);
-  let p = 13;
-  for (const o of state.acked) {
+/** Kinds 3 and 4: (offset u64, value u64) pairs. */
+function encodePairs(kind: number, pairs: Map<number, number>): Buffer {
+  const buf = Buffer.allocUnsafe(1 + pairs.size * 16);
+  buf[0] = kind;
+  let p = 1;
+  for (const [o, v] of pairs) {
     writeU64(buf, o, p);
-    p += 8;
+    writeU64(buf, v, p + 8);
+    p += 16;
   }
   return buf;
 }
 
-function writeU64(buf: Buffer, v: number, p: number): void {
-  buf.writeUInt32LE(v >>> 0, p);
-  buf.writeUInt32LE(Math.floor(v / 0x1_0000_0000), p + 4);
+/** Kind 2: committed u64, then counted lists of acked offsets, (offset, count) and (offset, retryAt). */
+function encodeSnapshot(state: AckState): Buffer {
+  const buf = Buffer.allocUnsafe(1 + 8 + 4 + state.acked.size * 8 + 4 + state.counts.size * 16 + 4 + state.retryAt.size * 16);
+  buf[0] = KIND_SNAPSHOT;
+  writeU64(buf, state.committed, 1);
+  let p = 9;
+  buf.writeUInt32LE(state.acked.size, p);
+  p += 4;
+  for (const o of state.acked) {
+    writeU64(buf, o, p);
+    p += 8;
+  }
+  for (const map of [state.counts, state.retryAt]) {
+    buf.writeUInt32LE(map.size, p);
+    p += 4;
+    for (const [o, v] of map) {
+      writeU64(buf, o, p);
+      writeU64(buf, v, p + 8);
+      p += 16;
+    }
+  }
+  return buf;
 }
 
-function readU64(buf: Buffer, p: number): number {
-  return buf.readUInt32LE(p + 4) * 0x1_0000_0000 + buf.readUInt32LE(p);
+function corrupt(why: string): SpoolError {
+  return new SpoolError('SPOOL_ERR_CORRUPT', `group state record: ${why}`);
 }
 
 export function applyRecord(state: AckState, value: Buffer): void {
   const kind = value[0];
   if (kind === KIND_SNAPSHOT) {
+    if (value.length < 13) throw corrupt('short snapshot');
     state.committed = readU64(value, 1);
     state.acked = new Set();
-    const n = value.readUInt32LE(9);
-    for (let i = 0; i < n; i++) state.acked.add(readU64(value, 13 + i * 8));
+    state.counts = new Map();
+    state.retryAt = new Map();
+    let p = 9;
+    const n = value.readUInt32LE(p);
+    p += 4;
+    for (let i = 0; i < n; i++, p += 8) state.acked.add(readU64(value, p));
+    for (const map of [state.counts, state.retryAt]) {
+      if (p + 4 > value.length) break;
+      const m = value.readUInt32LE(p);
+      p += 4;
+      for (let i = 0; i < m; i++, p += 16) map.set(readU64(value, p), readU64(value, p + 8));
+    }
     return;
   }
-  assert.equal(kind, KIND_RANGES, 'unknown group state record kind');
-  for (let p = 1; p < value.length; p += 12) {
+  if (kind === KIND_COUNTS || kind === KIND_RETRY) {
+    const map = kind === KIND_COUNTS ? state.counts : state.retryAt;
+    for (let p = 1; p + 16 <= value.length; p += 16) {
+      const o = readU64(value, p);
+      const v = readU64(value, p + 8);
+      if (o < state.committed || state.acked.has(o)) continue;
+      if (v === 0) map.delete(o);
+      else map.set(o, v);
+    }
+    return;
+  }
+  if (kind !== KIND_RANGES) throw corrupt(`unknown kind ${kind}`);
+  for (let p = 1; p + 12 <= value.length; p += 12) {
     const start = readU64(value, p);
     const count = value.readUInt32LE(p + 8);
     for (let o = start; o < start + count; o++) ackInto(state, o);
@@ -95,6 +158,8 @@ export function applyRecord(state: AckState, value: Buffer): void {
 /** Marks `offset` acked; returns false when it already was. */
 export function ackInto(state: AckState, offset: number): boolean {
   if (offset < state.committed) return false;
+  if (state.counts.size > 0) state.counts.delete(offset);
+  if (state.retryAt.size > 0) state.retryAt.delete(offset);
   if (offset === state.committed) {
     let c = offset + 1;
     while (state.acked.delete(c)) c++;
@@ -108,6 +173,8 @@ export function ackInto(state: AckState, offset: number): boolean {
 
 export class AckStore {
   private pending: number[] = [];
+  private pendingCounts = new Map<number, number>();
+  private pendingRetry = new Map<number, number>();
   private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private flushing = false;
   private recordsSinceSnapshot = 0;
@@ -125,7 +192,6 @@ export class AckStore {
     this.durableCommitted = state.committed;
   }
 
-  /** Opens the group's state log, creating it at `initialCommitted` when new. */
   /**
    * Opens the group's state log, creating it at `initialCommitted` when new. `floor` is the
    * queue's first retained offset: a committed offset below it (a crash between retention and
@@ -133,7 +199,7 @@ export class AckStore {
    */
   static async open(dir: string, initialCommitted: number, floor: number, logOptions: LogOptions): Promise<AckStore> {
     const { log, recovery } = await Log.open(dir, { ...logOptions, segmentBytesMax: ACK_SEGMENT_BYTES });
-    const state: AckState = { committed: 0, acked: new Set() };
+    const state = emptyState(0);
     if (recovery.created || log.endOffset === log.startOffset) {
       state.committed = initialCommitted;
       await log.appendOne({ value: encodeSnapshot(state) });
@@ -144,10 +210,11 @@ export class AckStore {
       const records = await log.read(next, { maxBytes: 4 * 1024 * 1024 });
       if (records.length === 0) break;
       for (const r of records) applyRecord(state, r.value);
-      next = (records[records.length - 1] as { offset: number }).offset + 1;
+      next = records[records.length - 1]!.offset + 1;
     }
     if (state.committed < floor) {
       for (const o of state.acked) if (o < floor) state.acked.delete(o);
+      for (const map of [state.counts, state.retryAt]) for (const o of map.keys()) if (o < floor) map.delete(o);
       let c = floor;
       while (state.acked.delete(c)) c++;
       state.committed = c;
@@ -169,6 +236,18 @@ export class AckStore {
     return this.queued(wantPromise);
   }
 
+  /** Records a delivery count (already set in `state`); resolves once durable. */
+  persistCount(offset: number, count: number): Promise<void> {
+    this.pendingCounts.set(offset, count);
+    return this.queued(true) as Promise<void>;
+  }
+
+  /** Records a retry due time (0 clears it; already set in `state`); resolves once durable. */
+  persistRetry(offset: number, dueAt: number): Promise<void> {
+    this.pendingRetry.set(offset, dueAt);
+    return this.queued(true) as Promise<void>;
+  }
+
   private queued(wantPromise: boolean): Promise<void> | undefined {
     let p: Promise<void> | undefined;
     if (wantPromise) p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
@@ -181,17 +260,23 @@ export class AckStore {
 
   private async flushLoop(): Promise<void> {
     try {
-      while (this.pending.length > 0) {
-        const offsets = this.pending;
+      while (this.pending.length > 0 || this.pendingCounts.size > 0 || this.pendingRetry.size > 0) {
+        const records: RecordInput[] = [];
+        // Counts and retries first: an ack in the same write then wins on replay.
+        if (this.pendingCounts.size > 0) records.push({ value: encodePairs(KIND_COUNTS, this.pendingCounts) });
+        if (this.pendingRetry.size > 0) records.push({ value: encodePairs(KIND_RETRY, this.pendingRetry) });
+        if (this.pending.length > 0) records.push({ value: encodeRanges(this.pending) });
         const waiters = this.waiters;
         this.pending = [];
+        this.pendingCounts = new Map();
+        this.pendingRetry = new Map();
         this.waiters = [];
         // Every ack applied so far is in this write or an earlier one, so once it is durable
         // the disk knows this committed offset.
         const committed = this.state.committed;
         try {
-          await this.log.appendOne({ value: encodeRanges(offsets) });
-          this.recordsSinceSnapshot++;
+          await this.log.append(records);
+          this.recordsSinceSnapshot += records.length;
           this.durableCommitted = Math.max(this.durableCommitted, committed);
           for (const w of waiters) w.resolve();
           this.onDurable();
@@ -216,7 +301,7 @@ export class AckStore {
     await this.log.deleteBefore(offset);
   }
 
-  /** Resolves when every ack handed to `persist` so far is durable (or failed). */
+  /** Resolves when every change handed over so far is durable (or failed). */
   drain(): Promise<void> {
     if (!this.flushing) return Promise.resolve();
     return new Promise((resolve) => this.idle.push(resolve));

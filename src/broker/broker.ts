@@ -18,11 +18,13 @@ import path from 'node:path';
 import { SpoolError } from '../errors.js';
 import { type Clock, type Storage, systemClock, nodeStorage } from '../log/index.js';
 import { readWholeFile, writeFileAtomic } from '../log/storage.js';
-import type { Message } from './delivery.js';
-import { type AckMode, type Consumer, type ConsumerOptions, type Handler } from './group.js';
+import { Message } from './delivery.js';
+import { type AckMode, type Consumer, type ConsumerOptions, type DeathReason, type Handler, type ResolvedConsumerOptions } from './group.js';
+import { DelayStore, deliverAtOf } from './delay-store.js';
+import { TimingWheel } from './timing-wheel.js';
 import { DirLock } from './lock.js';
 import type { LogRecord } from '../log/index.js';
-import { type Body, type Headers, checkHeaders, generateId } from './message.js';
+import { type Body, type Headers, type StoredMessage, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, routeOf, userHeadersOf } from './message.js';
 import { checkExchangeName, checkName } from './names.js';
 import { Queue, type QueueOptions } from './queue.js';
 import { EXCHANGE_TYPES, ExchangeRouter, type ExchangeType } from './routing.js';
@@ -39,6 +41,8 @@ export interface BrokerOptions {
   segmentBytesMax?: number;
   /** How often lock timeouts are checked, in ms. Default 1000. */
   sweepIntervalMs?: number;
+  /** How often due timers (delays, TTLs, retries) are processed, in ms. Default 5. */
+  tickIntervalMs?: number;
   /** @internal The I/O seam for queue logs (tests). */
   storage?: Storage;
 }
@@ -54,6 +58,12 @@ export interface PublishOptions {
   headers?: Headers;
   /** Report an unroutable message with a 'return' event. */
   mandatory?: boolean;
+  /** Route the message this many ms from now (stored durably at once). */
+  delay?: number;
+  /** Route the message at this time (stored durably at once). */
+  deliverAt?: Date | number;
+  /** Milliseconds the message may wait in a queue before it expires (and is dead-lettered). */
+  ttl?: number;
 }
 
 export type PublishStatus = 'confirmed' | 'duplicate' | 'unroutable';
@@ -61,8 +71,31 @@ export type PublishStatus = 'confirmed' | 'duplicate' | 'unroutable';
 export interface PublishResult {
   id: string;
   status: PublishStatus;
-  /** The queues the message was routed to. */
+  /** The queues the message was routed to (none yet for a delayed message). */
   queues: string[];
+  /** For a delayed message: when it will be routed (ms since the epoch). */
+  deliverAt?: number;
+}
+
+/** What `replay` moves and where. */
+export interface ReplayOptions {
+  /** Default: each message's original exchange and routing key (from its x-death). */
+  to?: { exchange: string; routingKey?: string } | { queue: string };
+  /** Only messages for which this returns true (or matching these fields) are moved. */
+  filter?: ((msg: Message) => boolean) | { reason?: string; routingKey?: string; id?: string };
+  /** At most this many messages. */
+  limit?: number;
+}
+
+/** One entry of a dead-lettered message's `x-death` header, newest first (RabbitMQ's layout). */
+export interface DeathRecord {
+  reason: DeathReason;
+  queue: string;
+  exchange: string;
+  'routing-keys': string[];
+  count: number;
+  time: number;
+  'last-error'?: string;
 }
 
 /** Events the broker emits. */
@@ -71,8 +104,10 @@ export interface BrokerEvents {
   return: [{ id: string; exchange: string; routingKey: string; body: Body; headers: Headers | undefined }];
   /** Any message that routed nowhere (mandatory or not). */
   unroutable: [{ id: string; exchange: string; routingKey: string }];
-  /** A message removed without delivery: nacked without requeue, or dropped by overflow. */
-  drop: [{ queue: string; group: string; id: string; offset: number; reason: 'rejected' | 'maxlen' }];
+  /** A message that left its queue without a dead-letter exchange to go to, or whose dead-lettering was a cycle. */
+  drop: [{ queue: string; group: string; id: string; offset: number; reason: DeathReason | 'cycle' }];
+  /** A message moved to a dead-letter exchange (or a consumer's error exchange). */
+  deadLetter: [{ queue: string; group: string; id: string; offset: number; reason: DeathReason; exchange: string; queues: string[] }];
   error: [Error];
 }
 
@@ -101,7 +136,13 @@ export class Broker extends EventEmitter<BrokerEvents> {
   private topology: Topology;
   private closed = false;
   private sweeper: NodeJS.Timeout;
-  private readonly counters = { published: 0, duplicates: 0, unroutable: 0, dropped: 0 };
+  private ticker: NodeJS.Timeout;
+  private delays: DelayStore | null = null;
+  /** Broker-wide timers (retries, per-message expiry), keyed so a re-arm replaces the old one. */
+  private readonly timers: TimingWheel<string>;
+  private readonly timerActions = new Map<string, () => void>();
+  private ticking = false;
+  private readonly counters = { published: 0, duplicates: 0, unroutable: 0, dropped: 0, deadLettered: 0, scheduled: 0 };
   private readonly consumers = new Set<Consumer | Subscription>();
 
   private constructor(
@@ -117,6 +158,9 @@ export class Broker extends EventEmitter<BrokerEvents> {
     this.topology = topology;
     this.sweeper = setInterval(() => this.sweep(), options.sweepIntervalMs ?? 1000);
     this.sweeper.unref();
+    this.timers = new TimingWheel<string>({ tickMs: 4, startMs: this.clock.now() });
+    this.ticker = setInterval(() => void this.runTimers(), options.tickIntervalMs ?? 5);
+    this.ticker.unref();
   }
 
   /** Opens the data dir (taking its lock), restoring topology, queues and groups. */
@@ -141,6 +185,8 @@ export class Broker extends EventEmitter<BrokerEvents> {
     }
     for (const [name, opts] of Object.entries(this.topology.queues)) await this.openQueue(name, opts);
     for (const b of this.topology.bindings) this.exchanges.get(b.exchange)?.router.bind(b.queue, b.pattern);
+    this.delays = await DelayStore.open(path.join(this.dataDir, 'delayed'), this.clock, this.logOptions, (r) => this.fireDelayed(r));
+    this.delays.onError = (err) => this.emitError(err);
   }
 
   private get logOptions() {
@@ -154,16 +200,134 @@ export class Broker extends EventEmitter<BrokerEvents> {
 
   private async openQueue(name: string, opts: QueueOptions): Promise<Queue> {
     const q = await Queue.open(name, path.join(this.dataDir, 'queues', name), opts, this.clock, this.logOptions, {
-      rejected: (queue, record, group, reason) => this.onRejected(queue, record, group, reason),
+      deadLetter: (queue, record, group, reason, error, errorExchange) => this.deadLetter(queue, record, group, reason, error, errorExchange),
+      schedule: (key, dueAt, fire) => this.schedule(key, dueAt, fire),
       error: (err) => this.emitError(err),
     });
     this.queues.set(name, q);
     return q;
   }
 
-  private onRejected(queue: Queue, record: LogRecord, group: string, reason: 'rejected' | 'maxlen'): void {
-    this.counters.dropped++;
-    this.emit('drop', { queue: queue.name, group, id: record.keyText(), offset: record.offset, reason });
+  /** Arms a broker timer; the same key re-arms (replaces) it. */
+  private schedule(key: string, dueAt: number, fire: () => void): void {
+    this.timerActions.set(key, fire);
+    this.timers.schedule(key, dueAt);
+  }
+
+  /**
+   * Runs what is due: delayed messages, per-message expiries, retries, queue-TTL scans.
+   * Called every few ms by the broker's own interval; tests with a fake clock call it directly.
+   * @internal
+   */
+  async runTimers(): Promise<void> {
+    if (this.ticking || this.closed) return;
+    this.ticking = true;
+    try {
+      for (const key of this.timers.advance(this.clock.now())) {
+        const fire = this.timerActions.get(key);
+        this.timerActions.delete(key);
+        fire?.();
+      }
+      for (const q of this.queues.values()) await q.expireByQueueTtl();
+      await this.delays?.advance();
+    } catch (err) {
+      this.emitError(err as Error);
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  /**
+   * Moves a message out of `queue` (RabbitMQ's dead-lettering, docs/architecture.md "Dead letters"):
+   * to the queue's dead-letter exchange with an updated x-death header; else, for a consumer
+   * that gave up, to its error exchange with x-exception headers; else a 'drop' event. A message
+   * dead-lettered back into a queue it already died in, with no rejection on the way, is a cycle
+   * and is dropped with an event. Resolves once the copy is durable wherever it went.
+   */
+  private async deadLetter(queue: Queue, record: LogRecord, group: string, reason: DeathReason, error: unknown, errorExchange: string | null): Promise<void> {
+    const id = record.keyText();
+    const offset = record.offset;
+    const route = routeOf(record);
+    const headers: Headers = { ...userHeadersOf(record) };
+    const dlx = queue.options.deadLetterExchange;
+    const errorText = error === undefined ? undefined : error instanceof Error ? error.message : String(error);
+    // Deterministic, so a crash after the copy but before the ack does not copy it twice.
+    const dedupeKey = `${id}\0dl\0${queue.name}\0${group}\0${offset}`;
+    if (dlx === undefined && errorExchange !== null && reason === 'rejected') {
+      headers['x-exception-message'] = errorText ?? '';
+      headers['x-exception-stack'] = error instanceof Error ? (error.stack ?? '') : '';
+      headers['x-original-queue'] = queue.name;
+      headers['x-original-routing-key'] = route.routingKey;
+      headers['x-original-exchange'] = route.exchange;
+      const queues = this.exchanges.has(errorExchange) ? this.route(errorExchange, route.routingKey) : [];
+      await this.appendTo(queues, { id, callerId: false, dedupeKey, exchange: errorExchange, routingKey: route.routingKey, headers, body: record.value, expiresAt: undefined });
+      this.counters.deadLettered++;
+      this.emit('deadLetter', { queue: queue.name, group, id, offset, reason, exchange: errorExchange, queues: [...queues] });
+      return;
+    }
+    if (dlx === undefined) {
+      this.counters.dropped++;
+      this.emit('drop', { queue: queue.name, group, id, offset, reason });
+      return;
+    }
+    const deaths = Array.isArray(headers['x-death']) ? (headers['x-death'] as unknown as DeathRecord[]) : [];
+    const routingKey = queue.options.deadLetterRoutingKey ?? route.routingKey;
+    // Cycle rule (RabbitMQ): a target queue the message already died in, with no rejection in the chain.
+    const rejectedInChain = reason === 'rejected' || deaths.some((d) => d.reason === 'rejected');
+    const targets = this.route(dlx, routingKey).filter((t) => rejectedInChain || !deaths.some((d) => d.queue === t));
+    const same = deaths.find((d) => d.queue === queue.name && d.reason === reason);
+    const entry: DeathRecord = {
+      reason,
+      queue: queue.name,
+      exchange: route.exchange,
+      'routing-keys': [route.routingKey],
+      count: (same?.count ?? 0) + 1,
+      time: this.clock.now(),
+      ...(errorText === undefined ? {} : { 'last-error': errorText }),
+    };
+    headers['x-death'] = [entry, ...deaths.filter((d) => d !== same)] as unknown as Headers[string];
+    if (targets.length === 0) {
+      this.counters.dropped++;
+      this.emit('drop', { queue: queue.name, group, id, offset, reason: this.route(dlx, routingKey).length > 0 ? 'cycle' : reason });
+      return;
+    }
+    await this.appendTo(targets, { id, callerId: false, dedupeKey, exchange: dlx, routingKey, headers, body: record.value, expiresAt: undefined });
+    this.counters.deadLettered++;
+    this.emit('deadLetter', { queue: queue.name, group, id, offset, reason, exchange: dlx, queues: [...targets] });
+  }
+
+  /** Appends one message to each queue; resolves when all copies are durable. */
+  private async appendTo(queues: readonly string[], stored: StoredMessage): Promise<PublishStatus> {
+    if (queues.length === 0) return 'unroutable';
+    if (queues.length === 1) return (this.queues.get(queues[0] as string) as Queue).append(stored);
+    const results = await Promise.all(queues.map((q) => (this.queues.get(q) as Queue).append(stored)));
+    return results.every((r) => r === 'duplicate') ? 'duplicate' : 'confirmed';
+  }
+
+  /** A delayed message is due: route it now, with a dedupe key so a re-fire after a crash lands once. */
+  private async fireDelayed(r: LogRecord): Promise<void> {
+    const id = r.keyText();
+    const route = routeOf(r);
+    const ttl = r.headerText(META_TTL);
+    const deliverAt = deliverAtOf(r);
+    const headersRaw = r.headerText('\0h');
+    const stored: StoredMessage = {
+      id,
+      callerId: false,
+      dedupeKey: `${id}\0at\0${deliverAt}`,
+      exchange: route.exchange,
+      routingKey: route.routingKey,
+      headers: headersRaw === undefined ? undefined : (JSON.parse(headersRaw) as Headers),
+      body: r.value,
+      expiresAt: ttl === undefined ? undefined : this.clock.now() + Number(ttl),
+    };
+    const queues = this.route(route.exchange, route.routingKey);
+    if (queues.length === 0) {
+      this.counters.unroutable++;
+      this.emit('unroutable', { id, exchange: route.exchange, routingKey: route.routingKey });
+      return;
+    }
+    await this.appendTo(queues, stored);
   }
 
   private emitError(err: Error): void {
@@ -322,6 +486,10 @@ export class Broker extends EventEmitter<BrokerEvents> {
     }
     const headers = checkHeaders(options.headers);
     const id = callerId ? (options.id as string) : generateId();
+    const ttl = options.ttl;
+    if (ttl !== undefined && (!Number.isSafeInteger(ttl) || ttl < 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'ttl must be a non-negative integer (ms)');
+    const deliverAt = this.deliverAtOf(options);
+    if (deliverAt !== undefined && deliverAt > this.clock.now()) return this.publishDelayed(id, callerId, exchange, routingKey, body, headers, ttl, deliverAt);
     const queues = this.route(exchange, routingKey);
     if (queues.length === 0) {
       this.counters.unroutable++;
@@ -329,17 +497,128 @@ export class Broker extends EventEmitter<BrokerEvents> {
       if (options.mandatory) this.emit('return', { id, exchange, routingKey, body, headers });
       return { id, status: 'unroutable', queues: [] };
     }
-    const stored = { id, callerId, exchange, routingKey, headers, body, expiresAt: undefined };
-    let status: PublishStatus;
-    if (queues.length === 1) {
-      status = await (this.queues.get(queues[0] as string) as Queue).append(stored);
-    } else {
-      const results = await Promise.all(queues.map((q) => (this.queues.get(q) as Queue).append(stored)));
-      status = results.every((r) => r === 'duplicate') ? 'duplicate' : 'confirmed';
-    }
+    const stored = { id, callerId, exchange, routingKey, headers, body, expiresAt: ttl === undefined ? undefined : this.clock.now() + ttl };
+    const status = await this.appendTo(queues, stored);
     if (status === 'duplicate') this.counters.duplicates++;
     else this.counters.published++;
     return { id, status, queues: queues as string[] };
+  }
+
+  private deliverAtOf(options: PublishOptions): number | undefined {
+    const { delay, deliverAt } = options;
+    if (delay !== undefined && deliverAt !== undefined) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'give delay or deliverAt, not both');
+    if (delay !== undefined) {
+      if (typeof delay !== 'number' || !Number.isFinite(delay) || delay < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'delay must be a non-negative number of ms');
+      return this.clock.now() + Math.round(delay);
+    }
+    if (deliverAt === undefined) return undefined;
+    const at = deliverAt instanceof Date ? deliverAt.getTime() : deliverAt;
+    if (typeof at !== 'number' || !Number.isSafeInteger(at)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'deliverAt must be a valid Date or ms timestamp');
+    return at;
+  }
+
+  private async publishDelayed(
+    id: string,
+    callerId: boolean,
+    exchange: string,
+    routingKey: string,
+    body: Body,
+    headers: Headers | undefined,
+    ttl: number | undefined,
+    deliverAt: number,
+  ): Promise<PublishResult> {
+    const h: Record<string, string> = { [META_ROUTE]: `${exchange}\0${routingKey}`, [META_DELIVER_AT]: String(deliverAt) };
+    if (headers !== undefined) h['\0h'] = JSON.stringify(headers);
+    if (ttl !== undefined) h[META_TTL] = String(ttl);
+    const status = await (this.delays as DelayStore).schedule(id, callerId, deliverAt, { value: body, headers: h });
+    if (status === 'duplicate') {
+      this.counters.duplicates++;
+      return { id, status: 'duplicate', queues: [], deliverAt };
+    }
+    this.counters.scheduled++;
+    return { id, status: 'confirmed', queues: [], deliverAt };
+  }
+
+  /**
+   * Cancels a pending delayed message, for example when the order got paid. Resolves true when a
+   * pending message with this id was cancelled, false when none was pending.
+   * @example
+   *   const { id } = await broker.publish('orders', 'order.unpaid', body, { delay: 30 * 60_000 });
+   *   await broker.cancel(id);
+   */
+  async cancel(id: string): Promise<boolean> {
+    this.checkOpen();
+    if (typeof id !== 'string' || id === '') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'id must be a non-empty string');
+    return (this.delays as DelayStore).cancel(id);
+  }
+
+  /**
+   * Moves dead-lettered messages out of `fromQueue` back to their original exchange and routing
+   * key (from their x-death), or to `to`. Each is confirmed at its target before it leaves, and
+   * the target's dedupe window makes a replay interrupted by a crash land each message once.
+   * Messages "in" a dead-letter queue are those its `replay` group has not taken yet.
+   * @example
+   *   const { replayed } = await broker.replay('orders.dlq', { filter: { reason: 'rejected' }, limit: 100 });
+   */
+  async replay(fromQueue: string, options: ReplayOptions = {}): Promise<{ replayed: number; remaining: number }> {
+    this.checkOpen();
+    const q = this.getQueue(fromQueue);
+    const limit = options.limit ?? Number.MAX_SAFE_INTEGER;
+    if (!Number.isSafeInteger(limit) || limit < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'limit must be a non-negative integer');
+    const to = options.to;
+    if (to !== undefined) {
+      if ('queue' in to) this.getQueue(to.queue);
+      else this.getExchange(to.exchange);
+    }
+    const group = await q.group(REPLAY_GROUP, { from: 'earliest' });
+    let replayed = 0;
+    let remaining = 0;
+    let next = group.committed;
+    while (next < q.log.endOffset) {
+      const records = await q.log.read(Math.max(next, q.log.startOffset), { maxBytes: 1024 * 1024 });
+      if (records.length === 0) break;
+      for (const r of records) {
+        next = r.offset + 1;
+        if (group.isAcked(r.offset)) continue;
+        const msg = new Message(r, fromQueue, 0, 0, { settle: () => Promise.resolve('unknown' as const) });
+        if (replayed >= limit || !matchesFilter(msg, options.filter)) {
+          remaining++;
+          continue;
+        }
+        const headers = msg.headers;
+        const deaths = Array.isArray(headers['x-death']) ? (headers['x-death'] as unknown as DeathRecord[]) : [];
+        const first = deaths[deaths.length - 1];
+        let queues: readonly string[];
+        let exchange: string;
+        let routingKey: string;
+        if (to !== undefined && 'queue' in to) {
+          queues = [to.queue];
+          exchange = '';
+          routingKey = to.queue;
+        } else {
+          exchange = to?.exchange ?? first?.exchange ?? msg.exchange;
+          routingKey = to?.routingKey ?? first?.['routing-keys'][0] ?? msg.routingKey;
+          queues = exchange === '' ? (this.queues.has(routingKey) ? [routingKey] : []) : this.route(exchange, routingKey);
+        }
+        if (queues.length === 0) {
+          remaining++;
+          continue;
+        }
+        await this.appendTo(queues, {
+          id: msg.id,
+          callerId: false,
+          dedupeKey: `${msg.id}\0replay\0${fromQueue}\0${r.offset}`,
+          exchange,
+          routingKey,
+          headers,
+          body: r.value,
+          expiresAt: undefined,
+        });
+        await group.ackDurably(r.offset);
+        replayed++;
+      }
+    }
+    return { replayed, remaining };
   }
 
   /**
@@ -463,8 +742,11 @@ export class Broker extends EventEmitter<BrokerEvents> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.sweeper);
+    clearInterval(this.ticker);
     for (const c of [...this.consumers]) await c.close();
     try {
+      while (this.ticking) await new Promise((r) => setTimeout(r, 2));
+      await this.delays?.close();
       for (const q of this.queues.values()) await q.close();
     } finally {
       this.lock.release();
@@ -507,12 +789,51 @@ function resolveConsumerOptions(o: ConsumeOptions, defaultAck: AckMode) {
     return x;
   };
   const prefetch = int(o.prefetch, 100, 'prefetch');
+  if (o.from !== undefined && o.from !== 'earliest' && o.from !== 'latest' && !(o.from instanceof Date) && !(Number.isSafeInteger(o.from) && (o.from as number) >= 0)) {
+    throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `from must be 'earliest', 'latest', an offset or a Date`);
+  }
+  if (o.errorExchange !== undefined) checkName('exchange', o.errorExchange);
+  let retry: ResolvedConsumerOptions['retry'] = null;
+  if (o.retry !== undefined) {
+    const r = o.retry;
+    const b = r.backoff ?? {};
+    const num = (v: number | undefined, d: number, what: string, min: number) => {
+      const x = v ?? d;
+      if (typeof x !== 'number' || !Number.isFinite(x) || x < min) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `retry ${what} must be a number >= ${min}`);
+      return x;
+    };
+    const mode = r.mode ?? 'requeue';
+    if (mode !== 'requeue' && mode !== 'local') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', "retry mode must be 'requeue' or 'local'");
+    if (ack !== 'auto') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', "retry needs ack 'auto' (a thrown handler error is what is retried)");
+    const jitter = num(b.jitter, 0.1, 'backoff.jitter', 0);
+    if (jitter > 1) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'retry backoff.jitter must be between 0 and 1');
+    retry = {
+      attempts: int(r.attempts, 3, 'retry attempts'),
+      mode,
+      backoff: { initial: num(b.initial, 1000, 'backoff.initial', 0), factor: num(b.factor, 2, 'backoff.factor', 1), max: num(b.max, 60_000, 'backoff.max', 0), jitter },
+    };
+  }
   return {
     ack,
     prefetch,
     concurrency: Math.min(int(o.concurrency, 1, 'concurrency'), prefetch),
     lockTimeoutMs: int(o.lockTimeoutMs, 30_000, 'lockTimeoutMs'),
-  };
+    retry,
+    errorExchange: o.errorExchange ?? null,
+  } satisfies ResolvedConsumerOptions;
+}
+
+const REPLAY_GROUP = 'replay';
+
+function matchesFilter(msg: Message, filter: ReplayOptions['filter']): boolean {
+  if (filter === undefined) return true;
+  if (typeof filter === 'function') return filter(msg);
+  if (filter.id !== undefined && msg.id !== filter.id) return false;
+  const deaths = msg.headers['x-death'];
+  const last = Array.isArray(deaths) ? (deaths[0] as unknown as DeathRecord | undefined) : undefined;
+  if (filter.reason !== undefined && last?.reason !== filter.reason) return false;
+  if (filter.routingKey !== undefined && (last?.['routing-keys'][0] ?? msg.routingKey) !== filter.routingKey) return false;
+  return true;
 }
 
 async function readTopology(dataDir: string): Promise<Topology> {

@@ -4,14 +4,18 @@
  * batches, so memory does not grow with the backlog: only prefetched deliveries and one read
  * batch are held.
  *
- * Transitions (each states input → precondition → outcome → events):
- * - deliver: next record from redelivery queue or log → a consumer has credit → in flight with a
- *   new deliveryId and deliveryCount+1 (ack 'none': acked at once).
+ * Transitions (input → precondition → outcome → events):
+ * - deliver: next record from the redelivery queue or the log → a consumer has credit, the
+ *   message is not expired, not over its delivery limit, not waiting for a retry → in flight with
+ *   a new deliveryId and deliveryCount+1, the count persisted first when the queue has a
+ *   deliveryLimit (ack 'none': acked at once).
  * - ack: a delivery in flight with this deliveryId → acked (committed offset advances when
  *   contiguous), persisted by the ack store → credit returns to the consumer.
- * - nack requeue: in flight → back at the head of the redelivery queue, redelivered later.
- * - nack no requeue: in flight → acked and handed to the queue's reject hook ('drop' event until
- *   dead-lettering lands).
+ * - nack requeue: in flight → back at the head of the redelivery queue.
+ * - nack with delay (retry): in flight → its due time persisted; redelivered when due.
+ * - nack no requeue / last retry failed: in flight → dead-lettered (reason 'rejected'), then acked.
+ * - expire: a message past its TTL, delivered or not at the head → dead-lettered ('expired'), then acked.
+ * - over delivery limit: deliveryCount reached → dead-lettered ('delivery_limit'), then acked.
  * - lock timeout / consumer closed: in flight → redelivery queue (the old delivery's ack is 'unknown').
  */
 import assert from 'node:assert/strict';
@@ -19,9 +23,21 @@ import { SpoolError } from '../errors.js';
 import type { Clock, Log, LogRecord } from '../log/index.js';
 import { AckStore, ackInto } from './ack-store.js';
 import { Message, type SettleStatus, type Settler } from './delivery.js';
+import { expiresAtOf } from './message.js';
 
 export type AckMode = 'none' | 'auto' | 'manual';
 export type Handler = (msg: Message) => unknown;
+
+/** Why a message left its queue without being acked by a consumer (RabbitMQ's x-death reasons). */
+export type DeathReason = 'rejected' | 'expired' | 'maxlen' | 'delivery_limit';
+
+export interface RetryOptions {
+  /** Deliveries in all, the first included (default 3). */
+  attempts?: number;
+  backoff?: { initial?: number; factor?: number; max?: number; jitter?: number };
+  /** 'requeue' (default): nack with a delay, durably, through the timing wheel. 'local': run the handler again in process. */
+  mode?: 'requeue' | 'local';
+}
 
 export interface ConsumerOptions {
   group?: string;
@@ -34,6 +50,19 @@ export interface ConsumerOptions {
   lockTimeoutMs?: number;
   /** Where a new group starts: 'earliest' (default), 'latest', an offset, or a time. */
   from?: 'earliest' | 'latest' | number | Date;
+  /** Retry a failing handler (ack 'auto') before giving the message up. */
+  retry?: RetryOptions;
+  /** Where a message goes after its last failed attempt when its queue has no dead-letter exchange. */
+  errorExchange?: string;
+}
+
+export interface ResolvedConsumerOptions {
+  ack: AckMode;
+  prefetch: number;
+  concurrency: number;
+  lockTimeoutMs: number;
+  retry: Required<Omit<RetryOptions, 'backoff'>> & { backoff: Required<NonNullable<RetryOptions['backoff']>> } | null;
+  errorExchange: string | null;
 }
 
 interface InFlight {
@@ -48,9 +77,20 @@ interface InFlight {
 
 const READ_BATCH_BYTES = 1024 * 1024;
 
+/** The queue-level policy a group applies. */
+export interface GroupPolicy {
+  messageTtl: number | undefined;
+  deliveryLimit: number | undefined;
+}
+
 export interface GroupHooks {
-  /** A message nacked without requeue. */
-  rejected(record: LogRecord, group: string): void;
+  /**
+   * Moves a message out of the queue for `reason`: to the dead-letter exchange, or the consumer's
+   * error exchange, or (with neither) a 'drop' event. Resolves once that is durable.
+   */
+  deadLetter(record: LogRecord, group: string, reason: DeathReason, error: unknown, errorExchange: string | null): Promise<void>;
+  /** A retry's due time: call `fire` then (the broker owns the timing wheel). */
+  scheduleRetry(key: string, dueAt: number, fire: () => void): void;
   /** Retention may advance. */
   progressed(): void;
   error(err: Error): void;
@@ -64,11 +104,17 @@ export class ConsumerGroup implements Settler {
   private readCursor: number;
   private redeliver: InFlight[] = [];
   private readonly inflight = new Map<number, InFlight>();
+  /** Offsets being dead-lettered or expired right now: not to be delivered meanwhile. */
+  private readonly leaving = new Set<number>();
   private deliverySeq = 0;
   private pumping = false;
   private pumpAgain = false;
   private pumpScheduled = false;
   private closed = false;
+  /** Queue-TTL expiry scan position, and the time before which nothing there can expire. */
+  private ttlCursor: number;
+  private ttlNextAt = 0;
+  private ttlScanning = false;
 
   constructor(
     readonly name: string,
@@ -76,11 +122,15 @@ export class ConsumerGroup implements Settler {
     private readonly log: Log,
     private readonly acks: AckStore,
     private readonly clock: Clock,
+    private readonly policy: GroupPolicy,
     private readonly hooks: GroupHooks,
   ) {
     this.readCursor = Math.max(acks.state.committed, log.startOffset);
+    this.ttlCursor = this.readCursor;
     acks.onError = (err) => hooks.error(err);
     acks.onDurable = () => hooks.progressed();
+    // Retries pending from before a restart fire at their due times.
+    for (const [offset, dueAt] of acks.state.retryAt) this.armRetry(offset, dueAt);
   }
 
   /** The committed offset the disk knows; retention deletes only below it. */
@@ -105,7 +155,11 @@ export class ConsumerGroup implements Settler {
     return Math.max(0, this.log.endOffset - this.acks.state.committed - this.acks.state.acked.size);
   }
 
-  addConsumer(handler: Handler, options: Required<Pick<ConsumerOptions, 'ack' | 'prefetch' | 'concurrency' | 'lockTimeoutMs'>>): Consumer {
+  isAcked(offset: number): boolean {
+    return offset < this.acks.state.committed || this.acks.state.acked.has(offset);
+  }
+
+  addConsumer(handler: Handler, options: ResolvedConsumerOptions): Consumer {
     if (this.closed) throw new SpoolError('SPOOL_ERR_CLOSED', 'the broker is closed');
     const c = new Consumer(this, handler, options);
     this.consumers.push(c);
@@ -122,11 +176,15 @@ export class ConsumerGroup implements Settler {
     this.schedulePump();
   }
 
-  private takeBack(entry: InFlight): void {
+  private release(entry: InFlight): void {
     this.inflight.delete(entry.record.offset);
     if (entry.consumer !== null) entry.consumer.held--;
     entry.lastConsumer = entry.consumer;
     entry.consumer = null;
+  }
+
+  private takeBack(entry: InFlight): void {
+    this.release(entry);
     this.redeliver.push(entry);
   }
 
@@ -166,8 +224,10 @@ export class ConsumerGroup implements Settler {
               this.bufferHead--; // put it back
               break;
             }
-            entry = { record, deliveryId: 0, deliveryCount: 0, consumer: null, lastConsumer: null, deadline: 0 };
+            const count = this.acks.state.counts.get(record.offset) ?? 0;
+            entry = { record, deliveryId: 0, deliveryCount: count, consumer: null, lastConsumer: null, deadline: 0 };
           }
+          if (this.leavesInstead(entry)) continue;
           this.deliver(consumer, entry);
         }
       } while (this.pumpAgain);
@@ -176,6 +236,54 @@ export class ConsumerGroup implements Settler {
     } finally {
       this.pumping = false;
     }
+  }
+
+  /** When a message is past its TTL or its delivery limit, starts its dead-lettering instead of delivering it. */
+  private leavesInstead(entry: InFlight): boolean {
+    const { messageTtl, deliveryLimit } = this.policy;
+    const r = entry.record;
+    if (messageTtl !== undefined || r.headerNames > 1) {
+      const expiresAt = this.expiresAt(r);
+      if (expiresAt !== undefined && expiresAt <= this.clock.now()) {
+        this.leave(r, 'expired', undefined, null);
+        return true;
+      }
+    }
+    if (deliveryLimit !== undefined && entry.deliveryCount >= deliveryLimit) {
+      this.leave(r, 'delivery_limit', undefined, null);
+      return true;
+    }
+    return false;
+  }
+
+  private expiresAt(r: LogRecord): number | undefined {
+    const own = expiresAtOf(r);
+    const queue = this.policy.messageTtl === undefined ? undefined : r.timestamp + this.policy.messageTtl;
+    if (own === undefined) return queue;
+    return queue === undefined ? own : Math.min(own, queue);
+  }
+
+  /** Dead-letters a message (not in flight), then acks it. */
+  private leave(r: LogRecord, reason: DeathReason, error: unknown, errorExchange: string | null): void {
+    const offset = r.offset;
+    if (this.leaving.has(offset) || this.isAcked(offset)) return;
+    this.leaving.add(offset);
+    this.hooks
+      .deadLetter(r, this.name, reason, error, errorExchange)
+      .then(
+        () => {
+          this.ackOffset(offset, false);
+        },
+        (err: Error) => {
+          // Not moved: it stays in the queue and is offered again.
+          this.hooks.error(err);
+          this.redeliver.push({ record: r, deliveryId: 0, deliveryCount: this.acks.state.counts.get(offset) ?? 0, consumer: null, lastConsumer: null, deadline: 0 });
+        },
+      )
+      .finally(() => {
+        this.leaving.delete(offset);
+        this.schedulePump();
+      });
   }
 
   private pickConsumer(exclude: Consumer | null): Consumer | null {
@@ -193,24 +301,24 @@ export class ConsumerGroup implements Settler {
   private nextRedelivery(): InFlight | null {
     while (this.redeliver.length > 0) {
       const e = this.redeliver.shift() as InFlight;
-      if (!this.isAcked(e.record.offset)) return e;
+      if (!this.isAcked(e.record.offset) && !this.leaving.has(e.record.offset)) return e;
     }
     return null;
   }
 
-  private isAcked(offset: number): boolean {
-    return offset < this.acks.state.committed || this.acks.state.acked.has(offset);
+  private deliverable(offset: number): boolean {
+    return !this.isAcked(offset) && !this.leaving.has(offset) && !this.inflight.has(offset) && !this.acks.state.retryAt.has(offset);
   }
 
   private takeBuffered(): LogRecord | null {
     while (this.bufferHead < this.buffer.length) {
       const r = this.buffer[this.bufferHead++] as LogRecord;
-      if (!this.isAcked(r.offset)) return r;
+      if (this.deliverable(r.offset)) return r;
     }
     return null;
   }
 
-  /** Reads the next batch from the log; returns its first unacked record, or null when caught up. */
+  /** Reads the next batch from the log; returns its first deliverable record, or null when caught up. */
   private async fill(): Promise<LogRecord | null> {
     for (;;) {
       if (this.readCursor < this.log.startOffset) this.readCursor = this.log.startOffset;
@@ -229,53 +337,106 @@ export class ConsumerGroup implements Settler {
     entry.deliveryId = ++this.deliverySeq;
     entry.deliveryCount++;
     const msg = new Message(entry.record, this.queue, entry.deliveryId, entry.deliveryCount, this);
+    consumer.held++;
     if (consumer.ackMode === 'none') {
       // At most once: delivered means done.
       this.ackOffset(entry.record.offset, false);
       msg.settled = true;
-    } else {
-      entry.consumer = consumer;
-      entry.deadline = this.clock.now() + consumer.lockTimeoutMs;
-      this.inflight.set(entry.record.offset, entry);
+      consumer.push(msg);
+      return;
     }
-    consumer.held++;
-    consumer.push(msg);
+    entry.consumer = consumer;
+    entry.deadline = this.clock.now() + consumer.lockTimeoutMs;
+    this.inflight.set(entry.record.offset, entry);
+    if (this.policy.deliveryLimit === undefined) {
+      consumer.push(msg);
+      return;
+    }
+    // The count is durable before the handler sees the message, so a message that crashes the
+    // whole process still reaches its limit across restarts.
+    this.acks.state.counts.set(entry.record.offset, entry.deliveryCount);
+    this.acks.persistCount(entry.record.offset, entry.deliveryCount).then(
+      () => {
+        if (this.inflight.get(entry.record.offset) === entry && entry.deliveryId === msg.deliveryId) consumer.push(msg);
+      },
+      (err: Error) => {
+        this.hooks.error(err);
+        if (this.inflight.get(entry.record.offset) === entry) this.takeBack(entry);
+        this.schedulePump();
+      },
+    );
+  }
+
+  /** Finds a delivery still in flight under this deliveryId and takes it out of flight. */
+  private settleEntry(msg: Message): InFlight | null {
+    const entry = this.inflight.get(msg.offset);
+    if (msg.settled || entry === undefined || entry.deliveryId !== msg.deliveryId) return null;
+    msg.settled = true;
+    this.release(entry);
+    this.schedulePump();
+    return entry;
   }
 
   settle(msg: Message, ack: boolean, requeue: boolean): Promise<SettleStatus> {
-    const entry = this.inflight.get(msg.offset);
-    if (msg.settled || entry === undefined || entry.deliveryId !== msg.deliveryId) return Promise.resolve('unknown');
-    msg.settled = true;
-    this.inflight.delete(msg.offset);
-    if (entry.consumer !== null) entry.consumer.held--;
-    entry.lastConsumer = entry.consumer;
-    entry.consumer = null;
-    this.schedulePump();
-    if (ack) {
-      const durable = this.ackOffset(msg.offset, true);
-      return (durable as Promise<void>).then(() => 'acked' as const);
-    }
+    const entry = this.settleEntry(msg);
+    if (entry === null) return Promise.resolve('unknown');
+    if (ack) return (this.ackOffset(msg.offset, true) as Promise<void>).then(() => 'acked' as const);
     if (requeue) {
       this.redeliver.unshift(entry);
       return Promise.resolve('nacked');
     }
-    const durable = this.ackOffset(msg.offset, true);
-    this.hooks.rejected(entry.record, this.name);
-    return (durable as Promise<void>).then(() => 'nacked' as const);
+    this.leave(entry.record, 'rejected', undefined, null);
+    return Promise.resolve('nacked');
   }
 
-  /** @internal Auto-ack path: no promise wanted. */
+  /** @internal The auto-ack path: ack, or put back for redelivery. */
   settleQuietly(msg: Message, ack: boolean): void {
-    const entry = this.inflight.get(msg.offset);
-    if (msg.settled || entry === undefined || entry.deliveryId !== msg.deliveryId) return;
-    msg.settled = true;
-    this.inflight.delete(msg.offset);
-    if (entry.consumer !== null) entry.consumer.held--;
-    entry.lastConsumer = entry.consumer;
-    entry.consumer = null;
-    this.schedulePump();
+    const entry = this.settleEntry(msg);
+    if (entry === null) return;
     if (ack) this.ackOffset(msg.offset, false);
     else this.redeliver.unshift(entry);
+  }
+
+  /** @internal A failed attempt with retries left: redeliver after `delayMs`, durably. */
+  retryLater(msg: Message, delayMs: number): void {
+    const entry = this.settleEntry(msg);
+    if (entry === null) return;
+    const offset = msg.offset;
+    const dueAt = this.clock.now() + delayMs;
+    this.acks.state.retryAt.set(offset, dueAt);
+    this.acks.persistRetry(offset, dueAt).catch((err: Error) => this.hooks.error(err));
+    this.armRetry(offset, dueAt);
+  }
+
+  private armRetry(offset: number, dueAt: number): void {
+    this.hooks.scheduleRetry(`${this.queue}\0${this.name}\0${offset}`, dueAt, () => {
+      if (!this.acks.state.retryAt.has(offset) || this.isAcked(offset)) return;
+      this.acks.state.retryAt.delete(offset);
+      this.acks.persistRetry(offset, 0).catch((err: Error) => this.hooks.error(err));
+      void this.redeliverOffset(offset);
+    });
+  }
+
+  private async redeliverOffset(offset: number): Promise<void> {
+    if (offset < this.log.startOffset) return;
+    const [r] = await this.log.read(offset, { maxRecords: 1 });
+    if (r === undefined || r.offset !== offset) return;
+    const count = this.acks.state.counts.get(offset) ?? 0;
+    this.redeliver.push({ record: r, deliveryId: 0, deliveryCount: Math.max(count, 1), consumer: null, lastConsumer: null, deadline: 0 });
+    this.schedulePump();
+  }
+
+  /** @internal The last attempt failed: dead-letter (or send to the error exchange). */
+  giveUp(msg: Message, error: unknown, errorExchange: string | null): void {
+    const entry = this.settleEntry(msg);
+    if (entry === null) return;
+    this.leave(entry.record, 'rejected', error, errorExchange);
+  }
+
+  /** Acks an offset outside any delivery (replay takes messages this way); resolves once durable. */
+  async ackDurably(offset: number): Promise<void> {
+    if (!ackInto(this.acks.state, offset)) return;
+    await this.acks.persistOne(offset, true);
   }
 
   private ackOffset(offset: number, wantPromise: boolean): Promise<void> | undefined {
@@ -283,17 +444,83 @@ export class ConsumerGroup implements Settler {
     return this.acks.persistOne(offset, wantPromise);
   }
 
-  /** Acks everything below `offset` that is not in flight (drop-head overflow). Returns the records' offsets it dropped. */
-  dropBefore(offset: number): number[] {
+  /**
+   * Drop-head overflow: everything below `offset` that is not in flight leaves the queue with
+   * reason 'maxlen' (dead-lettered, or dropped with an event), then is acked.
+   */
+  dropBefore(offset: number): void {
     const dropped: number[] = [];
-    for (let o = this.acks.state.committed; o < offset; o++) {
-      if (!this.inflight.has(o) && !this.acks.state.acked.has(o)) {
-        ackInto(this.acks.state, o);
+    for (let o = Math.max(this.acks.state.committed, this.log.startOffset); o < offset; o++) {
+      if (this.deliverable(o)) {
+        this.leaving.add(o);
         dropped.push(o);
       }
     }
-    if (dropped.length > 0) this.acks.persist(dropped, false);
-    return dropped;
+    if (dropped.length > 0) void this.dropOffsets(dropped);
+  }
+
+  private async dropOffsets(offsets: number[]): Promise<void> {
+    let i = 0;
+    try {
+      while (i < offsets.length) {
+        const records = await this.log.read(offsets[i] as number, { maxBytes: READ_BATCH_BYTES });
+        if (records.length === 0) break;
+        for (const r of records) {
+          if (i >= offsets.length) break;
+          if (r.offset !== offsets[i]) continue;
+          this.leaving.delete(r.offset);
+          this.leave(r, 'maxlen', undefined, null);
+          i++;
+        }
+      }
+    } catch (err) {
+      this.hooks.error(err as Error);
+    }
+    // Whatever could not be read any more is gone from the log already.
+    for (; i < offsets.length; i++) {
+      this.leaving.delete(offsets[i] as number);
+      this.ackOffset(offsets[i] as number, false);
+    }
+  }
+
+  /**
+   * Expires a message whose own TTL passed, wherever it is in the queue (the queue's TTL wheel
+   * calls this). One in flight is left alone: it expires if it comes back.
+   */
+  expireOffset(r: LogRecord): void {
+    if (!this.deliverable(r.offset)) return;
+    this.leave(r, 'expired', undefined, null);
+  }
+
+  /**
+   * Expires messages past the queue's TTL from the oldest unacked on: with one TTL for the whole
+   * queue they expire in offset order, so the scan stops at the first one still alive.
+   */
+  async expireByQueueTtl(): Promise<void> {
+    const ttl = this.policy.messageTtl;
+    const now = this.clock.now();
+    if (ttl === undefined || this.ttlScanning || now < this.ttlNextAt || this.closed) return;
+    this.ttlScanning = true;
+    try {
+      this.ttlCursor = Math.max(this.ttlCursor, this.acks.state.committed, this.log.startOffset);
+      while (this.ttlCursor < this.log.endOffset) {
+        const records = await this.log.read(this.ttlCursor, { maxBytes: 256 * 1024 });
+        if (records.length === 0) return;
+        for (const r of records) {
+          if (r.timestamp + ttl > now) {
+            this.ttlNextAt = r.timestamp + ttl;
+            return;
+          }
+          if (this.deliverable(r.offset)) this.leave(r, 'expired', undefined, null);
+          this.ttlCursor = r.offset + 1;
+        }
+      }
+      this.ttlNextAt = 0;
+    } catch (err) {
+      this.hooks.error(err as Error);
+    } finally {
+      this.ttlScanning = false;
+    }
   }
 
   /** Takes back deliveries held past their lock timeout. */
@@ -322,6 +549,12 @@ export class ConsumerGroup implements Settler {
   }
 }
 
+/** The delay before attempt `attempt + 1`, after `attempt` failures: initial·factor^(attempt-1), capped, ± jitter. */
+export function backoffMs(backoff: { initial: number; factor: number; max: number; jitter: number }, attempt: number, random = Math.random): number {
+  const base = Math.min(backoff.max, backoff.initial * backoff.factor ** Math.max(0, attempt - 1));
+  return Math.max(0, Math.round(base * (1 + backoff.jitter * (random() * 2 - 1))));
+}
+
 /**
  * One consumer in a group. Holds at most `prefetch` deliveries and runs at most `concurrency`
  * handlers; the rest wait in `waiting` (bounded by prefetch).
@@ -333,20 +566,25 @@ export class Consumer {
   readonly prefetch: number;
   readonly concurrency: number;
   readonly lockTimeoutMs: number;
+  private readonly retry: ResolvedConsumerOptions['retry'];
+  private readonly errorExchange: string | null;
   private running = 0;
   private waiting: Message[] = [];
   private waitingHead = 0;
   private idle: (() => void)[] = [];
+  private timers = new Set<NodeJS.Timeout>();
 
   constructor(
     private readonly group: ConsumerGroup,
     private readonly handler: Handler,
-    options: Required<Pick<ConsumerOptions, 'ack' | 'prefetch' | 'concurrency' | 'lockTimeoutMs'>>,
+    options: ResolvedConsumerOptions,
   ) {
     this.ackMode = options.ack;
     this.prefetch = options.prefetch;
     this.concurrency = options.concurrency;
     this.lockTimeoutMs = options.lockTimeoutMs;
+    this.retry = options.retry;
+    this.errorExchange = options.errorExchange;
   }
 
   get groupName(): string {
@@ -356,43 +594,63 @@ export class Consumer {
   /** @internal */
   push(msg: Message): void {
     assert(this.held <= this.prefetch, 'a consumer never holds more than its prefetch');
-    if (this.running < this.concurrency) this.run(msg);
+    if (this.running < this.concurrency) this.run(msg, 1);
     else this.waiting.push(msg);
   }
 
-  private run(msg: Message): void {
+  private run(msg: Message, attempt: number): void {
     this.running++;
     let result: unknown;
     try {
       result = this.handler(msg);
     } catch (err) {
-      this.finish(msg, false, err);
+      this.finish(msg, false, err, attempt);
       return;
     }
     if (result !== null && typeof result === 'object' && typeof (result as Promise<unknown>).then === 'function') {
       (result as Promise<unknown>).then(
-        () => this.finish(msg, true, undefined),
-        (err: unknown) => this.finish(msg, false, err),
+        () => this.finish(msg, true, undefined, attempt),
+        (err: unknown) => this.finish(msg, false, err, attempt),
       );
     } else {
-      this.finish(msg, true, undefined);
+      this.finish(msg, true, undefined, attempt);
     }
   }
 
-  private finish(msg: Message, ok: boolean, _err: unknown): void {
-    this.running--;
-    if (this.ackMode === 'auto') this.group.settleQuietly(msg, ok);
-    else if (this.ackMode === 'none') {
+  private finish(msg: Message, ok: boolean, err: unknown, attempt: number): void {
+    if (!ok && this.ackMode === 'auto' && this.retry !== null && !this.closed) {
+      if (this.retry.mode === 'local' && attempt < this.retry.attempts) {
+        // Run again in process after the backoff, keeping the slot and the delivery.
+        const t = setTimeout(() => {
+          this.timers.delete(t);
+          this.running--;
+          if (this.closed) return this.next();
+          this.run(msg, attempt + 1);
+        }, backoffMs(this.retry.backoff, attempt));
+        this.timers.add(t);
+        return;
+      }
+      const tries = this.retry.mode === 'local' ? attempt : msg.deliveryCount;
+      if (tries < this.retry.attempts) this.group.retryLater(msg, backoffMs(this.retry.backoff, tries));
+      else this.group.giveUp(msg, err, this.errorExchange);
+    } else if (this.ackMode === 'auto') {
+      this.group.settleQuietly(msg, ok);
+    } else if (this.ackMode === 'none') {
       this.held--;
       this.group.schedulePump();
     }
+    this.running--;
+    this.next();
+  }
+
+  private next(): void {
     if (this.waitingHead < this.waiting.length && !this.closed) {
       const next = this.waiting[this.waitingHead++] as Message;
       if (this.waitingHead === this.waiting.length) {
         this.waiting = [];
         this.waitingHead = 0;
       }
-      this.run(next);
+      this.run(next, 1);
     } else if (this.running === 0) {
       const idle = this.idle;
       this.idle = [];
@@ -409,6 +667,11 @@ export class Consumer {
     this.closed = true;
     this.waiting = [];
     this.waitingHead = 0;
+    for (const t of this.timers) {
+      clearTimeout(t);
+      this.running--;
+    }
+    this.timers.clear();
     if (this.running > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
     this.group.removeConsumer(this);
   }

@@ -9,14 +9,22 @@ import { SpoolError } from '../errors.js';
 
 /** `<exchange>\0<routing key>`: exchange names never hold a NUL. */
 export const META_ROUTE = '\0m';
-/** Present (empty) when the publisher chose the id; only such ids enter the dedupe window. */
+/**
+ * Present when the message takes part in the dedupe window: empty when the key is the id the
+ * publisher chose, else the dedupe key itself (dead-lettering and replay use keys that differ
+ * from the id, so a moved message is never mistaken for a retried publish of the original).
+ */
 export const META_CALLER_ID = '\0u';
+/** A delayed message's due time in ms, as decimal text (delay store only). */
+export const META_DELIVER_AT = '\0d';
+/** A delayed message's time to live in ms once routed, as decimal text (delay store only). */
+export const META_TTL = '\0t';
 /** JSON of the user's headers. */
 export const META_HEADERS = '\0h';
 /** Absolute expiry time in ms, as decimal text. */
 export const META_EXPIRES_AT = '\0x';
 
-export type HeaderValue = string | number | boolean | null;
+export type HeaderValue = string | number | boolean | null | HeaderValue[] | { [key: string]: HeaderValue };
 export type Headers = Record<string, HeaderValue>;
 export type Body = Buffer | Uint8Array | string;
 
@@ -53,20 +61,29 @@ export function generateId(): string {
 export function checkHeaders(headers: unknown): Headers | undefined {
   if (headers === undefined) return undefined;
   if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) {
-    throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'headers must be an object of string, number, boolean or null values');
+    throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'headers must be an object of JSON values');
   }
   for (const [k, v] of Object.entries(headers as Record<string, unknown>)) {
     if (k.startsWith('\0')) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `header name ${JSON.stringify(k)} is reserved`);
-    if (v !== null && typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') {
-      throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `header ${k} must be a string, number, boolean or null`);
-    }
+    if (!isJsonValue(v, 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `header ${k} must be a JSON value (string, number, boolean, null, array or object)`);
   }
   return headers as Headers;
+}
+
+function isJsonValue(v: unknown, depth: number): boolean {
+  if (v === null || typeof v === 'string' || typeof v === 'boolean') return true;
+  if (typeof v === 'number') return Number.isFinite(v);
+  if (depth > 32 || typeof v !== 'object') return false;
+  if (Array.isArray(v)) return v.every((x) => isJsonValue(x, depth + 1));
+  if (Object.getPrototypeOf(v) !== Object.prototype) return false;
+  return Object.values(v as Record<string, unknown>).every((x) => isJsonValue(x, depth + 1));
 }
 
 export interface StoredMessage {
   id: string;
   callerId: boolean;
+  /** The dedupe key when it is not the id itself (dead-letter and replay copies). */
+  dedupeKey?: string;
   exchange: string;
   routingKey: string;
   headers: Headers | undefined;
@@ -80,7 +97,7 @@ const ROUTE_CACHE_MAX = 10_000;
 
 export function toRecord(m: StoredMessage): RecordInput {
   const route = m.exchange + '\0' + m.routingKey;
-  if (m.headers === undefined && m.expiresAt === undefined) {
+  if (m.headers === undefined && m.expiresAt === undefined && m.dedupeKey === undefined) {
     const cacheKey = m.callerId ? 'u' + route : 'g' + route;
     let h = routeHeaderCache.get(cacheKey);
     if (h === undefined) {
@@ -91,14 +108,26 @@ export function toRecord(m: StoredMessage): RecordInput {
     return { key: m.id, value: m.body, headers: h };
   }
   const h: Record<string, string> = { [META_ROUTE]: route };
-  if (m.callerId) h[META_CALLER_ID] = '';
+  if (m.dedupeKey !== undefined) h[META_CALLER_ID] = m.dedupeKey;
+  else if (m.callerId) h[META_CALLER_ID] = '';
   if (m.headers !== undefined) h[META_HEADERS] = JSON.stringify(m.headers);
   if (m.expiresAt !== undefined) h[META_EXPIRES_AT] = String(m.expiresAt);
   return { key: m.id, value: m.body, headers: h };
 }
 
-export function isCallerId(r: LogRecord): boolean {
-  return r.headerNames > 1 && r.headerText(META_CALLER_ID) !== undefined;
+/** The key a stored message holds in the dedupe window, or undefined when it holds none. */
+export function dedupeKeyOf(r: LogRecord): string | undefined {
+  if (r.headerNames < 2) return undefined;
+  const k = r.headerText(META_CALLER_ID);
+  if (k === undefined) return undefined;
+  return k === '' ? r.keyText() : k;
+}
+
+/** Absolute expiry of a stored message from its own ttl, or undefined. */
+export function expiresAtOf(r: LogRecord): number | undefined {
+  if (r.headerNames < 2) return undefined;
+  const x = r.headerText(META_EXPIRES_AT);
+  return x === undefined ? undefined : Number(x);
 }
 
 export function routeOf(r: LogRecord): { exchange: string; routingKey: string } {

@@ -7,9 +7,9 @@ import path from 'node:path';
 import { SpoolError } from '../errors.js';
 import { Log, type Clock, type LogOptions } from '../log/index.js';
 import { AckStore } from './ack-store.js';
-import { ConsumerGroup, type ConsumerOptions, type GroupHooks } from './group.js';
+import { ConsumerGroup, type ConsumerOptions, type DeathReason, type GroupHooks } from './group.js';
 import type { LogRecord } from '../log/index.js';
-import { type StoredMessage, isCallerId, toRecord } from './message.js';
+import { type StoredMessage, dedupeKeyOf, expiresAtOf, toRecord } from './message.js';
 import { SizeWindow } from './size-window.js';
 
 export type Overflow = 'drop-head' | 'reject-publish';
@@ -30,11 +30,15 @@ export interface QueueOptions {
 }
 
 export const DEDUPE_WINDOW_MS_DEFAULT = 120_000;
+const TTL_MARKER = 'has-message-ttl';
 /** The dedupe map is bounded: past this many ids the oldest are forgotten early. */
 const DEDUPE_ENTRIES_MAX = 1_000_000;
 
 export interface QueueHooks {
-  rejected(queue: Queue, record: LogRecord, group: string, reason: 'rejected' | 'maxlen'): void;
+  /** Moves a message out of the queue (dead-letter exchange, error exchange, or a 'drop' event). */
+  deadLetter(queue: Queue, record: LogRecord, group: string, reason: DeathReason, error: unknown, errorExchange: string | null): Promise<void>;
+  /** Calls `fire` at `dueAt` (the broker's timing wheel). */
+  schedule(key: string, dueAt: number, fire: () => void): void;
   error(err: Error): void;
 }
 
@@ -48,6 +52,7 @@ export class Queue {
   private sizes: SizeWindow | null = null;
   private unsubscribe: () => void;
   private trimming = false;
+  private ttlMarked = false;
 
   private constructor(
     readonly name: string,
@@ -71,6 +76,7 @@ export class Queue {
     if (options.maxLength !== undefined) q.floor = Math.max(0, log.endOffset - options.maxLength);
     for (const g of await listDirs(path.join(dir, 'groups'))) await q.group(g, {});
     if (options.maxBytes !== undefined) await q.loadSizes();
+    await q.rearmExpiries();
     return q;
   }
 
@@ -100,7 +106,9 @@ export class Queue {
       const records = await this.log.read(next, { maxBytes: 4 * 1024 * 1024 });
       if (records.length === 0) break;
       for (const r of records) {
-        if (r.timestamp >= since && isCallerId(r)) this.dedupe.set(r.keyText(), r.timestamp + this.dedupeWindowMs);
+        if (r.timestamp < since) continue;
+        const key = dedupeKeyOf(r);
+        if (key !== undefined) this.dedupe.set(key, r.timestamp + this.dedupeWindowMs);
       }
       next = records[records.length - 1]!.offset + 1;
     }
@@ -132,19 +140,20 @@ export class Queue {
    */
   async append(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
     const now = this.clock.now();
-    if (m.callerId) {
+    const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
+    if (dedupeKey !== undefined) {
       this.evictDedupe(now);
-      const until = this.dedupe.get(m.id);
+      const until = this.dedupe.get(dedupeKey);
       if (until !== undefined && until > now) return 'duplicate';
-      // Claimed before the append, so a concurrent publish of the same id sees it.
-      this.dedupe.set(m.id, now + this.dedupeWindowMs);
+      // Claimed before the append, so a concurrent publish of the same key sees it.
+      this.dedupe.set(dedupeKey, now + this.dedupeWindowMs);
     }
     const overflow = this.options.overflow ?? 'drop-head';
     const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
     if (overflow === 'reject-publish') {
       const full = this.fullReason(size);
       if (full !== null) {
-        if (m.callerId) this.dedupe.delete(m.id);
+        if (dedupeKey !== undefined) this.dedupe.delete(dedupeKey);
         throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}`);
       }
     }
@@ -152,12 +161,59 @@ export class Queue {
     try {
       offset = await this.log.appendOne(toRecord(m));
     } catch (err) {
-      if (m.callerId) this.dedupe.delete(m.id);
+      if (dedupeKey !== undefined) this.dedupe.delete(dedupeKey);
       throw err;
     }
     this.sizes?.add(offset, size);
+    if (m.expiresAt !== undefined) await this.watchExpiry(offset, m.expiresAt);
     if (overflow === 'drop-head') this.dropHeadIfOver();
     return 'confirmed';
+  }
+
+  /**
+   * Arms the expiry of a message with its own TTL, so it is dead-lettered on time even when it
+   * is not at the head and no consumer is attached. A marker file says the queue has such
+   * messages, so a restart rescans for them only when it must.
+   */
+  private async watchExpiry(offset: number, expiresAt: number): Promise<void> {
+    if (!this.ttlMarked) {
+      this.ttlMarked = true;
+      await fs.promises.writeFile(path.join(this.dir, TTL_MARKER), '');
+    }
+    this.hooks.schedule(`x\0${this.name}\0${offset}`, expiresAt, () => void this.expireOffset(offset));
+  }
+
+  private async expireOffset(offset: number): Promise<void> {
+    if (offset < this.log.startOffset || this.groups.size === 0) return;
+    try {
+      const [r] = await this.log.read(offset, { maxRecords: 1 });
+      if (r === undefined || r.offset !== offset) return;
+      for (const g of this.groups.values()) g.expireOffset(r);
+    } catch (err) {
+      this.hooks.error(err as Error);
+    }
+  }
+
+  /** At open: re-arms the expiry of messages with their own TTL (only when the queue ever had one). */
+  private async rearmExpiries(): Promise<void> {
+    if (!fs.existsSync(path.join(this.dir, TTL_MARKER))) return;
+    this.ttlMarked = true;
+    let next = this.head();
+    while (next < this.log.endOffset) {
+      const records = await this.log.read(next, { maxBytes: 4 * 1024 * 1024 });
+      if (records.length === 0) break;
+      for (const r of records) {
+        const at = expiresAtOf(r);
+        if (at !== undefined) this.hooks.schedule(`x\0${this.name}\0${r.offset}`, at, () => void this.expireOffset(r.offset));
+      }
+      next = records[records.length - 1]!.offset + 1;
+    }
+  }
+
+  /** Expires messages past the queue's messageTtl in every group (called on the broker's timer). */
+  async expireByQueueTtl(): Promise<void> {
+    if (this.options.messageTtl === undefined) return;
+    for (const g of this.groups.values()) await g.expireByQueueTtl();
   }
 
   /** Why a message of `size` bytes would overflow the queue, or null when it fits. */
@@ -188,17 +244,7 @@ export class Queue {
     }
     if (newHead <= this.floor && newHead <= this.head()) return;
     this.floor = Math.max(this.floor, newHead);
-    for (const g of this.groups.values()) {
-      const dropped = g.dropBefore(newHead);
-      if (dropped.length > 0) void this.reportDropped(dropped, g.name);
-    }
-  }
-
-  private async reportDropped(offsets: number[], group: string): Promise<void> {
-    for (const o of offsets) {
-      const [r] = await this.log.read(o, { maxRecords: 1 }).catch(() => []);
-      if (r !== undefined && r.offset === o) this.hooks.rejected(this, r, group, 'maxlen');
-    }
+    for (const g of this.groups.values()) g.dropBefore(newHead);
   }
 
   /** The group, opened (and created at `from`) on first use. */
@@ -234,11 +280,13 @@ export class Queue {
     await fs.promises.mkdir(path.join(this.dir, 'groups'), { recursive: true });
     const acks = await AckStore.open(dir, start, this.log.startOffset, this.logOptions);
     const hooks: GroupHooks = {
-      rejected: (record, group) => this.hooks.rejected(this, record, group, 'rejected'),
+      deadLetter: (record, group, reason, error, errorExchange) => this.hooks.deadLetter(this, record, group, reason, error, errorExchange),
+      scheduleRetry: (key, dueAt, fire) => this.hooks.schedule(key, dueAt, fire),
       progressed: () => void this.trim(),
       error: (err) => this.hooks.error(err),
     };
-    const g = new ConsumerGroup(name, this.name, this.log, acks, this.clock, hooks);
+    const policy = { messageTtl: this.options.messageTtl, deliveryLimit: this.options.deliveryLimit };
+    const g = new ConsumerGroup(name, this.name, this.log, acks, this.clock, policy, hooks);
     this.groups.set(name, g);
     return g;
   }

@@ -10,6 +10,7 @@ import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { SpoolError } from '../errors.js';
 import type { Message } from './delivery.js';
+import type { Headers } from './message.js';
 
 /** What a worker's handler receives: the message's data (no ack methods; the result acks). */
 export interface WorkerMessage {
@@ -19,7 +20,7 @@ export interface WorkerMessage {
   routingKey: string;
   offset: number;
   timestamp: number;
-  headers: Record<string, string | number | boolean | null>;
+  headers: Headers;
   body: Uint8Array;
   deliveryCount: number;
   redelivered: boolean;

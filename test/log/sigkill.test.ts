@@ -1,4 +1,4 @@
-// Proves that an append confirmed before a real SIGKILL (mid-append, mid-roll, mid-recovery) survives at its offset with exact bytes, by killing child processes that append and report confirmations, then reopening and checking the log every cycle.
+// Proves that an append confirmed before a real SIGKILL (mid-append, mid-roll, mid-recovery, after a torn write) survives at its offset with exact bytes, by killing child processes that append and report confirmations, then reopening and checking the whole log every cycle.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -293,9 +293,10 @@ async function killCycles(): Promise<void> {
     const problems = new Problems();
     const cycleTags = new Set<string>();
     // 1. An appender on the log the parent closed cleanly: killed while appending, frozen
-    //    mid-roll, or killed right as it opens.
+    //    mid-roll, frozen after tearing a segment write, or killed right as it opens.
     const mode = rand() % 10;
-    const pause: AppenderConfig['pause'] = mode >= 2 && mode < 5 ? { phase: 'roll', at: between(1, 26) } : null;
+    const pause: AppenderConfig['pause'] =
+      mode >= 2 && mode < 5 ? { phase: 'roll', at: between(1, 26) } : mode >= 5 && mode < 7 ? { phase: 'write', at: between(1, 40) } : null;
     const plan: KillPlan = { afterFirstConfirmMs: between(20, 300), timeoutMs: 10_000 };
     if (mode < 2) plan.afterOpenStartMs = between(0, 2);
     const first = await spawnChild(cycle, 0, pause, plan, problems);

@@ -1,13 +1,13 @@
 // Child process of test/log/sigkill.test.ts. It opens the log named in its JSON argument and
 // appends until SIGKILLed, printing `C <offset> <id>` on stdout only after that append resolved
-// (i.e. after its fdatasync). It can also freeze before its k-th storage call while opening the
-// log or while rolling a segment, printing `P ...` first, so the parent kills it at exactly that
-// step. It imports the compiled library: run `npx tsc -p tsconfig.json` first (npm test does).
-// SPOOL_KILL_LIB=/abs/path/index.js makes it load another build (to check that the test catches a
-// deliberately broken copy).
+// (i.e. after its fdatasync). To be killed at exact steps it can also freeze before its k-th
+// storage call while opening the log or while rolling a segment, or tear its k-th segment write
+// (write a prefix, then freeze), printing `P ...` first. It imports the compiled library: run
+// `npx tsc -p tsconfig.json` first (npm test does). SPOOL_KILL_LIB=/abs/path/index.js loads
+// another build instead (to check that the test catches a deliberately broken copy).
 //
 // Lines on stdout: `S` before Log.open; `O <start> <end> <storage calls during open>` after it;
-// `C <offset> <id>` per confirmed record; `P <phase> <k> <call> <file>` when frozen.
+// `C <offset> <id>` per confirmed record; `P <phase> <k> <call> <file> [<written>/<bytes>]` when frozen.
 import fs from 'node:fs';
 import path from 'node:path';
 import { prng, recordFor } from './kill-records.mjs';
@@ -20,7 +20,7 @@ if (typeof Log?.open !== 'function' || typeof nodeStorage?.open !== 'function') 
 }
 
 const cfg = JSON.parse(process.argv[2]);
-// cfg: { dir, tag, seed, tsBase, segmentBytesMax, outstanding, batchPercent, batchMax, pause: null | { phase: 'open' | 'roll', at } }
+// cfg: { dir, tag, seed, tsBase, segmentBytesMax, outstanding, batchPercent, batchMax, pause: null | { phase: 'open' | 'roll' | 'write', at } }
 
 // ---- stdout side channel: write(2) straight to fd 1, so a line is in the pipe once written.
 let queued = [];
@@ -99,12 +99,29 @@ function gate(call, file, storageLevel) {
   return false;
 }
 
+let segmentWrites = 0;
+const tearRand = prng(cfg.seed ^ 0x5eed);
+
+/** With pause `write`: the at-th write to a segment after opening writes only a prefix, then freezes (a torn write). */
+async function maybeTear(inner, bufs, position) {
+  const p = cfg.pause;
+  if (!p || p.phase !== 'write' || phase === 'open' || frozen || !inner.path.endsWith('.log')) return false;
+  if (++segmentWrites !== p.at) return false;
+  frozen = true;
+  const all = Buffer.concat(bufs);
+  const cut = all.length <= 1 ? 0 : 1 + (tearRand() % (all.length - 1));
+  if (cut > 0) await inner.writev([all.subarray(0, cut)], position);
+  setInterval(() => {}, 60_000);
+  emitNow(`P write ${p.at} writev ${path.basename(inner.path)} ${cut}/${all.length}\n`);
+  return true;
+}
+
 function wrapFile(inner) {
   const f = (call, fn) => (gate(call, inner.path, false) ? never : fn());
   return {
     path: inner.path,
     read: (b, o, l, p) => f('read', () => inner.read(b, o, l, p)),
-    writev: (bufs, p) => f('writev', () => inner.writev(bufs, p)),
+    writev: (bufs, p) => f('writev', async () => ((await maybeTear(inner, bufs, p)) ? never : inner.writev(bufs, p))),
     sync: () => f('sync', () => inner.sync()),
     truncate: (l) => f('truncate', () => inner.truncate(l)),
     size: () => f('size', () => inner.size()),

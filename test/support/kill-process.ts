@@ -42,8 +42,11 @@ export interface AppenderConfig {
   /** Percent of appends that are `append` of 2..batchMax records. */
   batchPercent: number;
   batchMax: number;
-  /** Freeze before the `at`-th storage call while opening or during the first roll. */
-  pause: { phase: 'open' | 'roll'; at: number } | null;
+  /**
+   * Freeze before the `at`-th storage call while opening or during the first roll; or (`write`)
+   * write only a prefix of the `at`-th segment write after opening, then freeze: a torn write.
+   */
+  pause: { phase: 'open' | 'roll' | 'write'; at: number } | null;
 }
 
 export interface KillPlan {

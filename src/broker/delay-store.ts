@@ -1,0 +1,257 @@
+/**
+ * Delayed messages: stored durably at publish, routed through their exchange when due.
+ *
+ * On disk (docs/format.md "Delayed messages") messages are bucketed by due time: one bucket per
+ * minute, each a message log plus a "done" set (fired or cancelled offsets, kept like a group's
+ * acks). Only buckets due within the lookahead are loaded into the timing wheel; the far future
+ * waits on disk, so memory holds the near future plus one compact index entry per pending id
+ * (for cancel). A bucket whose every message is done is deleted. RocketMQ's timer log and
+ * Pulsar's bucketed delayed-delivery index are the models.
+ *
+ * Exactly once per queue: firing publishes with a dedupe key derived from the id and due time,
+ * then marks the message done. A crash between the two fires it again at startup, and the
+ * target queue's dedupe window drops the copy (so a restart must come within that window).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { SpoolError } from '../errors.js';
+import { Log, type Clock, type LogOptions, type LogRecord } from '../log/index.js';
+import { AckStore, ackInto } from './ack-store.js';
+import { TimingWheel } from './timing-wheel.js';
+
+export const BUCKET_MS = 60_000;
+/** Buckets starting within this of now are loaded into the wheel. */
+const LOOKAHEAD_MS = 2 * BUCKET_MS;
+/** Far buckets kept open for appends at once; the least recently used is closed past this. */
+const OPEN_FAR_BUCKETS_MAX = 32;
+const OFFSET_BITS = 2 ** 28;
+const DIGITS = 15;
+
+interface Bucket {
+  start: number;
+  log: Log | null;
+  done: AckStore | null;
+  /** Messages neither fired nor cancelled. */
+  pending: number;
+  loaded: boolean;
+  lastUsed: number;
+}
+
+/** Where a pending message is: bucket number (start / BUCKET_MS) and offset, packed in one number. */
+function pack(bucketStart: number, offset: number): number {
+  assert(offset < OFFSET_BITS, 'a delay bucket holds at most 2^28 messages');
+  return (bucketStart / BUCKET_MS) * OFFSET_BITS + offset;
+}
+
+function unpack(key: number): { bucketStart: number; offset: number } {
+  const offset = key % OFFSET_BITS;
+  return { bucketStart: ((key - offset) / OFFSET_BITS) * BUCKET_MS, offset };
+}
+
+/** Fires a due message: publishes it to its exchange. Resolves once it is confirmed there. */
+export type FireFn = (record: LogRecord) => Promise<void>;
+
+export class DelayStore {
+  private readonly buckets = new Map<number, Bucket>();
+  private readonly index = new Map<string, number>();
+  private readonly wheel: TimingWheel<number>;
+  private firing = false;
+  onError: (err: Error) => void = () => {};
+
+  private constructor(
+    private readonly dir: string,
+    private readonly clock: Clock,
+    private readonly logOptions: LogOptions,
+    private readonly fire: FireFn,
+  ) {
+    this.wheel = new TimingWheel<number>({ tickMs: 2, startMs: clock.now() });
+  }
+
+  static async open(dir: string, clock: Clock, logOptions: LogOptions, fire: FireFn): Promise<DelayStore> {
+    await fs.promises.mkdir(dir, { recursive: true });
+    const store = new DelayStore(dir, clock, logOptions, fire);
+    const names = (await fs.promises.readdir(dir)).filter((n) => /^\d{15}$/.test(n)).sort();
+    for (const name of names) await store.loadIndex(Number(name));
+    return store;
+  }
+
+  /** Messages scheduled and neither fired nor cancelled. */
+  get pendingCount(): number {
+    return this.index.size;
+  }
+
+  private bucketDir(start: number): string {
+    return path.join(this.dir, String(start).padStart(DIGITS, '0'));
+  }
+
+  private async openBucket(start: number): Promise<Bucket> {
+    let b = this.buckets.get(start);
+    if (b === undefined) {
+      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0 };
+      this.buckets.set(start, b);
+    }
+    b.lastUsed = this.clock.now();
+    if (b.log === null) {
+      const dir = this.bucketDir(start);
+      const { log } = await Log.open(path.join(dir, 'messages'), { ...this.logOptions, clock: this.clock });
+      const done = await AckStore.open(path.join(dir, 'done'), 0, 0, this.logOptions);
+      if (b.log === null) {
+        b.log = log;
+        b.done = done;
+      } else {
+        await log.close();
+        await done.close();
+      }
+      await this.closeIdleFarBuckets();
+    }
+    return b;
+  }
+
+  private async closeIdleFarBuckets(): Promise<void> {
+    const open = [...this.buckets.values()].filter((b) => b.log !== null && !b.loaded);
+    if (open.length <= OPEN_FAR_BUCKETS_MAX) return;
+    open.sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const b of open.slice(0, open.length - OPEN_FAR_BUCKETS_MAX)) await this.closeBucket(b);
+  }
+
+  private async closeBucket(b: Bucket): Promise<void> {
+    const log = b.log;
+    const done = b.done;
+    b.log = null;
+    b.done = null;
+    await done?.close();
+    await log?.close();
+  }
+
+  /** At startup: learns a bucket's pending ids (for cancel and counting) without keeping bodies. */
+  private async loadIndex(start: number): Promise<void> {
+    const b = await this.openBucket(start);
+    const log = b.log as Log;
+    const done = (b.done as AckStore).state;
+    let next = log.startOffset;
+    while (next < log.endOffset) {
+      const records = await log.read(next, { maxBytes: 4 * 1024 * 1024 });
+      if (records.length === 0) break;
+      for (const r of records) {
+        if (r.offset < done.committed || done.acked.has(r.offset)) continue;
+        this.index.set(r.keyText(), pack(start, r.offset));
+        b.pending++;
+      }
+      next = records[records.length - 1]!.offset + 1;
+    }
+    if (b.pending === 0 && start + BUCKET_MS <= this.clock.now()) await this.destroyBucket(b);
+  }
+
+  /** Puts a bucket's pending messages into the wheel. */
+  private async loadIntoWheel(b: Bucket): Promise<void> {
+    b.loaded = true;
+    await this.openBucket(b.start);
+    const log = b.log as Log;
+    const done = (b.done as AckStore).state;
+    let next = log.startOffset;
+    while (next < log.endOffset) {
+      const records = await log.read(next, { maxBytes: 4 * 1024 * 1024 });
+      if (records.length === 0) break;
+      for (const r of records) {
+        if (r.offset < done.committed || done.acked.has(r.offset)) continue;
+        this.wheel.schedule(pack(b.start, r.offset), deliverAtOf(r));
+      }
+      next = records[records.length - 1]!.offset + 1;
+    }
+  }
+
+  /**
+   * Stores a message due at `deliverAt`; resolves once it is fsynced. A publisher-chosen id that
+   * is already pending is a duplicate.
+   */
+  async schedule(id: string, callerId: boolean, deliverAt: number, record: { value: Buffer | Uint8Array | string; headers: Record<string, string> }): Promise<'scheduled' | 'duplicate'> {
+    if (callerId && this.index.has(id)) return 'duplicate';
+    const start = Math.floor(deliverAt / BUCKET_MS) * BUCKET_MS;
+    const b = await this.openBucket(start);
+    if (callerId && this.index.has(id)) return 'duplicate';
+    const offset = await (b.log as Log).appendOne({ key: id, value: record.value, headers: record.headers, timestamp: this.clock.now() });
+    const key = pack(start, offset);
+    this.index.set(id, key);
+    b.pending++;
+    if (b.loaded) this.wheel.schedule(key, deliverAt);
+    return 'scheduled';
+  }
+
+  /** Cancels a pending delayed message; false when no pending message has this id. */
+  async cancel(id: string): Promise<boolean> {
+    const key = this.index.get(id);
+    if (key === undefined) return false;
+    this.index.delete(id);
+    this.wheel.cancel(key);
+    const { bucketStart, offset } = unpack(key);
+    await this.markDone(bucketStart, offset);
+    return true;
+  }
+
+  private async markDone(bucketStart: number, offset: number): Promise<void> {
+    const b = await this.openBucket(bucketStart);
+    const done = b.done as AckStore;
+    if (!ackInto(done.state, offset)) return;
+    await done.persistOne(offset, true);
+    b.pending--;
+    if (b.pending === 0 && bucketStart + BUCKET_MS <= this.clock.now()) await this.destroyBucket(b);
+  }
+
+  private async destroyBucket(b: Bucket): Promise<void> {
+    this.buckets.delete(b.start);
+    await this.closeBucket(b);
+    const dir = this.bucketDir(b.start);
+    await Log.destroy(path.join(dir, 'messages'));
+    await Log.destroy(path.join(dir, 'done'));
+    await fs.promises.rm(dir, { recursive: true, force: true });
+  }
+
+  /** Loads buckets coming due and fires every message due by now. Resolves when those fires settle. */
+  async advance(): Promise<void> {
+    if (this.firing) return;
+    this.firing = true;
+    try {
+      const now = this.clock.now();
+      for (const b of [...this.buckets.values()]) {
+        if (!b.loaded && b.start < now + LOOKAHEAD_MS) await this.loadIntoWheel(b);
+      }
+      const due = this.wheel.advance(this.clock.now());
+      if (due.length === 0) return;
+      const fires = due.map((key) => this.fireOne(key));
+      await Promise.all(fires);
+    } finally {
+      this.firing = false;
+    }
+  }
+
+  private async fireOne(key: number): Promise<void> {
+    const { bucketStart, offset } = unpack(key);
+    const b = this.buckets.get(bucketStart);
+    if (b === undefined) return;
+    try {
+      await this.openBucket(bucketStart);
+      const [r] = await (b.log as Log).read(offset, { maxRecords: 1 });
+      if (r === undefined || r.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
+      const id = r.keyText();
+      if (this.index.get(id) !== key) return; // cancelled meanwhile
+      await this.fire(r);
+      this.index.delete(id);
+      await this.markDone(bucketStart, offset);
+    } catch (err) {
+      // Not fired: try again shortly rather than lose it.
+      this.onError(err as Error);
+      this.wheel.schedule(key, this.clock.now() + 1000);
+    }
+  }
+
+  async close(): Promise<void> {
+    while (this.firing) await new Promise((r) => setTimeout(r, 5));
+    for (const b of this.buckets.values()) await this.closeBucket(b);
+  }
+}
+
+export function deliverAtOf(r: LogRecord): number {
+  const v = r.headerText('\0d');
+  return v === undefined ? r.timestamp : Number(v);
+}
