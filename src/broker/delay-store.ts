@@ -36,6 +36,7 @@ interface Bucket {
   pending: number;
   loaded: boolean;
   lastUsed: number;
+  opening: Promise<void> | null;
 }
 
 /** Where a pending message is: bucket number (start / BUCKET_MS) and offset, packed in one number. */
@@ -88,21 +89,22 @@ export class DelayStore {
   private async openBucket(start: number): Promise<Bucket> {
     let b = this.buckets.get(start);
     if (b === undefined) {
-      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0 };
+      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0, opening: null };
       this.buckets.set(start, b);
     }
     b.lastUsed = this.clock.now();
     if (b.log === null) {
-      const dir = this.bucketDir(start);
-      const { log } = await Log.open(path.join(dir, 'messages'), { ...this.logOptions, clock: this.clock });
-      const done = await AckStore.open(path.join(dir, 'done'), 0, 0, this.logOptions);
-      if (b.log === null) {
-        b.log = log;
-        b.done = done;
-      } else {
-        await log.close();
-        await done.close();
-      }
+      // One opener at a time: concurrent schedules into a new bucket share this open.
+      b.opening ??= (async () => {
+        const dir = this.bucketDir(start);
+        const { log } = await Log.open(path.join(dir, 'messages'), { ...this.logOptions, clock: this.clock });
+        const done = await AckStore.open(path.join(dir, 'done'), 0, 0, this.logOptions);
+        (b as Bucket).log = log;
+        (b as Bucket).done = done;
+      })().finally(() => {
+        (b as Bucket).opening = null;
+      });
+      await b.opening;
       await this.closeIdleFarBuckets();
     }
     return b;
