@@ -1,13 +1,15 @@
 /**
- * The storage engine's benchmark suite.
+ * The benchmark suite: the storage engine (src/log) and the embedded broker end to end (src/broker).
  *
- *   node dist/bench/run.js [--quick] [--only name,name] [--out dir] [--dir tmpdir] [--repeats n]
+ *   node dist/bench/run.js [--quick] [--big] [--only name,name] [--out dir] [--dir tmpdir] [--repeats n]
  *
  * Measures this machine's raw limits first (fdatasync rate, sequential write MB/s), then runs the
  * scenarios, each R times (5, or 3 with --quick), reporting medians. Prints each scenario's block
  * and one summary table (figure, target, PASS/MISS, ratios to the raw limits) on stdout, progress
- * on stderr, and writes JSON to <out>/<timestamp>.json and <out>/latest.json (default bench/results).
- * Targets are reported, never enforced: the exit code is 0 unless a scenario fails outright.
+ * on stderr, and writes JSON to <out>/<timestamp>.json and <out>/latest.json (default bench/results)
+ * and a chart to <out>/<timestamp>.svg and <out>/latest.svg (and docs/benchmarks.svg when the
+ * whole suite ran). Targets are reported, never enforced: the exit code is 0 unless a scenario
+ * fails outright.
  */
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +17,10 @@ import { fileURLToPath } from 'node:url';
 import { APPEND_SIZES, benchAppend4k, benchAppendBatch, benchAppendLatency, benchAppendOne } from './log-append.js';
 import { READ_SIZES, benchRead } from './log-read.js';
 import { MICRO_DEFAULTS, MICRO_SIZES, benchMicro } from './micro.js';
+import { BODY_SIZES, BROKER_SIZES, benchBrokerBacklog, benchBrokerDrain, benchBrokerPublish } from './broker.js';
+import { renderChart, suiteChartData, writeChart } from './chart.js';
 import { type ScenarioContext, TARGETS } from './lib/context.js';
+import { BROKER_TARGETS } from './broker.js';
 import { RAW_DEFAULTS, type RawLimits, measureRawLimits } from './lib/raw-limits.js';
 import {
   MiB,
@@ -36,6 +41,8 @@ import {
 
 export interface CliOptions {
   quick: boolean;
+  /** broker-backlog with 10,000,000 messages (the issue's figure) instead of 1,000,000 (200,000 with --quick). */
+  big: boolean;
   only: string[] | null;
   outDir: string;
   tempBase: string;
@@ -46,7 +53,7 @@ interface Scenario {
   name: string;
   /** Whether its ratios need the raw limits. */
   usesRaw: boolean;
-  run(ctx: ScenarioContext, quick: boolean, tempBase: string): Promise<ScenarioReport>;
+  run(ctx: ScenarioContext, quick: boolean, tempBase: string, opts?: { big: boolean }): Promise<ScenarioReport>;
 }
 
 export const SCENARIOS: readonly Scenario[] = [
@@ -88,17 +95,40 @@ export const SCENARIOS: readonly Scenario[] = [
     usesRaw: false,
     run: (ctx, quick) => benchMicro(ctx, { ...MICRO_DEFAULTS, ...MICRO_SIZES[quick ? 'quick' : 'full'] }),
   },
+  {
+    name: 'broker-publish',
+    usesRaw: true,
+    run: (ctx, quick, dir) => {
+      const s = BROKER_SIZES[quick ? 'quick' : 'full'];
+      return benchBrokerPublish(ctx, { messages: s.publish, latencyIterations: s.latencyIterations, window: 1000, sizes: BODY_SIZES, dir });
+    },
+  },
+  {
+    name: 'broker-drain',
+    usesRaw: true,
+    run: (ctx, quick, dir) => benchBrokerDrain(ctx, { messages: BROKER_SIZES[quick ? 'quick' : 'full'].drain, sizes: BODY_SIZES, prefetch: 1000, dir }),
+  },
+  {
+    name: 'broker-backlog',
+    usesRaw: true,
+    run: (ctx, quick, dir, o) => {
+      const s = BROKER_SIZES[quick ? 'quick' : 'full'];
+      return benchBrokerBacklog(ctx, { messages: o?.big === true ? s.backlogBig : s.backlog, bodyBytes: 100, sampleMs: 250, dir });
+    },
+  },
 ];
 
 /** Group names accepted by --only besides scenario names. */
 const GROUPS: Record<string, string[]> = {
   append: SCENARIOS.filter((s) => s.name.startsWith('append')).map((s) => s.name),
   read: ['read-seq'],
+  broker: SCENARIOS.filter((s) => s.name.startsWith('broker')).map((s) => s.name),
   raw: [],
 };
 
-const USAGE = `usage: node dist/bench/run.js [--quick] [--only name,name] [--out dir] [--dir tmpdir] [--repeats n]
+const USAGE = `usage: node dist/bench/run.js [--quick] [--big] [--only name,name] [--out dir] [--dir tmpdir] [--repeats n]
   --quick        smaller sizes, 3 repeats instead of 5
+  --big          broker-backlog with 10,000,000 messages (default 1,000,000; 200,000 with --quick)
   --only         scenarios to run: ${SCENARIOS.map((s) => s.name).join(', ')}
                  or groups: ${Object.keys(GROUPS).join(', ')} (raw: only the raw limits)
   --out          results directory (default bench/results)
@@ -107,7 +137,7 @@ const USAGE = `usage: node dist/bench/run.js [--quick] [--only name,name] [--out
 
 export function parseArgs(argv: readonly string[]): CliOptions {
   const root = fileURLToPath(new URL('../../', import.meta.url));
-  const o: CliOptions = { quick: false, only: null, outDir: path.join(root, 'bench', 'results'), tempBase: os.tmpdir(), repeats: 0 };
+  const o: CliOptions = { quick: false, big: false, only: null, outDir: path.join(root, 'bench', 'results'), tempBase: os.tmpdir(), repeats: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] as string;
     const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
@@ -119,6 +149,9 @@ export function parseArgs(argv: readonly string[]): CliOptions {
     switch (flag) {
       case '--quick':
         o.quick = true;
+        break;
+      case '--big':
+        o.big = true;
         break;
       case '--only':
         o.only = value()
@@ -184,13 +217,16 @@ export async function main(argv: readonly string[]): Promise<number> {
   const machine = machineInfo(opts.tempBase);
   const root = fileURLToPath(new URL('../../', import.meta.url));
   const source = sourceFingerprint(path.join(root, 'src', 'log'), path.join(root, 'dist', 'src', 'log'));
-  out(`Spool storage engine benchmarks (${opts.quick ? 'quick' : 'full'}), ${started.toISOString()}`);
+  const brokerSource = sourceFingerprint(path.join(root, 'src', 'broker'), path.join(root, 'dist', 'src', 'broker'));
+  out(`Spool benchmarks (${opts.quick ? 'quick' : 'full'}${opts.big ? ', big backlog' : ''}), ${started.toISOString()}`);
   out(
     `node ${machine.node} on ${machine.platform}/${machine.arch} ${machine.kernel}, ${machine.cpus} x ${machine.cpuModel}, ${machine.memoryGiB} GiB RAM; ` +
       `temp data in ${machine.tempDir} (${machine.tempDirFs})`,
   );
   out(`code under test: src/log fingerprint ${source.hash} (${source.files} files, newest ${source.newest} at ${source.newestMtime})`);
+  out(`                src/broker fingerprint ${brokerSource.hash} (${brokerSource.files} files, newest ${brokerSource.newest} at ${brokerSource.newestMtime})`);
   if (source.staleDist.length > 0) out(`WARNING: dist/ is older than src/log/${source.staleDist.join(', ')}: run npm run build (npm run bench does)`);
+  if (brokerSource.staleDist.length > 0) out(`WARNING: dist/ is older than src/broker/${brokerSource.staleDist.join(', ')}: run npm run build (npm run bench does)`);
   out(`each scenario runs ${opts.repeats} times; figures are medians; MB = 10^6 bytes`);
   const load1 = machine.loadAverage[0] as number;
   out(`load average at start: ${machine.loadAverage.map((l) => l.toFixed(2)).join(' ')}${load1 > machine.cpus * 0.5 ? `  WARNING: other processes are busy on ${machine.cpus} CPUs; figures will be noisy` : ''}`);
@@ -230,7 +266,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     const scenario = SCENARIOS.find((s) => s.name === name) as Scenario;
     progress(`scenario ${name}`);
     try {
-      const report = await scenario.run(ctx, opts.quick, opts.tempBase);
+      const report = await scenario.run(ctx, opts.quick, opts.tempBase, { big: opts.big });
       report.loadAfter = os.loadavg()[0] as number;
       reports.push(report);
       printScenario(report);
@@ -256,10 +292,12 @@ export async function main(argv: readonly string[]): Promise<number> {
       startedAt: started.toISOString(),
       finishedAt: new Date().toISOString(),
       mode: opts.quick ? 'quick' : 'full',
+      big: opts.big,
       repeats: opts.repeats,
       machine,
       source,
-      targets: TARGETS,
+      brokerSource,
+      targets: { ...TARGETS, broker: BROKER_TARGETS },
       raw,
       scenarios: reports,
       summary: rows.map((r) => ({ ...r, verdict: verdict(r) })),
@@ -268,6 +306,19 @@ export async function main(argv: readonly string[]): Promise<number> {
     started,
   );
   out(`results: ${file} (and latest.json)`);
+  const chart = renderChart(
+    suiteChartData(
+      `Spool benchmarks, ${started.toISOString().slice(0, 10)} (${opts.quick ? 'quick' : 'full'}${opts.big ? ', big backlog' : ''})`,
+      `${machine.cpus} x ${machine.cpuModel}, ${machine.memoryGiB} GiB, ${machine.tempDirFs}; node ${machine.node}; medians of ${opts.repeats}` +
+        (raw !== null ? `; raw: ${fmt(raw.fsyncCallsPerSec)} fdatasync/s (median ${fmt(raw.fsyncMedianUs)} us), ${fmt(raw.seqWriteMBps)} MB/s sequential write` : ''),
+      rows,
+      reports.flatMap((r) => r.series ?? []),
+      raw?.fsyncMedianUs,
+    ),
+  );
+  const docsChart = opts.only === null ? path.join(root, 'docs', 'benchmarks.svg') : undefined;
+  const charts = writeChart(opts.outDir, chart, started, '', docsChart);
+  out(`chart: ${charts.join(', ')}`);
   return failures.length > 0 ? 1 : 0;
 }
 

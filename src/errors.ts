@@ -39,6 +39,14 @@ export const ERROR_CODES = {
   SPOOL_ERR_QUEUE_FULL: { retriable: true, exit: 1 },
   /** Another process holds the data directory. */
   SPOOL_ERR_LOCKED: { retriable: true, exit: 1 },
+  /** A peer sent a malformed, oversized or unexpected frame (docs/protocol.md); the connection is closed. */
+  SPOOL_ERR_PROTOCOL: { retriable: false, exit: 1 },
+  /** A connection did not present the server's token. */
+  SPOOL_ERR_UNAUTHORIZED: { retriable: false, exit: 1 },
+  /** A remote call passed its deadline; a publish may or may not have landed (retry with the same id). */
+  SPOOL_ERR_TIMEOUT: { retriable: true, exit: 1 },
+  /** The connection to the server was lost or could not be made; a request that is not safe to resend has an unknown outcome. */
+  SPOOL_ERR_DISCONNECTED: { retriable: true, exit: 1 },
 } as const satisfies Record<string, { retriable: boolean; exit: number }>;
 
 export type SpoolErrorCode = keyof typeof ERROR_CODES;

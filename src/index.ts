@@ -20,3 +20,18 @@ export type {
 } from './log/index.js';
 export { SpoolError, CorruptError, ERROR_CODES, isSpoolError } from './errors.js';
 export type { SpoolErrorCode } from './errors.js';
+export { connect, RemoteBroker, RemoteConsumer, RemoteMessage, RemoteSubscription } from './client/index.js';
+export type {
+  ConnectOptions,
+  ReconnectOptions,
+  RemoteBrokerEvents,
+  RemoteConsumeOptions,
+  RemoteHandler,
+  RemotePublishOptions,
+  ReplayFilter,
+  ReplayOptions,
+  ReplayResult,
+  ReplayTarget,
+} from './client/index.js';
+export { startServer } from './server/index.js';
+export type { ServerOptions, SpoolServer, TcpOptions } from './server/index.js';

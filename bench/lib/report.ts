@@ -334,6 +334,17 @@ export interface ScenarioReport {
   rows: SummaryRow[];
   /** 1-minute load average after the scenario (set by the CLI); > number of CPUs means contention. */
   loadAfter?: number;
+  /** Values over time (e.g. RSS samples), drawn as lines by bench/chart.ts. */
+  series?: Series[];
+}
+
+/** A line for the chart: points (x, y), optionally vertical marks (e.g. where a phase starts). */
+export interface Series {
+  name: string;
+  xUnit: string;
+  yUnit: string;
+  points: [number, number][];
+  marks?: { x: number; label: string }[];
 }
 
 /** Prints one scenario's block: parameters, each metric's median/min/max over the runs, and ratios. */

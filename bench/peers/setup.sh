@@ -2,10 +2,10 @@
 # Installs the peers that `npm run bench:peers` compares Spool with, from Debian packages and npm
 # only (nothing is downloaded from anywhere else):
 #
-#   rabbitmq-server (Debian)  + amqplib        RabbitMQ classic and quorum queues
-#   nats-server     (Debian)  + nats           NATS JetStream, file storage
-#   redis-server    (Debian)  + bullmq         BullMQ on Redis with appendfsync always
-#                              better-sqlite3   SQLite, WAL, synchronous=FULL
+#   rabbitmq-server (Debian) + amqplib           RabbitMQ classic and quorum queues
+#   nats-server     (Debian) + nats              NATS JetStream, file storage
+#   redis-server    (Debian) + bullmq, ioredis   BullMQ on Redis with appendfsync always
+#                              better-sqlite3    SQLite, WAL, synchronous=FULL
 #
 # The servers are never started system-wide: bench/peers/run.js starts each one itself, bound to
 # 127.0.0.1 on a free port with a temporary data dir, and stops it by pid. Where the machine has
@@ -45,5 +45,6 @@ nats-server --version || true
 redis-server --version || true
 dpkg-query -W -f='rabbitmq-server ${Version}\n' rabbitmq-server || true
 
-npm install --save-dev amqplib nats bullmq better-sqlite3
+# bullmq 6 made ioredis an optional peer dependency: it must be installed beside it.
+npm install --save-dev amqplib nats bullmq ioredis better-sqlite3
 echo "peers installed; run: npm run bench:peers"

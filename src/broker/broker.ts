@@ -297,11 +297,12 @@ export class Broker extends EventEmitter<BrokerEvents> {
   }
 
   /** Appends one message to each queue; resolves when all copies are durable. */
-  private async appendTo(queues: readonly string[], stored: StoredMessage): Promise<PublishStatus> {
-    if (queues.length === 0) return 'unroutable';
+  private appendTo(queues: readonly string[], stored: StoredMessage): Promise<PublishStatus> {
+    if (queues.length === 0) return Promise.resolve('unroutable');
     if (queues.length === 1) return (this.queues.get(queues[0] as string) as Queue).append(stored);
-    const results = await Promise.all(queues.map((q) => (this.queues.get(q) as Queue).append(stored)));
-    return results.every((r) => r === 'duplicate') ? 'duplicate' : 'confirmed';
+    return Promise.all(queues.map((q) => (this.queues.get(q) as Queue).append(stored))).then((results) =>
+      results.every((r) => r === 'duplicate') ? 'duplicate' : 'confirmed',
+    );
   }
 
   /** A delayed message is due: route it now, with a dedupe key so a re-fire after a crash lands once. */
@@ -472,8 +473,10 @@ export class Broker extends EventEmitter<BrokerEvents> {
    */
   async publish(exchange: string, routingKey: string, body: Body, options: PublishOptions = {}): Promise<PublishResult> {
     this.checkOpen();
-    checkExchangeName(exchange);
-    if (exchange !== '' && !this.exchanges.has(exchange)) throw new SpoolError('SPOOL_ERR_NOT_FOUND', `no exchange ${exchange}`);
+    if (exchange !== '' && !this.exchanges.has(exchange)) {
+      checkExchangeName(exchange);
+      throw new SpoolError('SPOOL_ERR_NOT_FOUND', `no exchange ${exchange}`);
+    }
     if (typeof routingKey !== 'string') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'routing key must be a string');
     const size = typeof body === 'string' ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : -1;
     if (size < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'body must be a Buffer, Uint8Array or string');

@@ -101,7 +101,9 @@ export function toRecord(m: StoredMessage): RecordInput {
     const cacheKey = m.callerId ? 'u' + route : 'g' + route;
     let h = routeHeaderCache.get(cacheKey);
     if (h === undefined) {
-      h = m.callerId ? { [META_ROUTE]: route, [META_CALLER_ID]: '' } : { [META_ROUTE]: route };
+      // Frozen, so the log checks and sizes it once rather than on every record.
+      const fresh: Record<string, string> = m.callerId ? { [META_ROUTE]: route, [META_CALLER_ID]: '' } : { [META_ROUTE]: route };
+      h = Object.freeze(fresh);
       if (routeHeaderCache.size >= ROUTE_CACHE_MAX) routeHeaderCache.clear();
       routeHeaderCache.set(cacheKey, h);
     }

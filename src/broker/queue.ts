@@ -30,6 +30,7 @@ export interface QueueOptions {
 }
 
 export const DEDUPE_WINDOW_MS_DEFAULT = 120_000;
+const confirmed = (): 'confirmed' => 'confirmed';
 const TTL_MARKER = 'has-message-ttl';
 /** The dedupe map is bounded: past this many ids the oldest are forgotten early. */
 const DEDUPE_ENTRIES_MAX = 1_000_000;
@@ -53,6 +54,8 @@ export class Queue {
   private unsubscribe: () => void;
   private trimming = false;
   private ttlMarked = false;
+  /** No length or byte limit: appends need no bookkeeping. */
+  private readonly plain: boolean;
 
   private constructor(
     readonly name: string,
@@ -63,6 +66,7 @@ export class Queue {
     private readonly logOptions: LogOptions,
     private readonly hooks: QueueHooks,
   ) {
+    this.plain = options.maxLength === undefined && options.maxBytes === undefined;
     this.unsubscribe = log.onAppend(() => {
       for (const g of this.groups.values()) if (g.consumerCount > 0) g.schedulePump();
     });
@@ -138,7 +142,15 @@ export class Queue {
    * Appends a message unless its publisher-chosen id was seen within the window.
    * Resolves after the message is fsynced.
    */
-  async append(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
+  append(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
+    // The common case (no dedupe key, no limits, no TTL) is one log append and nothing else.
+    if (!m.callerId && m.dedupeKey === undefined && m.expiresAt === undefined && this.plain) {
+      return this.log.appendOne(toRecord(m)).then(confirmed);
+    }
+    return this.appendChecked(m);
+  }
+
+  private async appendChecked(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
     const now = this.clock.now();
     const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
     if (dedupeKey !== undefined) {

@@ -95,12 +95,25 @@ export interface LogStats {
   indexesRebuilt: number;
 }
 
+/** Frozen header maps already validated (a WeakSet: they go when their owners do). */
+const checkedHeaders = new WeakSet<object>();
+
 /** Records a disk batch aims for; larger appends are cut into several batches. */
 const DISK_BATCH_TARGET_BYTES = 1024 * 1024;
 /** A flush takes pending appends until it holds this much (one append may exceed it alone). */
 const FLUSH_TARGET_BYTES = 8 * 1024 * 1024;
 const POSITION_HINTS_MAX = 64;
 const MiB = 1024 * 1024;
+
+interface WrittenFlush {
+  batch: PendingAppend[];
+  encoded: { bytes: Buffer; indexEntries: { relOffset: number; position: number; maxTsBefore: number }[]; bytesSinceIndex: number; nextOffset: number; maxTimestamp: number };
+  startPosition: number;
+  startOffset: number;
+  /** Settles with null when the fdatasync succeeded, else its error (it never rejects). */
+  sync: Promise<unknown>;
+  error: SpoolError | null;
+}
 
 interface PendingAppend {
   /** A single record (from appendOne) or a list. */
@@ -109,7 +122,6 @@ interface PendingAppend {
   /** Encoded size of each record (a number for a single record). */
   sizes: number | number[];
   bytes: number;
-  timestamp: number;
   resolve: (value: AppendResult & number) => void;
   reject: (err: Error) => void;
 }
@@ -128,6 +140,8 @@ export class Log {
   /** Set after a failure that left the disk state uncertain: the log is read-only until reopened. */
   private failure: SpoolError | null = null;
   private bytesSinceIndex: number;
+  /** Where the next flush goes: past the durable end while a flush is written but not yet synced. */
+  private written: { size: number; nextOffset: number; bytesSinceIndex: number; maxTimestamp: number };
   private flushBuffer: Buffer = Buffer.allocUnsafe(MiB);
   private readonly encoder = new BatchEncoder();
   private readonly positionHints = new Map<number, { segment: Segment; position: number }>();
@@ -144,6 +158,7 @@ export class Log {
     assert(active !== undefined, 'a log always has an active segment');
     this.active = active;
     this.bytesSinceIndex = bytesSinceIndex;
+    this.written = { size: active.size, nextOffset: active.nextOffset, bytesSinceIndex, maxTimestamp: active.maxTimestamp };
   }
 
   /**
@@ -252,8 +267,13 @@ export class Log {
     if (record.timestamp !== undefined && !Number.isSafeInteger(record.timestamp)) {
       return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'record timestamp must be an integer (ms since the epoch)');
     }
-    const headerProblem = validateHeaders(record.headers);
-    if (headerProblem !== null) return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', headerProblem);
+    const headers = record.headers;
+    if (headers !== undefined && !(Object.isFrozen(headers) && checkedHeaders.has(headers))) {
+      const headerProblem = validateHeaders(headers);
+      if (headerProblem !== null) return new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', headerProblem);
+      // A frozen map cannot change, so checking it once is enough (the broker reuses them).
+      if (Object.isFrozen(headers)) checkedHeaders.add(headers);
+    }
     const size = encodedRecordBytes(record);
     if (size > this.options.recordBytesMax) {
       return new SpoolError('SPOOL_ERR_RECORD_TOO_LARGE', `record of ${size} bytes exceeds recordBytesMax ${this.options.recordBytesMax}`);
@@ -264,9 +284,8 @@ export class Log {
   private enqueue(records: RecordInput | RecordInput[], single: boolean, sizes: number | number[], bytes: number): Promise<AppendResult | number> {
     if (this.closed) return Promise.reject(new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed'));
     if (this.failure !== null) return Promise.reject(this.failure);
-    const timestamp = this.options.clock.now();
     return new Promise((resolve, reject) => {
-      this.pending.push({ records, single, sizes, bytes, timestamp, resolve: resolve as PendingAppend['resolve'], reject });
+      this.pending.push({ records, single, sizes, bytes, resolve: resolve as PendingAppend['resolve'], reject });
       if (!this.flushing) {
         this.flushing = true;
         // A microtask, so that appends made in the same tick join this flush.
@@ -275,23 +294,46 @@ export class Log {
     });
   }
 
+  /**
+   * The flush pipeline: while flush N's fdatasync runs, flush N+1 is encoded and written; then
+   * N is committed (or rolled back), and N+1's fdatasync starts. So the disk always has work and
+   * the encoding of one flush overlaps the sync of the other. Nothing is resolved before the
+   * fdatasync that covers it, and a flush is committed only after every flush before it.
+   */
   private async flushLoop(): Promise<void> {
+    let syncing: WrittenFlush | null = null;
     try {
-      while (this.pendingHead < this.pending.length) {
-        const batch = this.takeFlush();
-        try {
-          await this.flushOnce(batch);
-        } catch (err) {
-          // A bug, not an I/O failure (those are handled inside): fail loudly but settle every promise.
-          const error = err instanceof SpoolError ? err : new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} failed: ${(err as Error).message}`, { cause: err });
-          this.failure = error;
-          for (const p of batch) p.reject(error);
+      for (;;) {
+        while (this.pendingHead < this.pending.length) {
+          const batch = this.takeFlush();
+          try {
+            syncing = await this.writeFlush(batch, syncing);
+          } catch (err) {
+            // A bug, not an I/O failure (those are handled inside): fail loudly but settle every promise.
+            const error = err instanceof SpoolError ? err : new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} failed: ${(err as Error).message}`, { cause: err });
+            this.failure = error;
+            for (const p of batch) p.reject(error);
+            if (syncing !== null) for (const p of syncing.batch) p.reject(error);
+            syncing = null;
+          }
         }
+        if (syncing === null) break;
+        const last: WrittenFlush = syncing;
+        syncing = null;
+        try {
+          await this.finishSync(last);
+        } catch (err) {
+          for (const p of last.batch) p.reject(err as Error);
+          throw err;
+        }
+        // Appends that arrived during that fdatasync are still pending: go round again.
       }
     } catch (err) {
       this.failure ??= new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} failed`, { cause: err });
+      if (syncing !== null) for (const p of syncing.batch) p.reject(this.failure);
     } finally {
       if (this.failure !== null) for (let i = this.pendingHead; i < this.pending.length; i++) this.pending[i]?.reject(this.failure);
+      else assert.equal(this.pendingHead, this.pending.length, 'the flush loop ends only with nothing pending');
       this.pending.length = 0;
       this.pendingHead = 0;
       this.flushing = false;
@@ -320,38 +362,79 @@ export class Log {
     return out;
   }
 
-  private async flushOnce(batch: PendingAppend[]): Promise<void> {
+  /**
+   * Encodes and writes `batch` while `syncing` (the previous flush) is being fsynced, then settles
+   * `syncing`. Returns the flush whose fsync is now running, or null.
+   */
+  private async writeFlush(batch: PendingAppend[], syncing: WrittenFlush | null): Promise<WrittenFlush | null> {
     if (this.failure !== null || this.closedHard) {
+      if (syncing !== null) await this.finishSync(syncing);
       const err = this.failure ?? new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed');
       for (const p of batch) p.reject(err);
-      return;
+      return null;
     }
     let recordBytes = 0;
     for (const p of batch) recordBytes += p.bytes + BATCH_HEADER_BYTES;
     // Roll before writing when this flush would push a non-empty segment past its limit.
-    if (this.active.size > SEGMENT_HEADER_BYTES && this.active.size + recordBytes > this.options.segmentBytesMax) {
+    if (this.written.size > SEGMENT_HEADER_BYTES && this.written.size + recordBytes > this.options.segmentBytesMax) {
+      if (syncing !== null) {
+        await this.finishSync(syncing);
+        syncing = null;
+        if (this.failure !== null) return this.writeFlush(batch, null);
+      }
       try {
         await this.roll();
       } catch (err) {
         const error = err instanceof SpoolError ? err : ioError(err, 'rolling to a new segment');
         for (const p of batch) p.reject(error);
-        return;
+        return null;
       }
     }
-    const active = this.active;
-    const file = active.file;
+    const file = this.active.file;
     assert(file !== null, 'the active segment has an open handle');
-    const startPosition = active.size;
-    const startOffset = active.nextOffset;
-    const encoded = this.encodeFlush(batch, startPosition, startOffset);
+    const w = this.written;
+    const encoded = this.encodeFlush(batch, w.size, w.nextOffset, w.bytesSinceIndex, w.maxTimestamp);
+    let writeError: unknown = null;
     try {
-      await file.writev([encoded.bytes], startPosition);
-      await file.sync();
+      await file.writev([encoded.bytes], w.size);
     } catch (err) {
-      await this.rollBackFlush(err, batch, startPosition);
-      return;
+      writeError = err;
     }
-    // Durable: publish the new end, then resolve.
+    if (syncing !== null && !(await this.finishSync(syncing))) {
+      // The flush before failed and was cut back, taking these bytes with it.
+      for (const p of batch) p.reject(this.failure ?? syncing.error ?? ioError(writeError, 'appending'));
+      return null;
+    }
+    if (writeError !== null) {
+      await this.rollBackFlush(writeError, batch, w.size);
+      return null;
+    }
+    const flush: WrittenFlush = { batch, encoded, startPosition: w.size, startOffset: w.nextOffset, sync: null as unknown as Promise<unknown>, error: null };
+    this.written = { size: w.size + encoded.bytes.length, nextOffset: encoded.nextOffset, bytesSinceIndex: encoded.bytesSinceIndex, maxTimestamp: encoded.maxTimestamp };
+    flush.sync = file.sync().then(
+      () => null,
+      (err: unknown) => err,
+    );
+    return flush;
+  }
+
+  /** Waits for a written flush's fdatasync: commits it and returns true, or rolls it back and returns false. */
+  private async finishSync(flush: WrittenFlush): Promise<boolean> {
+    const err = await flush.sync;
+    if (err !== null) {
+      flush.error = ioError(err, `appending to ${this.active.logPath}`);
+      await this.rollBackFlush(err, flush.batch, flush.startPosition);
+      return false;
+    }
+    this.commit(flush);
+    return true;
+  }
+
+  /** The flush is durable: publish the new end to readers, then resolve its appends. */
+  private commit(flush: WrittenFlush): void {
+    const { encoded, startPosition, startOffset, batch } = flush;
+    const active = this.active;
+    assert.equal(startPosition, active.size, 'flushes commit in order');
     for (const e of encoded.indexEntries) active.index?.add(e.relOffset, e.position, e.maxTsBefore);
     this.bytesSinceIndex = encoded.bytesSinceIndex;
     active.size = startPosition + encoded.bytes.length;
@@ -381,7 +464,7 @@ export class Log {
   }
 
   /** Encodes a flush into one buffer of back-to-back batches of about DISK_BATCH_TARGET_BYTES. */
-  private encodeFlush(batch: PendingAppend[], startPosition: number, startOffset: number) {
+  private encodeFlush(batch: PendingAppend[], startPosition: number, startOffset: number, bytesSinceIndex: number, maxTimestamp: number) {
     // Worst case: every record in its own batch.
     let upperBound = 0;
     let recordCount = 0;
@@ -395,11 +478,13 @@ export class Log {
     if (this.flushBuffer.length < upperBound) this.flushBuffer = Buffer.allocUnsafe(Math.max(upperBound, this.flushBuffer.length * 2));
     const buf = this.flushBuffer;
     const enc = this.encoder;
+    // Records without their own timestamp get the flush's: one clock read per flush, not per append.
+    const flushTimestamp = this.options.clock.now();
     const indexEntries: { relOffset: number; position: number; maxTsBefore: number }[] = [];
     const interval = this.options.indexIntervalBytes;
     const segmentBase = this.active.baseOffset;
-    let segmentMaxTs = this.active.maxTimestamp;
-    let sinceIndex = this.bytesSinceIndex;
+    let segmentMaxTs = maxTimestamp;
+    let sinceIndex = bytesSinceIndex;
     let pos = 0;
     let batchBytes = 0;
     let offset = startOffset;
@@ -431,11 +516,11 @@ export class Log {
     };
     for (const p of batch) {
       if (p.single) {
-        addRecord(p.records as RecordInput, p.sizes as number, p.timestamp);
+        addRecord(p.records as RecordInput, p.sizes as number, flushTimestamp);
       } else {
         const records = p.records as RecordInput[];
         const sizes = p.sizes as number[];
-        for (let i = 0; i < records.length; i++) addRecord(records[i] as RecordInput, sizes[i] as number, p.timestamp);
+        for (let i = 0; i < records.length; i++) addRecord(records[i] as RecordInput, sizes[i] as number, flushTimestamp);
       }
     }
     sealBatch();
@@ -449,8 +534,11 @@ export class Log {
    */
   private async rollBackFlush(err: unknown, batch: PendingAppend[], durableSize: number): Promise<void> {
     const error = ioError(err, `appending to ${this.active.logPath}`);
+    const a = this.active;
+    assert.equal(durableSize, a.size, 'a failed flush is cut back to the durable end');
+    this.written = { size: a.size, nextOffset: a.nextOffset, bytesSinceIndex: this.bytesSinceIndex, maxTimestamp: a.maxTimestamp };
     try {
-      const file = this.active.file as NonNullable<Segment['file']>;
+      const file = a.file as NonNullable<Segment['file']>;
       await file.truncate(durableSize);
       await file.sync();
     } catch (cutErr) {
@@ -495,6 +583,7 @@ export class Log {
     this.segments = [...this.segments, next];
     this.active = next;
     this.bytesSinceIndex = 0;
+    this.written = { size: next.size, nextOffset: next.nextOffset, bytesSinceIndex: 0, maxTimestamp: next.maxTimestamp };
     await this.writeCheckpoint().catch(() => {
       // The checkpoint only shortens recovery; a stale one is still correct.
     });

@@ -122,11 +122,19 @@ export function encodedRecordBytes(record: RecordInput): number {
   let bytes = RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES + byteLengthOf(record.value);
   if (record.key != null) bytes += byteLengthOf(record.key);
   const headers = record.headers;
-  if (headers !== undefined) {
-    for (const name in headers) {
-      bytes += 6 + Buffer.byteLength(name) + byteLengthOf(headers[name] as Buffer | string);
-    }
-  }
+  if (headers !== undefined) bytes += headersBytes(headers);
+  return bytes;
+}
+
+/** Sizes of frozen header maps, which the broker shares across many records. */
+const frozenHeaderBytes = new WeakMap<object, number>();
+
+function headersBytes(headers: NonNullable<RecordInput['headers']>): number {
+  const known = frozenHeaderBytes.get(headers);
+  if (known !== undefined) return known;
+  let bytes = 0;
+  for (const name in headers) bytes += 6 + Buffer.byteLength(name) + byteLengthOf(headers[name] as Buffer | string);
+  if (Object.isFrozen(headers)) frozenHeaderBytes.set(headers, bytes);
   return bytes;
 }
 
@@ -209,7 +217,7 @@ export class BatchEncoder {
     const valuePos = p;
     p = put(buf, record.value, p + 4);
     buf.writeUInt32LE(p - valuePos - 4, valuePos);
-    assert.equal(p - begin, bytes, 'record size must match its precomputed size');
+    if (p - begin !== bytes) assert.fail(`record size ${p - begin} does not match its precomputed size ${bytes}`);
     this.pos = p;
     this.count++;
   }

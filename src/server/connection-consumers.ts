@@ -1,0 +1,216 @@
+/**
+ * The consumers one connection runs on the broker, and their deliveries (docs/protocol.md §4).
+ *
+ * Each remote consumer is a real `broker.consume` whose handler forwards the message as a
+ * DELIVERY frame. The broker's own prefetch accounting is the credit: what the handler returns
+ * decides when a slot comes back.
+ * - 'manual': the handler returns at once; ACK/NACK settle the message (msg.ack()/msg.nack()).
+ * - 'auto': the handler returns a promise that DONE resolves (ack) or rejects (nack or retry),
+ *   so the broker applies exactly the embedded auto-ack and retry rules.
+ * - 'none': the message is acked as it is delivered; the handler's promise resolves on CREDIT.
+ * Closing a consumer (or losing the connection) settles every pending handler promise as a
+ * failure ('auto') or as done ('none') so the broker's close can finish, and the broker hands the
+ * unsettled messages to the group's other consumers.
+ */
+import assert from 'node:assert/strict';
+import type { Message } from '../broker/delivery.js';
+import type { Consumer } from '../broker/group.js';
+import { SpoolError } from '../errors.js';
+import { encodeDelivery } from './wire/codec.js';
+import type { FrameWriter } from './wire/frame-writer.js';
+import type { ServedBroker } from './served-broker.js';
+
+type AckMode = 'none' | 'auto' | 'manual';
+
+interface RemoteConsumer {
+  id: number;
+  ack: AckMode;
+  consumer: Consumer | null;
+  closed: boolean;
+  /** 'none' mode: handler calls waiting for CREDIT, oldest first. */
+  creditWaiters: (() => void)[];
+}
+
+interface Delivery {
+  msg: Message;
+  consumerId: number;
+  /** Ends the broker's handler call ('auto'); null for 'manual'. */
+  resolve: (() => void) | null;
+  reject: ((err: Error) => void) | null;
+}
+
+/** A failure the client's handler reported (DONE with outcome 1). */
+export class RemoteHandlerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RemoteHandlerError';
+  }
+}
+
+export class ConnectionConsumers {
+  private readonly consumers = new Map<number, RemoteConsumer>();
+  private readonly deliveries = new Map<number, Delivery>();
+  private tagNext = 1;
+
+  constructor(
+    private readonly broker: ServedBroker,
+    private readonly writer: FrameWriter,
+  ) {}
+
+  /** REQUEST consume: starts a broker consumer that forwards to this connection. Resolves to `{ group }`. */
+  async open(id: number, queue: unknown, rawOptions: unknown): Promise<{ group: string }> {
+    if (this.consumers.has(id)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `consumer id ${id} is already in use on this connection`);
+    if (rawOptions !== undefined && (rawOptions === null || typeof rawOptions !== 'object' || Array.isArray(rawOptions))) {
+      throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'consume options must be an object');
+    }
+    const options = { ...(rawOptions as Record<string, unknown> | undefined) };
+    delete options.workers;
+    const ack = (options.ack ?? 'auto') as AckMode;
+    const rc: RemoteConsumer = { id, ack, consumer: null, closed: false, creditWaiters: [] };
+    this.consumers.set(id, rc);
+    // The whole credit is in flight: the client's own `concurrency` bounds its handlers.
+    options.concurrency = Number.MAX_SAFE_INTEGER;
+    let consumer: Consumer;
+    try {
+      consumer = await this.broker.consume(queue as string, (msg: Message) => this.deliver(rc, msg), options);
+    } catch (err) {
+      if (this.consumers.get(id) === rc) this.consumers.delete(id);
+      throw err;
+    }
+    if (rc.closed) {
+      // The client or the connection went away while the broker was starting it.
+      await consumer.close();
+      throw new SpoolError('SPOOL_ERR_CLOSED', 'the consumer was closed while starting');
+    }
+    rc.consumer = consumer;
+    return { group: (consumer as { groupName?: string }).groupName ?? ((options.group as string | undefined) ?? 'default') };
+  }
+
+  /** The broker's handler: one DELIVERY frame, and a return value that says when the credit comes back. */
+  private deliver(rc: RemoteConsumer, msg: Message): Promise<void> | undefined {
+    if (rc.closed) {
+      // Not sent: 'auto' gives it back, 'manual' is taken back when the close completes.
+      return rc.ack === 'auto' ? Promise.reject(new Error('consumer closed')) : undefined;
+    }
+    const tag = rc.ack === 'none' ? 0 : this.newTag();
+    const headers = msg.headers;
+    let headersJson = '';
+    for (const _ in headers) {
+      headersJson = JSON.stringify(headers);
+      break;
+    }
+    encodeDelivery(
+      this.writer,
+      {
+        consumerId: rc.id,
+        tag,
+        offset: msg.offset,
+        timestamp: msg.timestamp,
+        deliveryId: msg.deliveryId,
+        deliveryCount: msg.deliveryCount,
+        id: msg.id,
+        exchange: msg.exchange,
+        routingKey: msg.routingKey,
+      },
+      headersJson,
+      msg.body,
+    );
+    switch (rc.ack) {
+      case 'manual':
+        this.deliveries.set(tag, { msg, consumerId: rc.id, resolve: null, reject: null });
+        return undefined;
+      case 'auto':
+        return new Promise<void>((resolve, reject) => {
+          this.deliveries.set(tag, { msg, consumerId: rc.id, resolve, reject });
+        });
+      default:
+        return new Promise<void>((resolve) => {
+          rc.creditWaiters.push(resolve);
+        });
+    }
+  }
+
+  private newTag(): number {
+    // Tags wrap at 2^32; the live ones are bounded by the prefetch of this connection's consumers.
+    for (;;) {
+      const tag = this.tagNext;
+      this.tagNext = tag >= 0xffff_fffe ? 1 : tag + 1;
+      if (!this.deliveries.has(tag)) return tag;
+    }
+  }
+
+  /** ACK: msg.ack(). Resolves to the settle status ('unknown' for a tag already settled or taken back). */
+  ack(tag: number): Promise<string> {
+    const d = this.take(tag);
+    if (d === null) return Promise.resolve('unknown');
+    const settled = d.msg.ack();
+    // An explicit ack inside an 'auto' handler: the handler call ends too, as a no-op settle.
+    d.resolve?.();
+    return settled;
+  }
+
+  /** NACK: msg.nack({ requeue }). */
+  nack(tag: number, requeue: boolean): Promise<string> {
+    const d = this.take(tag);
+    if (d === null) return Promise.resolve('unknown');
+    const settled = d.msg.nack({ requeue });
+    d.resolve?.();
+    return settled;
+  }
+
+  /** DONE: the client's 'auto' handler ended; an unknown tag (already settled) is ignored. */
+  done(tag: number, failure: string | null): void {
+    const d = this.deliveries.get(tag);
+    if (d === undefined || d.resolve === null) return;
+    this.deliveries.delete(tag);
+    if (failure === null) d.resolve();
+    else (d.reject as (err: Error) => void)(new RemoteHandlerError(failure));
+  }
+
+  /** CREDIT: the client finished `count` deliveries of a 'none' consumer. */
+  credit(consumerId: number, count: number): void {
+    const rc = this.consumers.get(consumerId);
+    if (rc === undefined) return;
+    const released = rc.creditWaiters.splice(0, count);
+    for (const r of released) r();
+  }
+
+  private take(tag: number): Delivery | null {
+    const d = this.deliveries.get(tag);
+    if (d === undefined) return null;
+    this.deliveries.delete(tag);
+    return d;
+  }
+
+  /** REQUEST consumerClose: stops one consumer; its unsettled deliveries are redelivered. */
+  async close(id: number): Promise<void> {
+    const rc = this.consumers.get(id);
+    if (rc === undefined) return;
+    this.consumers.delete(id);
+    await this.stop(rc);
+  }
+
+  /** Closes every consumer of the connection (it is gone). */
+  async closeAll(): Promise<void> {
+    const all = [...this.consumers.values()];
+    this.consumers.clear();
+    await Promise.all(all.map((rc) => this.stop(rc)));
+    assert(this.deliveries.size === 0, 'a closed connection holds no deliveries');
+  }
+
+  private async stop(rc: RemoteConsumer): Promise<void> {
+    rc.closed = true;
+    // close() marks the consumer closed at once, then waits for its running handler calls, which
+    // are ours: end them now, as failures, so the messages go back rather than being acked.
+    const closing = rc.consumer?.close();
+    for (const [tag, d] of this.deliveries) {
+      if (d.consumerId !== rc.id) continue;
+      this.deliveries.delete(tag);
+      d.reject?.(new Error('the remote consumer went away before finishing'));
+    }
+    const waiters = rc.creditWaiters;
+    rc.creditWaiters = [];
+    for (const r of waiters) r();
+    await closing;
+  }
+}

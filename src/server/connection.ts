@@ -1,0 +1,336 @@
+/**
+ * One client connection on the server: the handshake, request dispatch, publishes, and the
+ * consumers it owns (docs/protocol.md §3–§6).
+ *
+ * Lifecycle: 'hello' (only HELLO is accepted) → 'open' → 'draining' (server shutdown: no new
+ * frames, in-flight requests finish) → 'closed'. Whatever goes wrong with the bytes of this
+ * connection (a bad frame, a throw while handling one, a silent peer) ends this connection only:
+ * its consumers are closed and their unsettled deliveries go back to the queue.
+ */
+import crypto from 'node:crypto';
+import type { Socket } from 'node:net';
+import { SpoolError, isSpoolError } from '../errors.js';
+import {
+  decodeAck,
+  decodeDone,
+  decodeHello,
+  decodeNack,
+  decodePublish,
+  decodeRequest,
+  encodeClose,
+  encodeConfirm,
+  encodeError,
+  encodeHeartbeat,
+  encodeResponse,
+  encodeWelcome,
+  frameTypeName,
+  decodeCredit,
+  type Request,
+} from './wire/codec.js';
+import {
+  FRAME_TYPE_IGNORABLE,
+  FrameType,
+  HEARTBEAT_MISSES_MAX,
+  HELLO_TIMEOUT_MS,
+  SERVER_INFLIGHT_MAX,
+  SERVER_OUTPUT_BYTES_HIGH,
+} from './wire/constants.js';
+import { FrameReader } from './wire/frame-reader.js';
+import { FrameWriter } from './wire/frame-writer.js';
+import { ConnectionConsumers } from './connection-consumers.js';
+import { type ServedBroker, brokerMethod } from './served-broker.js';
+
+export interface ConnectionOptions {
+  /** The token a client must present in HELLO, or null for none (unix socket, loopback without a token). */
+  token: string | null;
+  heartbeatMs: number;
+  maxFrameBytes: number;
+  /** Called once when the connection has closed. */
+  onClosed: (c: ServerConnection) => void;
+  /** An error no client can be told about (a fire-and-forget ack that failed, a bug while closing). */
+  onError: (err: unknown) => void;
+}
+
+type State = 'hello' | 'open' | 'draining' | 'closed';
+
+/** How long a closing connection may take to flush its last frames before it is destroyed. */
+const CLOSE_LINGER_MS = 1000;
+
+export class ServerConnection {
+  private state: State = 'hello';
+  private readonly reader: FrameReader;
+  private readonly writer: FrameWriter;
+  private readonly consumers: ConnectionConsumers;
+  private readonly openedAt = Date.now();
+  private lastHeardAt = Date.now();
+  /** Requests (publishes included) handed to the broker and not yet answered. */
+  private inflight = 0;
+  private readingPaused = false;
+  private drained: (() => void) | null = null;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly broker: ServedBroker,
+    private readonly options: ConnectionOptions,
+  ) {
+    this.writer = new FrameWriter(socket);
+    this.reader = new FrameReader(options.maxFrameBytes, (type, requestId, payload) => this.onFrame(type, requestId, payload));
+    this.consumers = new ConnectionConsumers(broker, this.writer);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.maybeResume());
+    socket.on('end', () => this.close(null, this.reader.midFrame ? 'the stream ended inside a frame' : 'the client closed'));
+    socket.on('error', () => this.close(null, 'socket error'));
+    socket.on('close', () => this.close(null, 'socket closed'));
+  }
+
+  get isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /** Heartbeat tick (the server calls it every heartbeatMs): send ours, drop a silent peer. */
+  tick(now: number): void {
+    if (this.state === 'hello') {
+      if (now - this.openedAt > HELLO_TIMEOUT_MS) this.fail(new SpoolError('SPOOL_ERR_TIMEOUT', `no HELLO within ${HELLO_TIMEOUT_MS} ms`), true);
+      return;
+    }
+    if (this.state !== 'open' && this.state !== 'draining') return;
+    const silentMs = now - this.lastHeardAt;
+    if (silentMs > HEARTBEAT_MISSES_MAX * this.options.heartbeatMs) {
+      // The peer is gone or frozen; it will not read a goodbye, so do not wait to flush one.
+      this.fail(new SpoolError('SPOOL_ERR_TIMEOUT', `no frame from the client for ${silentMs} ms (heartbeat ${this.options.heartbeatMs} ms)`), true);
+      return;
+    }
+    encodeHeartbeat(this.writer);
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.state === 'closed' || this.state === 'draining') return;
+    this.lastHeardAt = Date.now();
+    try {
+      this.reader.push(chunk);
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    if (this.inflight >= SERVER_INFLIGHT_MAX || this.writer.backlogBytes >= SERVER_OUTPUT_BYTES_HIGH) {
+      // Backpressure (docs/protocol.md §4): stop reading until the broker and the socket catch up.
+      this.readingPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  private maybeResume(): void {
+    if (!this.readingPaused || this.state !== 'open') return;
+    if (this.inflight < SERVER_INFLIGHT_MAX / 2 && this.writer.backlogBytes < SERVER_OUTPUT_BYTES_HIGH / 2) {
+      this.readingPaused = false;
+      this.socket.resume();
+    }
+  }
+
+  private onFrame(type: number, requestId: number, payload: Buffer): void {
+    if (this.state === 'hello') {
+      if (type !== FrameType.HELLO) throw new SpoolError('SPOOL_ERR_PROTOCOL', `expected HELLO, got ${frameTypeName(type)}`);
+      this.onHello(payload);
+      return;
+    }
+    if (this.state !== 'open') return;
+    switch (type) {
+      case FrameType.PUBLISH:
+        return this.onPublish(requestId, payload);
+      case FrameType.REQUEST:
+        return this.onRequest(requestId, payload);
+      case FrameType.ACK:
+        return this.answer(requestId, this.consumers.ack(decodeAck(payload)));
+      case FrameType.NACK: {
+        const { tag, requeue } = decodeNack(payload);
+        return this.answer(requestId, this.consumers.nack(tag, requeue));
+      }
+      case FrameType.DONE: {
+        const { tag, failure } = decodeDone(payload);
+        return this.consumers.done(tag, failure);
+      }
+      case FrameType.CREDIT: {
+        const { consumerId, count } = decodeCredit(payload);
+        return this.consumers.credit(consumerId, count);
+      }
+      case FrameType.HEARTBEAT:
+        return;
+      case FrameType.CLOSE:
+        this.close(null, 'the client said CLOSE');
+        return;
+      default:
+        if ((type & FRAME_TYPE_IGNORABLE) !== 0) return;
+        throw new SpoolError('SPOOL_ERR_PROTOCOL', `unexpected frame type ${frameTypeName(type)} from a client`);
+    }
+  }
+
+  private onHello(payload: Buffer): void {
+    const hello = decodeHello(payload);
+    if (this.options.token !== null && !tokensEqual(hello.token, this.options.token)) {
+      this.fail(new SpoolError('SPOOL_ERR_UNAUTHORIZED', hello.token === undefined ? 'this server requires a token' : 'wrong token'));
+      return;
+    }
+    this.state = 'open';
+    encodeWelcome(this.writer, { heartbeatMs: this.options.heartbeatMs, maxFrameBytes: this.options.maxFrameBytes });
+  }
+
+  private onPublish(requestId: number, payload: Buffer): void {
+    const f = decodePublish(payload);
+    const options: Record<string, unknown> = { ...f.options, id: f.id };
+    if (f.mandatory) options.mandatory = true;
+    // Called synchronously in frame order, so pipelined publishes keep their order in the queue.
+    let result: ReturnType<ServedBroker['publish']>;
+    try {
+      result = f.toQueue ? this.broker.sendToQueue(f.target, f.body, options) : this.broker.publish(f.target, f.routingKey, f.body, options);
+    } catch (err) {
+      this.replyError(requestId, err);
+      return;
+    }
+    this.inflight++;
+    result.then(
+      (r) => {
+        this.finished();
+        if (this.state !== 'closed') encodeConfirm(this.writer, requestId, r.status, r.queues);
+      },
+      (err: unknown) => {
+        this.finished();
+        this.replyError(requestId, err);
+      },
+    );
+  }
+
+  private onRequest(requestId: number, payload: Buffer): void {
+    const req = decodeRequest(payload);
+    if (requestId === 0) throw new SpoolError('SPOOL_ERR_PROTOCOL', 'a REQUEST needs a non-zero request id');
+    let result: unknown;
+    try {
+      result = this.dispatch(req);
+    } catch (err) {
+      this.replyError(requestId, err);
+      return;
+    }
+    this.inflight++;
+    Promise.resolve(result).then(
+      (r) => {
+        this.finished();
+        this.respond(requestId, r);
+      },
+      (err: unknown) => {
+        this.finished();
+        this.replyError(requestId, err);
+      },
+    );
+  }
+
+  private dispatch(req: Request): unknown {
+    if (req.op === 'consume') {
+      const [queue, options] = req.args;
+      return this.consumers.open(consumerIdOf(req), queue, options);
+    }
+    if (req.op === 'consumerClose') return this.consumers.close(consumerIdOf(req)).then(() => null);
+    const method = brokerMethod(this.broker, req.op);
+    if (method === null) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `${req.op} is not supported by this server`);
+    return method(...req.args);
+  }
+
+  /** Answers a settle (ACK/NACK) when the client asked for an answer (request id ≠ 0). */
+  private answer(requestId: number, settled: Promise<string>): void {
+    settled.then(
+      (status) => this.respond(requestId, status),
+      (err: unknown) => {
+        if (requestId !== 0) this.replyError(requestId, err);
+        else this.options.onError(err);
+      },
+    );
+  }
+
+  private finished(): void {
+    this.inflight--;
+    if (this.inflight === 0 && this.drained !== null) this.drained();
+    else this.maybeResume();
+  }
+
+  private respond(requestId: number, result: unknown): void {
+    if (this.state === 'closed' || requestId === 0) return;
+    try {
+      encodeResponse(this.writer, requestId, result);
+    } catch (err) {
+      this.replyError(requestId, err);
+    }
+  }
+
+  private replyError(requestId: number, err: unknown): void {
+    if (this.state === 'closed') return;
+    encodeError(this.writer, requestId, wireErrorOf(err));
+  }
+
+  /** Ends the connection because of `err`: tells the peer why (request id 0), then closes. */
+  private fail(err: unknown, destroyNow = false): void {
+    if (this.state === 'closed') return;
+    this.reader.stop();
+    encodeError(this.writer, 0, wireErrorOf(err));
+    this.close(err, (err as Error)?.message ?? String(err), destroyNow);
+  }
+
+  /**
+   * Server shutdown: stops taking frames, lets in-flight requests finish (so their confirms are
+   * sent), says CLOSE, then closes. Bounded by `timeoutMs`.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'draining';
+    this.reader.stop();
+    this.socket.pause();
+    if (this.inflight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        this.drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    // The peer may have gone while we waited.
+    if ((this.state as State) === 'closed') return;
+    encodeClose(this.writer, 'server shutting down');
+    await this.close(null, 'server shutting down');
+  }
+
+  /** Closes the connection and its consumers (unsettled deliveries are redelivered to others). Idempotent. */
+  close(_err: unknown, _why: string, destroyNow = false): Promise<void> {
+    if (this.state === 'closed') return Promise.resolve();
+    this.state = 'closed';
+    this.reader.stop();
+    this.writer.flush();
+    this.writer.close();
+    if (destroyNow || this.socket.destroyed) {
+      this.socket.destroy();
+    } else {
+      this.socket.end();
+      // A peer that does not read must not keep the socket (and its buffers) alive.
+      setTimeout(() => this.socket.destroy(), CLOSE_LINGER_MS).unref();
+    }
+    const closing = this.consumers.closeAll().catch((err: unknown) => this.options.onError(err));
+    this.options.onClosed(this);
+    return closing;
+  }
+}
+
+function consumerIdOf(req: Request): number {
+  if (req.consumer === undefined) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `${req.op} needs a consumer id`);
+  return req.consumer;
+}
+
+/** The wire form of an error: a SpoolError keeps its code; anything else is reported as unexpected ('' code). */
+function wireErrorOf(err: unknown): { code: string; message: string } {
+  if (isSpoolError(err)) return { code: err.code, message: err.message };
+  return { code: '', message: err instanceof Error ? err.message : String(err) };
+}
+
+/** Constant-time token comparison (hashing first makes the lengths equal). */
+function tokensEqual(given: string | undefined, expected: string): boolean {
+  if (given === undefined) return false;
+  const a = crypto.createHash('sha256').update(given).digest();
+  const b = crypto.createHash('sha256').update(expected).digest();
+  return crypto.timingSafeEqual(a, b);
+}

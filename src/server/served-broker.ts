@@ -1,0 +1,48 @@
+/**
+ * What the server needs from a broker, and which of its methods a remote client may call.
+ * Methods the broker gained later (cancel, replay, purgeQueue) are looked up when called, so a
+ * server built against an older broker answers "not supported" instead of failing to start.
+ */
+import type { Broker } from '../broker/broker.js';
+
+export type ServedBroker = Broker;
+
+/**
+ * REQUEST ops that call the broker method of the same name (docs/protocol.md §3 REQUEST). A
+ * closed list: a client must never reach `close` or anything else not meant for it.
+ */
+export const REMOTE_OPS: ReadonlySet<string> = new Set([
+  'assertExchange',
+  'deleteExchange',
+  'assertQueue',
+  'deleteQueue',
+  'bindQueue',
+  'unbindQueue',
+  'queueStats',
+  'stats',
+  'listQueues',
+  'listExchanges',
+  'listBindings',
+  'cancel',
+  'replay',
+  'purgeQueue',
+]);
+
+/** The broker's method for `op`, bound, or null when this broker lacks it. */
+export function brokerMethod(broker: ServedBroker, op: string): ((...args: unknown[]) => unknown) | null {
+  if (!REMOTE_OPS.has(op)) return null;
+  const fn = (broker as unknown as Record<string, unknown>)[op];
+  return typeof fn === 'function' ? (fn as (...args: unknown[]) => unknown).bind(broker) : null;
+}
+
+/**
+ * Records where the server listens in the data dir's LOCK, so `spool` commands find it
+ * (docs/protocol.md §5; src/broker/lock.ts). Uses `broker.advertise` when the broker offers it,
+ * else the broker's own DirLock. Never writes a LOCK the broker no longer holds.
+ */
+export function advertise(broker: ServedBroker, serving: { socket?: string; tcp?: string } | undefined, lockPid: () => number | null): void {
+  const b = broker as unknown as { advertise?: (s: typeof serving) => void; lock?: { advertise?: (s: typeof serving) => void } };
+  if (lockPid() !== process.pid) return;
+  if (typeof b.advertise === 'function') b.advertise(serving);
+  else if (typeof b.lock?.advertise === 'function') b.lock.advertise(serving);
+}

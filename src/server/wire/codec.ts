@@ -1,0 +1,459 @@
+/**
+ * Payload layouts of every frame type (docs/protocol.md §3): one encoder and one decoder each,
+ * side by side so they stay mirror images. Encoders write through a FrameWriter; decoders read a
+ * payload view with bounds checks and throw SPOOL_ERR_PROTOCOL on anything malformed.
+ */
+import { SpoolError } from '../../errors.js';
+import {
+  CONFIRM_STATUSES,
+  FrameType,
+  HELLO_MAGIC,
+  NACK_REQUEUE,
+  PROTOCOL_VERSION,
+  PUBLISH_MANDATORY,
+  PUBLISH_TO_QUEUE,
+  STR16_MAX,
+} from './constants.js';
+import type { FrameWriter } from './frame-writer.js';
+import { fromWireJson, toWireJson } from './wire-json.js';
+
+export type ConfirmStatus = (typeof CONFIRM_STATUSES)[number];
+
+function protocolError(what: string): SpoolError {
+  return new SpoolError('SPOOL_ERR_PROTOCOL', what);
+}
+
+/** Reads fields from a payload in order, failing on any read past its end. */
+export class PayloadCursor {
+  private pos = 0;
+
+  constructor(
+    private readonly buf: Buffer,
+    private readonly what: string,
+  ) {}
+
+  private need(n: number): number {
+    const at = this.pos;
+    if (at + n > this.buf.length) throw protocolError(`${this.what} payload is truncated (needs ${at + n} bytes, has ${this.buf.length})`);
+    this.pos = at + n;
+    return at;
+  }
+
+  u8(): number {
+    return this.buf[this.need(1)] as number;
+  }
+  u16(): number {
+    return this.buf.readUInt16LE(this.need(2));
+  }
+  u32(): number {
+    return this.buf.readUInt32LE(this.need(4));
+  }
+  /** u64 restricted to safe integers (§ intro). */
+  u64(): number {
+    const at = this.need(8);
+    const lo = this.buf.readUInt32LE(at);
+    const hi = this.buf.readUInt32LE(at + 4);
+    if (hi > 0x1f_ffff) throw protocolError(`${this.what}: a u64 field exceeds 2^53`);
+    return hi * 0x1_0000_0000 + lo;
+  }
+  str16(): string {
+    const n = this.u16();
+    const at = this.need(n);
+    return this.buf.toString('utf8', at, at + n);
+  }
+  str32(): string {
+    const n = this.u32();
+    const at = this.need(n);
+    return this.buf.toString('utf8', at, at + n);
+  }
+  /** A u32-prefixed wire JSON value, or undefined when the length is 0. */
+  json32(): unknown {
+    const n = this.u32();
+    if (n === 0) return undefined;
+    const at = this.need(n);
+    return parseJson(this.buf.toString('utf8', at, at + n), this.what);
+  }
+  /** The rest of the payload, as a view. */
+  rest(): Buffer {
+    const at = this.pos;
+    this.pos = this.buf.length;
+    return this.buf.subarray(at);
+  }
+  restText(): string {
+    return this.rest().toString('utf8');
+  }
+  /** Asserts the payload was consumed exactly (fixed-size frames). */
+  end(): void {
+    if (this.pos !== this.buf.length) throw protocolError(`${this.what} payload has ${this.buf.length - this.pos} trailing bytes`);
+  }
+}
+
+function parseJson(text: string, what: string): unknown {
+  try {
+    return fromWireJson(text);
+  } catch {
+    throw protocolError(`${what} carries malformed JSON`);
+  }
+}
+
+function writeU64(buf: Buffer, at: number, v: number): void {
+  buf.writeUInt32LE(v % 0x1_0000_0000, at);
+  buf.writeUInt32LE(Math.floor(v / 0x1_0000_0000), at + 4);
+}
+
+/** Writes a str16/str32 body whose byte length the caller measured; returns the next offset. */
+function writeStr(buf: Buffer, at: number, s: string, bytes: number, prefix: 2 | 4): number {
+  if (prefix === 2) buf.writeUInt16LE(bytes, at);
+  else buf.writeUInt32LE(bytes, at);
+  at += prefix;
+  if (bytes > 0) buf.write(s, at, bytes, 'utf8');
+  return at + bytes;
+}
+
+function byteLength16(s: string, what: string): number {
+  const n = Buffer.byteLength(s);
+  if (n > STR16_MAX) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `${what} is ${n} bytes; the protocol carries at most ${STR16_MAX}`);
+  return n;
+}
+
+// --- HELLO / WELCOME ---
+
+export interface Hello {
+  token?: string;
+  client?: string;
+}
+
+export function encodeHello(w: FrameWriter, hello: Hello): void {
+  const json = Buffer.from(toWireJson(hello));
+  const at = w.begin(FrameType.HELLO, 0, 5 + json.length);
+  w.buf.write(HELLO_MAGIC, at, 4, 'latin1');
+  w.buf[at + 4] = PROTOCOL_VERSION;
+  json.copy(w.buf, at + 5);
+}
+
+export function decodeHello(payload: Buffer): Hello {
+  if (payload.length < 5 || payload.toString('latin1', 0, 4) !== HELLO_MAGIC) throw protocolError('not a Spool client (bad HELLO magic)');
+  const version = payload[4] as number;
+  if (version !== PROTOCOL_VERSION) throw protocolError(`protocol version ${version} is not supported (this server speaks ${PROTOCOL_VERSION})`);
+  const body = payload.length > 5 ? parseJson(payload.toString('utf8', 5), 'HELLO') : {};
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw protocolError('HELLO options must be an object');
+  const o = body as Record<string, unknown>;
+  if (o.token !== undefined && typeof o.token !== 'string') throw protocolError('HELLO token must be a string');
+  return { ...(typeof o.token === 'string' ? { token: o.token } : {}), ...(typeof o.client === 'string' ? { client: o.client } : {}) };
+}
+
+export interface Welcome {
+  heartbeatMs: number;
+  maxFrameBytes: number;
+}
+
+export function encodeWelcome(w: FrameWriter, welcome: Welcome): void {
+  const json = Buffer.from(JSON.stringify(welcome));
+  const at = w.begin(FrameType.WELCOME, 0, 1 + json.length);
+  w.buf[at] = PROTOCOL_VERSION;
+  json.copy(w.buf, at + 1);
+}
+
+export function decodeWelcome(payload: Buffer): Welcome {
+  const c = new PayloadCursor(payload, 'WELCOME');
+  const version = c.u8();
+  if (version !== PROTOCOL_VERSION) throw protocolError(`server speaks protocol version ${version}, this client ${PROTOCOL_VERSION}`);
+  const o = parseJson(c.restText(), 'WELCOME') as Partial<Welcome> | null;
+  const hb = o?.heartbeatMs;
+  const max = o?.maxFrameBytes;
+  if (typeof hb !== 'number' || !(hb > 0) || typeof max !== 'number' || !(max > 0)) throw protocolError('WELCOME lacks heartbeatMs or maxFrameBytes');
+  return { heartbeatMs: hb, maxFrameBytes: max };
+}
+
+// --- REQUEST / RESPONSE / ERROR ---
+
+export interface Request {
+  op: string;
+  args: unknown[];
+  consumer?: number;
+}
+
+/** The wire JSON text of a REQUEST. Throws SPOOL_ERR_INVALID_ARGUMENT for arguments wire JSON cannot carry. */
+export function requestJson(req: Request): string {
+  return toWireJson(req);
+}
+
+/** Writes a REQUEST whose JSON `requestJson` made (encoded once, written again on a resend). */
+export function encodeRequest(w: FrameWriter, requestId: number, json: string): void {
+  const bytes = Buffer.byteLength(json);
+  const at = w.begin(FrameType.REQUEST, requestId, bytes);
+  w.buf.write(json, at, bytes, 'utf8');
+}
+
+export function decodeRequest(payload: Buffer): Request {
+  const o = parseJson(payload.toString('utf8'), 'REQUEST') as Partial<Request> | null;
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw protocolError('REQUEST must be a JSON object');
+  if (typeof o.op !== 'string') throw protocolError('REQUEST lacks a string op');
+  if (!Array.isArray(o.args)) throw protocolError('REQUEST args must be an array');
+  if (o.consumer !== undefined && (typeof o.consumer !== 'number' || !Number.isInteger(o.consumer) || o.consumer < 0 || o.consumer > 0xffff_ffff)) {
+    throw protocolError('REQUEST consumer must be a u32');
+  }
+  return o as Request;
+}
+
+export function encodeResponse(w: FrameWriter, requestId: number, result: unknown): void {
+  if (result === undefined) {
+    w.begin(FrameType.RESPONSE, requestId, 0);
+    return;
+  }
+  const json = toWireJson(result);
+  const bytes = Buffer.byteLength(json);
+  const at = w.begin(FrameType.RESPONSE, requestId, bytes);
+  w.buf.write(json, at, bytes, 'utf8');
+}
+
+export function decodeResponse(payload: Buffer): unknown {
+  return payload.length === 0 ? undefined : parseJson(payload.toString('utf8'), 'RESPONSE');
+}
+
+export interface WireError {
+  /** A SPOOL_ERR_* code, or '' for an unexpected error. */
+  code: string;
+  message: string;
+}
+
+export function encodeError(w: FrameWriter, requestId: number, err: WireError): void {
+  const codeBytes = Math.min(Buffer.byteLength(err.code), 255);
+  const msgBytes = Buffer.byteLength(err.message);
+  const at = w.begin(FrameType.ERROR, requestId, 2 + codeBytes + msgBytes);
+  w.buf.writeUInt16LE(codeBytes, at);
+  w.buf.write(err.code, at + 2, codeBytes, 'latin1');
+  w.buf.write(err.message, at + 2 + codeBytes, msgBytes, 'utf8');
+}
+
+export function decodeError(payload: Buffer): WireError {
+  const c = new PayloadCursor(payload, 'ERROR');
+  const code = c.str16();
+  return { code, message: c.restText() };
+}
+
+// --- PUBLISH / CONFIRM ---
+
+export interface PublishFrame {
+  toQueue: boolean;
+  mandatory: boolean;
+  /** The exchange, or the queue when `toQueue`. */
+  target: string;
+  routingKey: string;
+  id: string;
+  /** The remaining publish options (headers, delay, deliverAt, ttl, …), or undefined. */
+  options: Record<string, unknown> | undefined;
+  body: Buffer;
+}
+
+/**
+ * Encodes a PUBLISH. `optionsJson` is the wire JSON of the remaining options, or '' for none.
+ * Throws SPOOL_ERR_INVALID_ARGUMENT (nothing written) when a string does not fit its field.
+ */
+export function encodePublish(
+  w: FrameWriter,
+  requestId: number,
+  flags: number,
+  target: string,
+  routingKey: string,
+  id: string,
+  optionsJson: string,
+  body: string | Uint8Array,
+): void {
+  const targetBytes = byteLength16(target, flags & PUBLISH_TO_QUEUE ? 'queue name' : 'exchange name');
+  const keyBytes = Buffer.byteLength(routingKey);
+  const idBytes = byteLength16(id, 'id');
+  const optBytes = optionsJson.length === 0 ? 0 : Buffer.byteLength(optionsJson);
+  const head = 1 + 2 + targetBytes + 4 + keyBytes + 2 + idBytes + 4 + optBytes;
+  let at: number;
+  if (typeof body === 'string') {
+    const bodyBytes = Buffer.byteLength(body);
+    at = w.begin(FrameType.PUBLISH, requestId, head + bodyBytes);
+    if (bodyBytes > 0) w.buf.write(body, at + head, bodyBytes, 'utf8');
+  } else {
+    at = w.beginWithBody(FrameType.PUBLISH, requestId, head, body);
+  }
+  const b = w.buf;
+  b[at] = flags;
+  let p = writeStr(b, at + 1, target, targetBytes, 2);
+  p = writeStr(b, p, routingKey, keyBytes, 4);
+  p = writeStr(b, p, id, idBytes, 2);
+  writeStr(b, p, optionsJson, optBytes, 4);
+}
+
+export function decodePublish(payload: Buffer): PublishFrame {
+  const c = new PayloadCursor(payload, 'PUBLISH');
+  const flags = c.u8();
+  if ((flags & ~(PUBLISH_TO_QUEUE | PUBLISH_MANDATORY)) !== 0) throw protocolError(`PUBLISH has unknown flags ${flags}`);
+  const target = c.str16();
+  const routingKey = c.str32();
+  const id = c.str16();
+  if (id.length === 0) throw protocolError('PUBLISH has an empty id');
+  const options = c.json32();
+  if (options !== undefined && (options === null || typeof options !== 'object' || Array.isArray(options))) throw protocolError('PUBLISH options must be an object');
+  return {
+    toQueue: (flags & PUBLISH_TO_QUEUE) !== 0,
+    mandatory: (flags & PUBLISH_MANDATORY) !== 0,
+    target,
+    routingKey,
+    id,
+    options: options as Record<string, unknown> | undefined,
+    body: c.rest(),
+  };
+}
+
+export function encodeConfirm(w: FrameWriter, requestId: number, status: ConfirmStatus, queues: readonly string[]): void {
+  let bytes = 3;
+  for (const q of queues) bytes += 2 + Buffer.byteLength(q);
+  const at = w.begin(FrameType.CONFIRM, requestId, bytes);
+  const b = w.buf;
+  b[at] = CONFIRM_STATUSES.indexOf(status);
+  b.writeUInt16LE(queues.length, at + 1);
+  let p = at + 3;
+  for (const q of queues) p = writeStr(b, p, q, Buffer.byteLength(q), 2);
+}
+
+export function decodeConfirm(payload: Buffer): { status: ConfirmStatus; queues: string[] } {
+  const c = new PayloadCursor(payload, 'CONFIRM');
+  const status = CONFIRM_STATUSES[c.u8()];
+  if (status === undefined) throw protocolError('CONFIRM has an unknown status');
+  const n = c.u16();
+  const queues = new Array<string>(n);
+  for (let i = 0; i < n; i++) queues[i] = c.str16();
+  c.end();
+  return { status, queues };
+}
+
+// --- DELIVERY ---
+
+export interface DeliveryMeta {
+  consumerId: number;
+  tag: number;
+  offset: number;
+  timestamp: number;
+  deliveryId: number;
+  deliveryCount: number;
+  id: string;
+  exchange: string;
+  routingKey: string;
+}
+
+/** `headersJson` is '' when the message has no user headers. */
+export function encodeDelivery(w: FrameWriter, m: DeliveryMeta, headersJson: string, body: Buffer): void {
+  const idBytes = byteLength16(m.id, 'id');
+  const exBytes = byteLength16(m.exchange, 'exchange name');
+  const keyBytes = Buffer.byteLength(m.routingKey);
+  const hBytes = headersJson.length === 0 ? 0 : Buffer.byteLength(headersJson);
+  const head = 36 + 2 + idBytes + 2 + exBytes + 4 + keyBytes + 4 + hBytes;
+  const at = w.beginWithBody(FrameType.DELIVERY, 0, head, body);
+  const b = w.buf;
+  b.writeUInt32LE(m.consumerId, at);
+  b.writeUInt32LE(m.tag, at + 4);
+  writeU64(b, at + 8, m.offset);
+  writeU64(b, at + 16, m.timestamp);
+  writeU64(b, at + 24, m.deliveryId);
+  b.writeUInt32LE(m.deliveryCount, at + 32);
+  let p = writeStr(b, at + 36, m.id, idBytes, 2);
+  p = writeStr(b, p, m.exchange, exBytes, 2);
+  p = writeStr(b, p, m.routingKey, keyBytes, 4);
+  writeStr(b, p, headersJson, hBytes, 4);
+}
+
+export interface DeliveryFrame extends DeliveryMeta {
+  headers: Record<string, unknown> | undefined;
+  body: Buffer;
+}
+
+export function decodeDelivery(payload: Buffer): DeliveryFrame {
+  const c = new PayloadCursor(payload, 'DELIVERY');
+  const consumerId = c.u32();
+  const tag = c.u32();
+  const offset = c.u64();
+  const timestamp = c.u64();
+  const deliveryId = c.u64();
+  const deliveryCount = c.u32();
+  const id = c.str16();
+  const exchange = c.str16();
+  const routingKey = c.str32();
+  const headers = c.json32();
+  if (headers !== undefined && (headers === null || typeof headers !== 'object' || Array.isArray(headers))) throw protocolError('DELIVERY headers must be an object');
+  return { consumerId, tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers: headers as Record<string, unknown> | undefined, body: c.rest() };
+}
+
+// --- ACK / NACK / DONE / CREDIT ---
+
+export function encodeAck(w: FrameWriter, requestId: number, tag: number): void {
+  const at = w.begin(FrameType.ACK, requestId, 4);
+  w.buf.writeUInt32LE(tag, at);
+}
+
+export function decodeAck(payload: Buffer): number {
+  const c = new PayloadCursor(payload, 'ACK');
+  const tag = c.u32();
+  c.end();
+  return tag;
+}
+
+export function encodeNack(w: FrameWriter, requestId: number, tag: number, requeue: boolean): void {
+  const at = w.begin(FrameType.NACK, requestId, 5);
+  w.buf.writeUInt32LE(tag, at);
+  w.buf[at + 4] = requeue ? NACK_REQUEUE : 0;
+}
+
+export function decodeNack(payload: Buffer): { tag: number; requeue: boolean } {
+  const c = new PayloadCursor(payload, 'NACK');
+  const tag = c.u32();
+  const flags = c.u8();
+  c.end();
+  if ((flags & ~NACK_REQUEUE) !== 0) throw protocolError(`NACK has unknown flags ${flags}`);
+  return { tag, requeue: (flags & NACK_REQUEUE) !== 0 };
+}
+
+export function encodeDone(w: FrameWriter, tag: number, failure: string | null): void {
+  const msgBytes = failure === null ? 0 : Buffer.byteLength(failure);
+  const at = w.begin(FrameType.DONE, 0, 5 + msgBytes);
+  w.buf.writeUInt32LE(tag, at);
+  w.buf[at + 4] = failure === null ? 0 : 1;
+  if (msgBytes > 0) w.buf.write(failure as string, at + 5, msgBytes, 'utf8');
+}
+
+export function decodeDone(payload: Buffer): { tag: number; failure: string | null } {
+  const c = new PayloadCursor(payload, 'DONE');
+  const tag = c.u32();
+  const outcome = c.u8();
+  if (outcome > 1) throw protocolError(`DONE has unknown outcome ${outcome}`);
+  const text = c.restText();
+  return { tag, failure: outcome === 0 ? null : text };
+}
+
+export function encodeCredit(w: FrameWriter, consumerId: number, count: number): void {
+  const at = w.begin(FrameType.CREDIT, 0, 8);
+  w.buf.writeUInt32LE(consumerId, at);
+  w.buf.writeUInt32LE(count, at + 4);
+}
+
+export function decodeCredit(payload: Buffer): { consumerId: number; count: number } {
+  const c = new PayloadCursor(payload, 'CREDIT');
+  const consumerId = c.u32();
+  const count = c.u32();
+  c.end();
+  return { consumerId, count };
+}
+
+// --- HEARTBEAT / CLOSE ---
+
+export function encodeHeartbeat(w: FrameWriter): void {
+  w.begin(FrameType.HEARTBEAT, 0, 0);
+}
+
+export function encodeClose(w: FrameWriter, reason: string): void {
+  const bytes = Buffer.byteLength(reason);
+  const at = w.begin(FrameType.CLOSE, 0, bytes);
+  w.buf.write(reason, at, bytes, 'utf8');
+}
+
+/** The name of a frame type, for messages. */
+export function frameTypeName(type: number): string {
+  for (const [name, code] of Object.entries(FrameType)) if (code === type) return name;
+  return `0x${type.toString(16).padStart(2, '0')}`;
+}

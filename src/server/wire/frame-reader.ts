@@ -1,0 +1,92 @@
+/**
+ * Cuts a byte stream into frames (docs/protocol.md §1). Chunks are parsed in place: a frame that
+ * lies inside one chunk is handed on as a view, never copied; only a frame split across chunks
+ * is joined, once, when its last byte arrives. The length prefix is checked as soon as its four
+ * bytes are in, so an oversized frame is refused before any of it is buffered.
+ */
+import { SpoolError } from '../../errors.js';
+import { FRAME_HEADER_BYTES, FRAME_LENGTH_MIN } from './constants.js';
+
+/** Called once per complete frame. `payload` is a view valid for as long as the caller keeps it. */
+export type FrameHandler = (type: number, requestId: number, payload: Buffer) => void;
+
+export class FrameReader {
+  /** Bytes of an incomplete frame, in arrival order. */
+  private parts: Buffer[] = [];
+  private partBytes = 0;
+  /** Bytes needed before parsing can make progress again. */
+  private needBytes = 0;
+  private failed = false;
+
+  constructor(
+    /** The largest `length` accepted; a client raises it to the server's announced limit. */
+    public maxFrameBytes: number,
+    private readonly onFrame: FrameHandler,
+  ) {}
+
+  /** True while bytes of an unfinished frame are buffered (a stream ending now was truncated). */
+  get midFrame(): boolean {
+    return this.partBytes > 0;
+  }
+
+  /**
+   * Feeds bytes. Throws SPOOL_ERR_PROTOCOL for a bad length prefix; after that the reader is
+   * dead (the connection must close). Errors thrown by `onFrame` propagate and also kill it.
+   */
+  push(chunk: Buffer): void {
+    if (this.failed) return;
+    let buf = chunk;
+    if (this.partBytes > 0) {
+      this.parts.push(chunk);
+      this.partBytes += chunk.length;
+      if (this.partBytes < this.needBytes) return;
+      buf = Buffer.concat(this.parts, this.partBytes);
+      this.parts = [];
+      this.partBytes = 0;
+    }
+    try {
+      this.parse(buf);
+    } catch (err) {
+      this.failed = true;
+      this.parts = [];
+      this.partBytes = 0;
+      throw err;
+    }
+  }
+
+  private parse(buf: Buffer): void {
+    let pos = 0;
+    const end = buf.length;
+    while (end - pos >= 4 && !this.failed) {
+      const length = buf.readUInt32LE(pos);
+      if (length < FRAME_LENGTH_MIN || length > this.maxFrameBytes) {
+        throw new SpoolError('SPOOL_ERR_PROTOCOL', `frame length ${length} is outside ${FRAME_LENGTH_MIN}..${this.maxFrameBytes}`);
+      }
+      const frameEnd = pos + 4 + length;
+      if (frameEnd > end) {
+        this.keep(buf, pos, frameEnd - pos);
+        return;
+      }
+      const type = buf[pos + 4] as number;
+      const requestId = buf.readUInt32LE(pos + 5);
+      this.onFrame(type, requestId, buf.subarray(pos + FRAME_HEADER_BYTES, frameEnd));
+      pos = frameEnd;
+    }
+    if (pos < end && !this.failed) this.keep(buf, pos, 4);
+  }
+
+  /** Stops parsing, also the rest of the current chunk (the connection is closing). */
+  stop(): void {
+    this.failed = true;
+    this.parts = [];
+    this.partBytes = 0;
+  }
+
+  /** Keeps the tail from `pos` until `need` bytes of it are in. */
+  private keep(buf: Buffer, pos: number, need: number): void {
+    const tail = buf.subarray(pos);
+    this.parts = [tail];
+    this.partBytes = tail.length;
+    this.needBytes = need;
+  }
+}

@@ -1,0 +1,235 @@
+// Proves delayed publish on a fake clock: a message is routed exactly when the clock reaches its deliverAt (never a ms before), cancel and duplicate ids behave, and pending delays survive close/reopen (overdue ones fire at startup, far-future buckets after a clock jump).
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BrokerHarness, Inbox, expectCode, fakeClock, sleep } from '../support/broker-helpers.js';
+import { at, openFake, openFds } from '../support/time-helpers.js';
+
+const h = new BrokerHarness();
+afterEach(() => h.cleanup());
+
+const T0 = 1_700_000_000_000; // a multiple of 4 ms, the coarsest wheel tick
+
+/** A topic exchange 'ex' routing everything to queue 'q'. */
+async function topology(b: Awaited<ReturnType<typeof openFake>>['b'], queues = ['q']): Promise<void> {
+  await b.assertExchange('ex', 'topic');
+  for (const q of queues) {
+    await b.assertQueue(q);
+    await b.bindQueue(q, 'ex', '#');
+  }
+}
+
+const routed = (b: Awaited<ReturnType<typeof openFake>>['b'], q = 'q') => b.queueStats(q).endOffset;
+
+describe('delay: when it fires (fake clock)', () => {
+  /** Publishes eight messages due at T0+1000..T0+1007 (every phase of a 2 ms and a 4 ms tick), then steps the clock 1 ms at a time from T0+990, calling `check(routed, dueByNow, t)` after each runTimers. */
+  async function stepThrough(check: (routedNow: number, dueByNow: number, t: number) => void): Promise<void> {
+    const { b, clock } = await openFake(h, fakeClock(T0));
+    await topology(b);
+    const due: number[] = [];
+    for (let k = 7; k >= 0; k--) {
+      const r = await b.publish('ex', `k${k}`, `m${k}`, { deliverAt: T0 + 1000 + k });
+      expect(r).toMatchObject({ status: 'confirmed', queues: [], deliverAt: T0 + 1000 + k });
+      due.push(T0 + 1000 + k);
+    }
+    expect(routed(b)).toBe(0);
+    for (let t = T0 + 990; t <= T0 + 1010; t++) {
+      await at(b, clock, t);
+      check(routed(b), due.filter((d) => d <= t).length, t - T0);
+    }
+  }
+
+  it('routes each message as soon as the clock reaches its deliverAt (never late on a fake clock)', async () => {
+    // Eight due times one ms apart; after each 1 ms step every message due by now is in the queue.
+    await stepThrough((n, want, t) => expect(n, `routed by clock +${t}`).toBeGreaterThanOrEqual(want));
+  });
+
+  // BUG (report: "timers fire up to one tick early"): TimingWheel.place/drainSlot round a due time down to its
+  // tick, so the delay store's 2 ms wheel routes a message due at T0+1001 when the clock reads T0+1000.
+  it.fails('never routes a message before its deliverAt, whatever its ms phase', async () => {
+    // Same eight messages; after each 1 ms step the queue holds exactly those due by now, not one more.
+    await stepThrough((n, want, t) => expect(n, `routed by clock +${t}`).toBe(want));
+  });
+
+  it('a delay of 20 s is not routed at 19.999 s and is at 20 s; delivered with its body, headers and routing key', async () => {
+    // Publishes { delay: 20000 } with headers; runTimers at +19,999 leaves the queue empty, at +20,000 a consumer gets the message as published.
+    const { b, clock } = await openFake(h, fakeClock(T0));
+    await topology(b);
+    const inbox = new Inbox();
+    await b.consume('q', inbox.handler(), { group: 'g' });
+    const r = await b.publish('ex', 'order.unpaid', 'order-1', { delay: 20_000, headers: { tenant: 'a' } });
+    expect(r.deliverAt).toBe(T0 + 20_000);
+    await at(b, clock, T0 + 19_999);
+    await sleep(30);
+    expect(inbox.got.length).toBe(0);
+    await at(b, clock, T0 + 20_000);
+    await inbox.waitForCount(1);
+    const m = inbox.messages[0]!;
+    expect([m.body.toString(), m.routingKey, m.exchange, m.headers, m.id]).toEqual(['order-1', 'order.unpaid', 'ex', { tenant: 'a' }, r.id]);
+    await inbox.expectStays(1, 50);
+  });
+
+  it('deliverAt as a Date and as ms; delay 0 and a past deliverAt route at once; a negative delay is refused', async () => {
+    // Date and number deliverAt give the same due time; delay 0 / deliverAt in the past return queues ['q'] at once with no runTimers; delay -1 is SPOOL_ERR_INVALID_ARGUMENT; delay and deliverAt together too.
+    const { b, clock } = await openFake(h, fakeClock(T0));
+    await topology(b);
+    const d = await b.publish('ex', 'a', 'date', { deliverAt: new Date(T0 + 5000) });
+    const n = await b.publish('ex', 'a', 'num', { deliverAt: T0 + 5000 });
+    expect([d.deliverAt, n.deliverAt]).toEqual([T0 + 5000, T0 + 5000]);
+    const now0 = await b.publish('ex', 'a', 'zero', { delay: 0 });
+    const past = await b.publish('ex', 'a', 'past', { deliverAt: new Date(T0 - 60_000) });
+    expect([now0.status, now0.queues, past.status, past.queues]).toEqual(['confirmed', ['q'], 'confirmed', ['q']]);
+    expect(routed(b)).toBe(2);
+    await expectCode(() => b.publish('ex', 'a', 'neg', { delay: -1 }), 'SPOOL_ERR_INVALID_ARGUMENT');
+    await expectCode(() => b.publish('ex', 'a', 'both', { delay: 1, deliverAt: T0 + 1 }), 'SPOOL_ERR_INVALID_ARGUMENT');
+    await expectCode(() => b.publish('ex', 'a', 'bad', { deliverAt: new Date(Number.NaN) }), 'SPOOL_ERR_INVALID_ARGUMENT');
+    await at(b, clock, T0 + 4999);
+    expect(routed(b)).toBe(2);
+    await at(b, clock, T0 + 5000);
+    expect(routed(b)).toBe(4);
+  });
+
+  it('fires once per bound queue, and the message is unroutable (event) when its binding went away meanwhile', async () => {
+    // Two bound queues each get the delayed message exactly once; a second one published to a key that nothing binds at fire time raises 'unroutable'.
+    const { b, clock } = await openFake(h, fakeClock(T0));
+    await topology(b, ['q1', 'q2']);
+    await b.assertExchange('dx', 'direct');
+    await b.bindQueue('q1', 'dx', 'k');
+    const unroutable: string[] = [];
+    b.on('unroutable', (e) => unroutable.push(e.id));
+    await b.publish('ex', 'any', 'fan', { delay: 100 });
+    const lost = await b.publish('dx', 'k', 'lost', { delay: 100 });
+    await b.unbindQueue('q1', 'dx', 'k');
+    await at(b, clock, T0 + 100);
+    await at(b, clock, T0 + 200);
+    expect([routed(b, 'q1'), routed(b, 'q2')]).toEqual([1, 1]);
+    expect(unroutable).toEqual([lost.id]);
+  });
+});
+
+describe('delay: cancel and duplicate ids', () => {
+  it('cancel before due → true and never delivered; again → false; after fire → false; unknown id → false', async () => {
+    // Three delayed messages; 'a' is cancelled (true, then false), the clock passes all due times: only b and c are routed; cancel('b') after its fire and cancel('nope') are false.
+    const { b, clock } = await openFake(h, fakeClock(T0));
+    await topology(b);
+    await b.publish('ex', 'k', 'A', { id: 'a', delay: 1000 });
+    await b.publish('ex', 'k', 'B', { id: 'b', delay: 1000 });
+    await b.publish('ex', 'k', 'C', { id: 'c', delay: 2000 });
+    expect(await b.cancel('a')).toBe(true);
+    expect(await b.cancel('a')).toBe(false);
+    await at(b, clock, T0 + 1000);
+    expect(await b.cancel('b')).toBe(false);
+    await at(b, clock, T0 + 60_000);
+    const inbox = new Inbox();
+    await b.consume('q', inbox.handler(), { group: 'g' });
+    await inbox.waitForCount(2);
+    await inbox.expectStays(2, 50);
+    expect(inbox.bodies().sort()).toEqual(['B', 'C']);
+    expect(await b.cancel('nope')).toBe(false);
+    await expectCode(() => b.cancel(''), 'SPOOL_ERR_INVALID_ARGUMENT');
+  });
+
+  it('a cancel is durable: the cancelled message does not come back after a restart', async () => {
+    // Cancel, close, reopen on the same fake clock, jump past the due time: nothing is routed and cancel is false.
+    const clock = fakeClock(T0);
+    let { b } = await openFake(h, clock);
+    await topology(b);
+    await b.publish('ex', 'k', 'X', { id: 'x', delay: 5000 });
+    expect(await b.cancel('x')).toBe(true);
+    await h.close(b);
+    ({ b } = await openFake(h, clock, { dataDir: b.dataDir }));
+    expect(await b.cancel('x')).toBe(false);
+    await at(b, clock, T0 + 600_000);
+    expect(routed(b)).toBe(0);
+  });
+
+  it("a caller id that is still pending is a 'duplicate' and stores nothing", async () => {
+    // Same id twice while pending → second 'duplicate' (also after a restart); only one copy is routed when due.
+    const clock = fakeClock(T0);
+    let { b } = await openFake(h, clock);
+    await topology(b);
+    expect((await b.publish('ex', 'k', 'first', { id: 'dup', delay: 3000 })).status).toBe('confirmed');
+    expect((await b.publish('ex', 'k', 'second', { id: 'dup', delay: 1000 })).status).toBe('duplicate');
+    await h.close(b);
+    ({ b } = await openFake(h, clock, { dataDir: b.dataDir }));
+    expect((await b.publish('ex', 'k', 'third', { id: 'dup', delay: 500 })).status).toBe('duplicate');
+    await at(b, clock, T0 + 10_000);
+    const inbox = new Inbox();
+    await b.consume('q', inbox.handler(), { group: 'g' });
+    await inbox.waitForCount(1);
+    await inbox.expectStays(1, 50);
+    expect(inbox.bodies()).toEqual(['first']);
+  });
+});
+
+describe('delay: restart', () => {
+  it('pending delays survive close/reopen and fire at their own times', async () => {
+    // 3 s and 9 s delays; close, reopen on the same fake clock: at +2,999 nothing, at +3,000 one, at +8,999 still one, at +9,000 both.
+    const clock = fakeClock(T0);
+    let { b } = await openFake(h, clock);
+    await topology(b);
+    await b.publish('ex', 'k', 'three', { delay: 3000 });
+    await b.publish('ex', 'k', 'nine', { delay: 9000 });
+    await h.close(b);
+    ({ b } = await openFake(h, clock, { dataDir: b.dataDir }));
+    const steps: [number, number][] = [[2999, 0], [3000, 1], [8999, 1], [9000, 2]];
+    for (const [t, n] of steps) {
+      await at(b, clock, T0 + t);
+      expect(routed(b), `at +${t}`).toBe(n);
+    }
+  });
+
+  it('overdue delays fire at startup (the broker’s own ticker, real clock) exactly once', async () => {
+    // Real clock: publish two 150 ms delays, close at once, sleep 300 ms, reopen with the default 5 ms ticker: both are routed within 500 ms without any runTimers call, once each.
+    let b = await h.openBroker();
+    await topology(b as never);
+    await b.publish('ex', 'k', 'o1', { delay: 150 });
+    await b.publish('ex', 'k', 'o2', { delay: 150 });
+    await h.close(b);
+    await sleep(300);
+    b = await h.openBroker({ dataDir: b.dataDir });
+    const t = Date.now();
+    const inbox = new Inbox();
+    await b.consume('q', inbox.handler(), { group: 'g' });
+    await inbox.waitForCount(2, 2000);
+    expect(Date.now() - t).toBeLessThan(500);
+    await inbox.expectStays(2, 100);
+  });
+
+  it('far-future delays (another minute bucket, past the in-memory lookahead) survive restart and fire after a clock jump', async () => {
+    // A 10 min and a 40-day delay sit in their own on-disk buckets; close/reopen; at +9:59.999 nothing, at +10:00 the first; a jump to +40 days fires the second.
+    const clock = fakeClock(T0);
+    let { b } = await openFake(h, clock);
+    await topology(b);
+    await b.publish('ex', 'k', 'ten-min', { delay: 600_000 });
+    await b.publish('ex', 'k', 'forty-days', { delay: 40 * 86_400_000 });
+    const buckets = fs.readdirSync(path.join(b.dataDir, 'delayed'));
+    expect(buckets.length, `bucket dirs: ${buckets.join(', ')}`).toBe(2);
+    await at(b, clock, T0 + 300_000);
+    await h.close(b);
+    ({ b } = await openFake(h, clock, { dataDir: b.dataDir }));
+    await at(b, clock, T0 + 599_999);
+    expect(routed(b)).toBe(0);
+    await at(b, clock, T0 + 600_000);
+    expect(routed(b)).toBe(1);
+    await at(b, clock, T0 + 40 * 86_400_000 - 1);
+    expect(routed(b)).toBe(1);
+    await at(b, clock, T0 + 40 * 86_400_000);
+    expect(routed(b)).toBe(2);
+  });
+
+  // BUG (report: "fired delay buckets are never deleted while running"): DelayStore.markDone deletes a bucket only
+  // when its last message is done after the bucket's minute ended, but due messages fire inside their minute.
+  it.fails('a minute bucket whose messages all fired is deleted while the broker runs (no growth in files or descriptors)', async () => {
+    // One delayed message in each of 20 different minutes; the clock walks past all of them: every message is routed, then the delayed/ dir must hold no bucket and the fd count must be back near where it started.
+    const { b, clock } = await openFake(h, fakeClock(T0));
+    await topology(b);
+    const fds0 = openFds();
+    for (let i = 1; i <= 20; i++) await b.publish('ex', 'k', `m${i}`, { delay: i * 60_000 + 30_000 });
+    for (let t = T0; t <= T0 + 23 * 60_000; t += 10_000) await at(b, clock, t);
+    expect(routed(b)).toBe(20);
+    const left = fs.readdirSync(path.join(b.dataDir, 'delayed'));
+    const fds = openFds();
+    expect({ bucketDirs: left.length, extraFds: fds - fds0 }).toEqual({ bucketDirs: 0, extraFds: 0 });
+  });
+});
