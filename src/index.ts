@@ -28,10 +28,8 @@ export type {
   RemoteConsumeOptions,
   RemoteHandler,
   RemotePublishOptions,
-  ReplayFilter,
   ReplayOptions,
   ReplayResult,
-  ReplayTarget,
 } from './client/index.js';
 export { startServer } from './server/index.js';
 export type { ServerOptions, SpoolServer, TcpOptions } from './server/index.js';

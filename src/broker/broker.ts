@@ -452,6 +452,10 @@ export class Broker extends EventEmitter<BrokerEvents> {
   /** The queues a message published to `exchange` with `routingKey` reaches (following alternate exchanges). */
   private route(exchange: string, routingKey: string): readonly string[] {
     if (exchange === '') return this.queues.has(routingKey) ? [routingKey] : [];
+    const direct = this.exchanges.get(exchange);
+    if (direct === undefined) return [];
+    const first = direct.router.route(routingKey);
+    if (first.length > 0 || direct.options.alternateExchange === undefined) return first;
     const seen = new Set<string>();
     let name: string | undefined = exchange;
     while (name !== undefined && !seen.has(name)) {
@@ -471,7 +475,16 @@ export class Broker extends EventEmitter<BrokerEvents> {
    *   const r = await broker.publish('orders', 'order.created', body, { id: 'order-1', mandatory: true });
    *   // r.status: 'confirmed' | 'duplicate' | 'unroutable'
    */
-  async publish(exchange: string, routingKey: string, body: Body, options: PublishOptions = {}): Promise<PublishResult> {
+  publish(exchange: string, routingKey: string, body: Body, options: PublishOptions = NO_OPTIONS): Promise<PublishResult> {
+    try {
+      return this.publishNow(exchange, routingKey, body, options);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  }
+
+  /** Validates and routes synchronously (throwing), then returns the confirmation's promise: one promise per publish on the common path. */
+  private publishNow(exchange: string, routingKey: string, body: Body, options: PublishOptions): Promise<PublishResult> {
     this.checkOpen();
     if (exchange !== '' && !this.exchanges.has(exchange)) {
       checkExchangeName(exchange);
@@ -498,13 +511,14 @@ export class Broker extends EventEmitter<BrokerEvents> {
       this.counters.unroutable++;
       this.emit('unroutable', { id, exchange, routingKey });
       if (options.mandatory) this.emit('return', { id, exchange, routingKey, body, headers });
-      return { id, status: 'unroutable', queues: [] };
+      return Promise.resolve({ id, status: 'unroutable', queues: [] });
     }
     const stored = { id, callerId, exchange, routingKey, headers, body, expiresAt: ttl === undefined ? undefined : this.clock.now() + ttl };
-    const status = await this.appendTo(queues, stored);
-    if (status === 'duplicate') this.counters.duplicates++;
-    else this.counters.published++;
-    return { id, status, queues: queues as string[] };
+    return this.appendTo(queues, stored).then((status) => {
+      if (status === 'duplicate') this.counters.duplicates++;
+      else this.counters.published++;
+      return { id, status, queues: queues as string[] };
+    });
   }
 
   private deliverAtOf(options: PublishOptions): number | undefined {
@@ -628,10 +642,14 @@ export class Broker extends EventEmitter<BrokerEvents> {
    * Publishes straight to a queue through the default exchange.
    * @example await broker.sendToQueue('billing', 'hello', { id: 'msg-1' });
    */
-  sendToQueue(queue: string, body: Body, options: PublishOptions = {}): Promise<PublishResult> {
-    this.checkOpen();
-    this.getQueue(queue);
-    return this.publish('', queue, body, options);
+  sendToQueue(queue: string, body: Body, options: PublishOptions = NO_OPTIONS): Promise<PublishResult> {
+    try {
+      this.checkOpen();
+      this.getQueue(queue);
+      return this.publishNow('', queue, body, options);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
   }
 
   private async consumerGroup(queue: string, options: ConsumeOptions) {
@@ -827,6 +845,7 @@ function resolveConsumerOptions(o: ConsumeOptions, defaultAck: AckMode) {
 }
 
 const REPLAY_GROUP = 'replay';
+const NO_OPTIONS: PublishOptions = Object.freeze({});
 
 function matchesFilter(msg: Message, filter: ReplayOptions['filter']): boolean {
   if (filter === undefined) return true;

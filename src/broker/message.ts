@@ -28,34 +28,25 @@ export type HeaderValue = string | number | boolean | null | HeaderValue[] | { [
 export type Headers = Record<string, HeaderValue>;
 export type Body = Buffer | Uint8Array | string;
 
-const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
-const idRandom = Array.from(crypto.randomBytes(6), (b) => CROCKFORD[b & 31]).join('');
+const idRandom = crypto.randomBytes(5).readUIntBE(0, 5).toString(32).padStart(8, '0');
 let idTimeMs = -1;
 let idTimePrefix = '';
 let idCounter = 0;
 
-function base32(value: number, width: number): string {
-  let s = '';
-  for (let i = 0; i < width; i++) {
-    s = CROCKFORD[value % 32] + s;
-    value = Math.floor(value / 32);
-  }
-  return s;
-}
-
 /**
- * A unique, time-sortable id in ULID's alphabet and layout: 10 characters of milliseconds, then
- * 6 random characters fixed per process and a 10-character counter. Hand-written because the
- * `ulid` package's monotonic factory cost ~8% of a publish (370 ns per id, measured in bench/).
+ * A unique, time-sortable id: 10 base32hex characters of milliseconds, 8 random characters
+ * fixed per process, and an 8-character counter, 26 in all (ULID's length). base32hex
+ * (0-9a-v) sorts the same as the numbers it encodes. Hand-written because the `ulid` package's
+ * monotonic factory cost ~8% of a publish (370 ns per id, measured with bench/).
  */
 export function generateId(): string {
   const now = Date.now();
   if (now > idTimeMs) {
     idTimeMs = now;
-    idTimePrefix = base32(now, 10) + idRandom;
+    idTimePrefix = now.toString(32).padStart(10, '0') + idRandom;
   }
-  idCounter++;
-  return idTimePrefix + base32(idCounter, 10);
+  idCounter = (idCounter + 1) % 0x100_0000_0000; // 32^8
+  return idTimePrefix + idCounter.toString(32).padStart(8, '0');
 }
 
 export function checkHeaders(headers: unknown): Headers | undefined {
@@ -92,7 +83,7 @@ export interface StoredMessage {
 }
 
 /** Header maps for the common case (no user headers, no expiry), shared across messages. */
-const routeHeaderCache = new Map<string, Readonly<Record<string, string>>>();
+const routeHeaderCache = new Map<string, Readonly<Record<string, Buffer>>>();
 const ROUTE_CACHE_MAX = 10_000;
 
 export function toRecord(m: StoredMessage): RecordInput {
@@ -102,7 +93,9 @@ export function toRecord(m: StoredMessage): RecordInput {
     let h = routeHeaderCache.get(cacheKey);
     if (h === undefined) {
       // Frozen, so the log checks and sizes it once rather than on every record.
-      const fresh: Record<string, string> = m.callerId ? { [META_ROUTE]: route, [META_CALLER_ID]: '' } : { [META_ROUTE]: route };
+      // Values as bytes: encoded once here instead of on every record.
+      const routeBytes = Buffer.from(route);
+      const fresh: Record<string, Buffer> = m.callerId ? { [META_ROUTE]: routeBytes, [META_CALLER_ID]: Buffer.alloc(0) } : { [META_ROUTE]: routeBytes };
       h = Object.freeze(fresh);
       if (routeHeaderCache.size >= ROUTE_CACHE_MAX) routeHeaderCache.clear();
       routeHeaderCache.set(cacheKey, h);

@@ -6,10 +6,8 @@ export type {
   RemoteBrokerEvents,
   RemoteConsumeOptions,
   RemotePublishOptions,
-  ReplayFilter,
   ReplayOptions,
   ReplayResult,
-  ReplayTarget,
 } from './remote-broker.js';
 export { RemoteConsumer } from './remote-consumer.js';
 export type { RemoteHandler } from './remote-consumer.js';

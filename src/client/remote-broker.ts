@@ -21,7 +21,7 @@
  *   await broker.close();
  */
 import { EventEmitter } from 'node:events';
-import type { Broker, ConsumeOptions, ExchangeOptions, PublishOptions, PublishResult } from '../broker/broker.js';
+import type { Broker, ConsumeOptions, ExchangeOptions, PublishOptions, PublishResult, ReplayOptions } from '../broker/broker.js';
 import type { SettleStatus } from '../broker/delivery.js';
 import type { AckMode } from '../broker/group.js';
 import { type Body, type Headers, checkHeaders, generateId } from '../broker/message.js';
@@ -77,32 +77,17 @@ export interface ConnectOptions {
   clientName?: string;
 }
 
-/** Publish options over the wire: the embedded ones, the scheduling ones, and a per-call deadline. */
+/** Publish options over the wire: the embedded ones, and a per-call deadline. */
 export interface RemotePublishOptions extends PublishOptions {
-  /** Deliver after this many ms (needs a broker that supports it). */
-  delay?: number;
-  /** Deliver at this time (needs a broker that supports it). */
-  deliverAt?: Date;
-  /** Expire this many ms after being routed (needs a broker that supports it). */
-  ttl?: number;
   /** This call's deadline in ms (default: the connection's `timeoutMs`). Not sent to the server. */
   timeoutMs?: number;
 }
 
 export type RemoteConsumeOptions = Omit<ConsumeOptions, 'workers'>;
 
-export type ReplayTarget = { exchange: string; routingKey?: string } | { queue: string };
-export type ReplayFilter = { reason?: string; routingKey?: string; id?: string };
-export interface ReplayOptions {
-  to?: ReplayTarget;
-  /** Only an object filter crosses the wire; a function filter is refused (SPOOL_ERR_INVALID_ARGUMENT). */
-  filter?: ReplayFilter | ((m: never) => boolean);
-  limit?: number;
-}
-export interface ReplayResult {
-  replayed: number;
-  remaining: number;
-}
+/** `replay`'s options, as embedded; only an object filter crosses the wire (a function is refused). */
+export type { ReplayOptions };
+export type ReplayResult = Awaited<ReturnType<Broker['replay']>>;
 
 export interface RemoteBrokerEvents {
   /** A mandatory message that routed nowhere (reported to the publisher that sent it). */
@@ -499,13 +484,13 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         attempts: 0,
         write: (w, rid) => encodePublish(w, rid, publishFlags, target, routingKey, id, optionsJson, body),
         complete: (_type, payload) => {
-          const { status, queues } = decodeConfirm(payload);
+          const { status, queues, extra } = decodeConfirm(payload);
           if (status === 'unroutable' && options.mandatory && this.listenerCount('return') > 0) {
             const toQueue = (publishFlags & PUBLISH_TO_QUEUE) !== 0;
             this.emit('return', { id, exchange: toQueue ? '' : target, routingKey: toQueue ? target : routingKey, body, headers });
           }
           // A resend that finds the id stored means its first attempt landed: the message is there, once.
-          resolve({ id, status: status === 'duplicate' && call.attempts > 1 ? 'confirmed' : status, queues });
+          resolve({ id, status: status === 'duplicate' && call.attempts > 1 ? 'confirmed' : status, queues, ...extra });
         },
         fail: reject,
       };

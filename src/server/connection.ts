@@ -38,6 +38,7 @@ import {
 import { FrameReader } from './wire/frame-reader.js';
 import { FrameWriter } from './wire/frame-writer.js';
 import { ConnectionConsumers } from './connection-consumers.js';
+import { toWireJson } from './wire/wire-json.js';
 import { type ServedBroker, brokerMethod } from './served-broker.js';
 
 export interface ConnectionOptions {
@@ -190,7 +191,7 @@ export class ServerConnection {
     result.then(
       (r) => {
         this.finished();
-        if (this.state !== 'closed') encodeConfirm(this.writer, requestId, r.status, r.queues);
+        if (this.state !== 'closed') encodeConfirm(this.writer, requestId, r.status, r.queues, publishExtraJson(r));
       },
       (err: unknown) => {
         this.finished();
@@ -314,6 +315,17 @@ export class ServerConnection {
     this.options.onClosed(this);
     return closing;
   }
+}
+
+/** Fields of a publish result besides id, status and queues (a delayed message's deliverAt), as wire JSON. */
+function publishExtraJson(r: object): string {
+  let extra: Record<string, unknown> | null = null;
+  for (const key in r) {
+    if (key === 'id' || key === 'status' || key === 'queues') continue;
+    const v = (r as Record<string, unknown>)[key];
+    if (v !== undefined) (extra ??= {})[key] = v;
+  }
+  return extra === null ? '' : toWireJson(extra);
 }
 
 function consumerIdOf(req: Request): number {

@@ -302,26 +302,31 @@ export function decodePublish(payload: Buffer): PublishFrame {
   };
 }
 
-export function encodeConfirm(w: FrameWriter, requestId: number, status: ConfirmStatus, queues: readonly string[]): void {
-  let bytes = 3;
+/** `extraJson`: wire JSON of the result's fields besides id, status and queues (e.g. `deliverAt`), or '' for none. */
+export function encodeConfirm(w: FrameWriter, requestId: number, status: ConfirmStatus, queues: readonly string[], extraJson: string): void {
+  let bytes = 3 + 4;
   for (const q of queues) bytes += 2 + Buffer.byteLength(q);
-  const at = w.begin(FrameType.CONFIRM, requestId, bytes);
+  const extraBytes = extraJson.length === 0 ? 0 : Buffer.byteLength(extraJson);
+  const at = w.begin(FrameType.CONFIRM, requestId, bytes + extraBytes);
   const b = w.buf;
   b[at] = CONFIRM_STATUSES.indexOf(status);
   b.writeUInt16LE(queues.length, at + 1);
   let p = at + 3;
   for (const q of queues) p = writeStr(b, p, q, Buffer.byteLength(q), 2);
+  writeStr(b, p, extraJson, extraBytes, 4);
 }
 
-export function decodeConfirm(payload: Buffer): { status: ConfirmStatus; queues: string[] } {
+export function decodeConfirm(payload: Buffer): { status: ConfirmStatus; queues: string[]; extra: Record<string, unknown> | undefined } {
   const c = new PayloadCursor(payload, 'CONFIRM');
   const status = CONFIRM_STATUSES[c.u8()];
   if (status === undefined) throw protocolError('CONFIRM has an unknown status');
   const n = c.u16();
   const queues = new Array<string>(n);
   for (let i = 0; i < n; i++) queues[i] = c.str16();
+  const extra = c.json32();
   c.end();
-  return { status, queues };
+  if (extra !== undefined && (extra === null || typeof extra !== 'object' || Array.isArray(extra))) throw protocolError('CONFIRM extra fields must be an object');
+  return { status, queues, extra: extra as Record<string, unknown> | undefined };
 }
 
 // --- DELIVERY ---
