@@ -219,9 +219,11 @@ export class DelayStore {
         if (!b.loaded && b.start < now + LOOKAHEAD_MS) await this.loadIntoWheel(b);
       }
       const due = this.wheel.advance(this.clock.now());
-      if (due.length === 0) return;
-      const fires = due.map((key) => this.fireOne(key));
-      await Promise.all(fires);
+      if (due.length > 0) await Promise.all(due.map((key) => this.fireOne(key)));
+      // A bucket whose minute has passed and whose messages are all done goes away.
+      for (const b of [...this.buckets.values()]) {
+        if (b.pending === 0 && b.start + BUCKET_MS <= now && b.opening === null) await this.destroyBucket(b);
+      }
     } finally {
       this.firing = false;
     }

@@ -5,7 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { SpoolError } from '../errors.js';
-import { Log, type Clock, type LogOptions } from '../log/index.js';
+import { Log, type Clock, type LogOptions, nodeStorage } from '../log/index.js';
+import { writeFileAtomic } from '../log/storage.js';
 import { AckStore } from './ack-store.js';
 import { ConsumerGroup, type ConsumerOptions, type DeathReason, type GroupHooks } from './group.js';
 import type { LogRecord } from '../log/index.js';
@@ -32,6 +33,8 @@ export interface QueueOptions {
 export const DEDUPE_WINDOW_MS_DEFAULT = 120_000;
 const confirmed = (): 'confirmed' => 'confirmed';
 const TTL_MARKER = 'has-message-ttl';
+/** The saved floor of a queue without groups whose head expired (decimal text). */
+const FLOOR_FILE = 'floor';
 /** The dedupe map is bounded: past this many ids the oldest are forgotten early. */
 const DEDUPE_ENTRIES_MAX = 1_000_000;
 
@@ -54,6 +57,9 @@ export class Queue {
   private unsubscribe: () => void;
   private trimming = false;
   private ttlMarked = false;
+  private expiringHead = false;
+  /** When the head of an unconsumed queue expires next (0: unknown, check now). */
+  private headExpiresAt = 0;
   /** No length or byte limit: appends need no bookkeeping. */
   private readonly plain: boolean;
 
@@ -81,6 +87,7 @@ export class Queue {
     for (const g of await listDirs(path.join(dir, 'groups'))) await q.group(g, {});
     if (options.maxBytes !== undefined) await q.loadSizes();
     await q.rearmExpiries();
+    await q.loadFloor();
     return q;
   }
 
@@ -225,8 +232,65 @@ export class Queue {
 
   /** Expires messages past the queue's messageTtl in every group (called on the broker's timer). */
   async expireByQueueTtl(): Promise<void> {
+    if (this.groups.size === 0 && this.groupOpening.size === 0) return this.expireUnconsumedHead();
     if (this.options.messageTtl === undefined) return;
     for (const g of this.groups.values()) await g.expireByQueueTtl();
+  }
+
+  /**
+   * A queue no group reads yet (the "TTL + dead-letter exchange" wait-queue pattern) still
+   * expires its messages on time: from the head, each expired message is dead-lettered and the
+   * floor moves past it, so groups created later never see it. Without groups there is no
+   * per-group state, so only the head-contiguous run expires (with one messageTtl that is all
+   * of them); the floor is saved so a restart does not expire them again.
+   */
+  private async expireUnconsumedHead(): Promise<void> {
+    if (this.expiringHead || (this.options.messageTtl === undefined && !this.ttlMarked)) return;
+    const now = this.clock.now();
+    if (now < this.headExpiresAt) return;
+    this.expiringHead = true;
+    const before = this.floor;
+    try {
+      for (;;) {
+        const from = Math.max(this.floor, this.log.startOffset);
+        if (from >= this.log.endOffset) break;
+        const records = await this.log.read(from, { maxBytes: 256 * 1024 });
+        if (records.length === 0) break;
+        let stop = false;
+        for (const r of records) {
+          const own = expiresAtOf(r);
+          const byQueue = this.options.messageTtl === undefined ? undefined : r.timestamp + this.options.messageTtl;
+          const at = own === undefined ? byQueue : byQueue === undefined ? own : Math.min(own, byQueue);
+          if (at === undefined || at > now) {
+            this.headExpiresAt = at ?? Number.MAX_SAFE_INTEGER;
+            stop = true;
+            break;
+          }
+          await this.hooks.deadLetter(this, r, '', 'expired', undefined, null);
+          this.floor = r.offset + 1;
+        }
+        if (stop || this.groups.size > 0) break;
+      }
+      if (this.log.endOffset <= Math.max(this.floor, this.log.startOffset)) this.headExpiresAt = 0;
+    } catch (err) {
+      this.hooks.error(err as Error);
+    } finally {
+      this.expiringHead = false;
+      if (this.floor > before) await this.saveFloor().catch((err: Error) => this.hooks.error(err));
+    }
+  }
+
+  private async saveFloor(): Promise<void> {
+    await writeFileAtomic(nodeStorage, path.join(this.dir, FLOOR_FILE), Buffer.from(String(this.floor)));
+  }
+
+  private async loadFloor(): Promise<void> {
+    try {
+      const saved = Number((await fs.promises.readFile(path.join(this.dir, FLOOR_FILE), 'utf8')).trim());
+      if (Number.isSafeInteger(saved) && saved > this.floor) this.floor = Math.min(saved, this.log.endOffset);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
   }
 
   /** Why a message of `size` bytes would overflow the queue, or null when it fits. */

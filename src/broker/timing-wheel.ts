@@ -132,21 +132,27 @@ export class TimingWheel<K> {
         due.push(e.key);
       }
     }
-    while (this.tick <= target) {
-      if (this.byKey.size === 0) {
-        this.tick = Math.max(this.tick, target + 1);
-        break;
-      }
-      // Level 0 bucket of the current tick: everything in it is due.
-      this.drainSlot(0, this.tick % this.slots, due, target);
+    if (this.byKey.size === 0) {
+      this.tick = Math.max(this.tick, target);
+      return due;
+    }
+    // Whole ticks before the current one: everything in their level-0 bucket is due.
+    while (this.tick < target) {
+      this.drainSlot(this.tick % this.slots, due, Number.POSITIVE_INFINITY);
       this.moveTo(this.tick + 1);
       // Skip idle ticks: with level 0 empty nothing fires before the next occupied coarser
       // bucket starts, so jump straight to that boundary (where it cascades).
-      if (this.counts[0] === 0 && this.overdue.size === 0 && this.byKey.size > 0) {
+      if (this.counts[0] === 0 && this.byKey.size > 0) {
         const next = this.nextOccupiedBoundary();
-        if (next > this.tick) this.moveTo(Math.min(next, target + 1));
+        if (next > this.tick) this.moveTo(Math.min(next, target));
+      }
+      if (this.byKey.size === 0) {
+        this.tick = target;
+        return due;
       }
     }
+    // The current tick is only partly over: fire what is due by now and come back to it.
+    this.drainSlot(this.tick % this.slots, due, nowMs);
     return due;
   }
 
@@ -184,17 +190,16 @@ export class TimingWheel<K> {
     for (const e of entries) this.place(e);
   }
 
-  private drainSlot(level: number, slot: number, due: K[], target: number): void {
-    const bucket = this.levels[level]![slot]!;
+  /** Returns the level-0 bucket's entries due by `limitMs`, in due order. */
+  private drainSlot(slot: number, due: K[], limitMs: number): void {
+    const bucket = this.levels[0]![slot]!;
     if (bucket.size === 0) return;
     const ready: WheelEntry<K>[] = [];
-    for (const e of bucket) {
-      if (Math.floor(e.dueAt / this.tickMs) <= target) ready.push(e);
-    }
+    for (const e of bucket) if (e.dueAt <= limitMs) ready.push(e);
     ready.sort((a, b) => a.dueAt - b.dueAt);
     for (const e of ready) {
       bucket.delete(e);
-      this.counts[level]!--;
+      this.counts[0]!--;
       this.byKey.delete(e.key);
       due.push(e.key);
     }

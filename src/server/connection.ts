@@ -308,7 +308,9 @@ export class ServerConnection {
       this.socket.destroy();
     } else {
       this.socket.end();
-      // A peer that does not read must not keep the socket (and its buffers) alive.
+      // Read (and ignore) until the peer's end arrives, so the socket closes promptly; a peer
+      // that does not read must not keep the socket (and its buffers) alive either.
+      this.socket.resume();
       setTimeout(() => this.socket.destroy(), CLOSE_LINGER_MS).unref();
     }
     const closing = this.consumers.closeAll().catch((err: unknown) => this.options.onError(err));

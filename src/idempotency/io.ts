@@ -1,0 +1,68 @@
+/**
+ * Small I/O helpers over the `Storage` seam, and the read counters that let tests and benchmarks
+ * prove what touched the disk.
+ */
+import type { StorageFile } from '../log/index.js';
+
+/** Reads issued by lookups. Negative lookups that pass every filter read nothing. */
+export interface ReadCounters {
+  /** pread calls made to answer claim/complete/release/lookup. */
+  lookupReads: number;
+  lookupBytesRead: number;
+}
+
+/** Reads exactly `length` bytes at `position` unless the file ends first; returns the bytes read. */
+export async function readFully(file: StorageFile, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+  let got = 0;
+  while (got < length) {
+    const n = await file.read(buf, offset + got, length - got, position + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
+/**
+ * A file handle shared by readers and closed by its owner only once the last reader is done, so a
+ * table or journal can be retired (merged away, expired, sealed) while a lookup is still reading it.
+ */
+export class SharedFile {
+  private readers = 0;
+  private retired = false;
+  private closed: Promise<void> | null = null;
+
+  constructor(readonly file: StorageFile) {}
+
+  /** Runs `f` with the file held open. */
+  async use<T>(f: (file: StorageFile) => Promise<T>): Promise<T> {
+    this.readers++;
+    try {
+      return await f(this.file);
+    } finally {
+      this.readers--;
+      if (this.retired && this.readers === 0) void this.closeNow();
+    }
+  }
+
+  /** No new readers will come; close once the current ones finish. Resolves when closed. */
+  retire(): Promise<void> {
+    this.retired = true;
+    if (this.readers === 0) return this.closeNow();
+    return new Promise<void>((resolve) => {
+      const check = setInterval(() => {
+        if (this.closed !== null) {
+          clearInterval(check);
+          void this.closed.then(resolve, resolve);
+        }
+      }, 5);
+      check.unref();
+    });
+  }
+
+  private closeNow(): Promise<void> {
+    this.closed ??= this.file.close().catch(() => {
+      // A close error on a read-only or already-synced handle loses nothing.
+    });
+    return this.closed;
+  }
+}
