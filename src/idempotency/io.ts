@@ -30,6 +30,7 @@ export class SharedFile {
   private readers = 0;
   private retired = false;
   private closed: Promise<void> | null = null;
+  private readonly waiters: (() => void)[] = [];
 
   constructor(readonly file: StorageFile) {}
 
@@ -48,21 +49,18 @@ export class SharedFile {
   retire(): Promise<void> {
     this.retired = true;
     if (this.readers === 0) return this.closeNow();
-    return new Promise<void>((resolve) => {
-      const check = setInterval(() => {
-        if (this.closed !== null) {
-          clearInterval(check);
-          void this.closed.then(resolve, resolve);
-        }
-      }, 5);
-      check.unref();
-    });
+    return new Promise<void>((resolve) => this.waiters.push(resolve));
   }
 
   private closeNow(): Promise<void> {
-    this.closed ??= this.file.close().catch(() => {
-      // A close error on a read-only or already-synced handle loses nothing.
-    });
+    this.closed ??= this.file
+      .close()
+      .catch(() => {
+        // A close error on a handle whose data is already synced (or only read) loses nothing.
+      })
+      .then(() => {
+        for (const w of this.waiters.splice(0)) w();
+      });
     return this.closed;
   }
 }

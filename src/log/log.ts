@@ -394,17 +394,18 @@ export class Log {
     assert(file !== null, 'the active segment has an open handle');
     const w = this.written;
     const encoded = this.encodeFlush(batch, w.size, w.nextOffset, w.bytesSinceIndex, w.maxTimestamp);
-    let writeError: unknown = null;
-    try {
-      await file.writev([encoded.bytes], w.size);
-    } catch (err) {
-      writeError = err;
-    }
-    if (syncing !== null && !(await this.finishSync(syncing))) {
+    // The write is issued first; the flush before is committed as soon as its fdatasync is done,
+    // even while this write is still running, so its appenders can get going again.
+    const writing = file.writev([encoded.bytes], w.size).then(
+      () => null,
+      (err: unknown) => err,
+    );
+    if (syncing !== null && !(await this.finishSync(syncing, writing))) {
       // The flush before failed and was cut back, taking these bytes with it.
-      for (const p of batch) p.reject(this.failure ?? syncing.error ?? ioError(writeError, 'appending'));
+      for (const p of batch) p.reject(this.failure ?? syncing.error ?? ioError(new Error('earlier flush failed'), 'appending'));
       return null;
     }
+    const writeError = await writing;
     if (writeError !== null) {
       await this.rollBackFlush(writeError, batch, w.size);
       return null;
@@ -419,10 +420,12 @@ export class Log {
   }
 
   /** Waits for a written flush's fdatasync: commits it and returns true, or rolls it back and returns false. */
-  private async finishSync(flush: WrittenFlush): Promise<boolean> {
+  private async finishSync(flush: WrittenFlush, laterWrite: Promise<unknown> | null = null): Promise<boolean> {
     const err = await flush.sync;
     if (err !== null) {
       flush.error = ioError(err, `appending to ${this.active.logPath}`);
+      // A later write still landing must not land after the cut.
+      if (laterWrite !== null) await laterWrite;
       await this.rollBackFlush(err, flush.batch, flush.startPosition);
       return false;
     }

@@ -39,7 +39,7 @@ import { FrameReader } from './wire/frame-reader.js';
 import { FrameWriter } from './wire/frame-writer.js';
 import { ConnectionConsumers } from './connection-consumers.js';
 import { toWireJson } from './wire/wire-json.js';
-import { type ServedBroker, brokerMethod } from './served-broker.js';
+import { type SerialQueue, type ServedBroker, TOPOLOGY_OPS, brokerMethod } from './served-broker.js';
 
 export interface ConnectionOptions {
   /** The token a client must present in HELLO, or null for none (unix socket, loopback without a token). */
@@ -48,6 +48,8 @@ export interface ConnectionOptions {
   maxFrameBytes: number;
   /** Called once when the connection has closed. */
   onClosed: (c: ServerConnection) => void;
+  /** Shared by all connections: topology changes run one at a time. */
+  topology: SerialQueue;
   /** An error no client can be told about (a fire-and-forget ack that failed, a bug while closing). */
   onError: (err: unknown) => void;
 }
@@ -231,6 +233,7 @@ export class ServerConnection {
     if (req.op === 'consumerClose') return this.consumers.close(consumerIdOf(req)).then(() => null);
     const method = brokerMethod(this.broker, req.op);
     if (method === null) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `${req.op} is not supported by this server`);
+    if (TOPOLOGY_OPS.has(req.op)) return this.options.topology.run(() => method(...req.args));
     return method(...req.args);
   }
 

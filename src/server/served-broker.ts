@@ -28,6 +28,37 @@ export const REMOTE_OPS: ReadonlySet<string> = new Set([
   'purgeQueue',
 ]);
 
+/**
+ * Ops that change or read the topology. The server applies them one at a time, in arrival order,
+ * across all connections: pipelined `assertQueue`, `bindQueue`, `listBindings` then behave as if
+ * awaited one by one, and the broker never rewrites its topology file twice at once.
+ */
+export const TOPOLOGY_OPS: ReadonlySet<string> = new Set([
+  'assertExchange',
+  'deleteExchange',
+  'assertQueue',
+  'deleteQueue',
+  'bindQueue',
+  'unbindQueue',
+  'purgeQueue',
+  'queueStats',
+  'stats',
+  'listQueues',
+  'listExchanges',
+  'listBindings',
+]);
+
+/** Runs tasks one after another, in submission order; a failure does not stop the ones behind it. */
+export class SerialQueue {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(task: () => T | Promise<T>): Promise<T> {
+    const result = this.tail.then(task, task);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
 /** The broker's method for `op`, bound, or null when this broker lacks it. */
 export function brokerMethod(broker: ServedBroker, op: string): ((...args: unknown[]) => unknown) | null {
   if (!REMOTE_OPS.has(op)) return null;

@@ -17,7 +17,7 @@ import { SpoolError } from '../errors.js';
 import { ServerConnection } from './connection.js';
 import { HEARTBEAT_MS_DEFAULT, MAX_FRAME_BYTES_DEFAULT } from './wire/constants.js';
 import { SOCKET_FILE, checkTcpPolicy, listenTcp, listenUnix } from './listen.js';
-import { type ServedBroker, advertise } from './served-broker.js';
+import { SerialQueue, type ServedBroker, advertise } from './served-broker.js';
 
 export interface TcpOptions {
   /** Address to bind. Default '127.0.0.1'; anything not loopback needs `allowRemote` and `token`. */
@@ -81,13 +81,14 @@ export async function startServer(broker: ServedBroker, options: ServerOptions =
   const onError = options.onError ?? ((err: unknown) => process.emitWarning(`spool server: ${(err as Error)?.stack ?? String(err)}`));
 
   const connections = new Set<ServerConnection>();
+  const topology = new SerialQueue();
   const accept = (token: string | null) => (socket: net.Socket) => {
     if (connections.size >= maxConnections) {
       socket.destroy();
       return;
     }
     socket.setNoDelay(true);
-    const conn = new ServerConnection(socket, broker, { token, heartbeatMs, maxFrameBytes, onClosed: (c) => connections.delete(c), onError });
+    const conn = new ServerConnection(socket, broker, { token, heartbeatMs, maxFrameBytes, topology, onClosed: (c) => connections.delete(c), onError });
     connections.add(conn);
   };
 
