@@ -260,6 +260,11 @@ export class Broker extends EventEmitter<BrokerEvents> {
       headers['x-original-routing-key'] = route.routingKey;
       headers['x-original-exchange'] = route.exchange;
       const queues = this.exchanges.has(errorExchange) ? this.route(errorExchange, route.routingKey) : [];
+      if (queues.length === 0) {
+        this.counters.dropped++;
+        this.emit('drop', { queue: queue.name, group, id, offset, reason });
+        return;
+      }
       await this.appendTo(queues, { id, callerId: false, dedupeKey, exchange: errorExchange, routingKey: route.routingKey, headers, body: record.value, expiresAt: undefined });
       this.counters.deadLettered++;
       this.emit('deadLetter', { queue: queue.name, group, id, offset, reason, exchange: errorExchange, queues: [...queues] });
@@ -591,10 +596,13 @@ export class Broker extends EventEmitter<BrokerEvents> {
     let replayed = 0;
     let remaining = 0;
     let next = group.committed;
-    while (next < q.log.endOffset) {
+    // Only what is there now: a message replayed back into this queue is not replayed again.
+    const end = q.log.endOffset;
+    while (next < end) {
       const records = await q.log.read(Math.max(next, q.log.startOffset), { maxBytes: 1024 * 1024 });
       if (records.length === 0) break;
       for (const r of records) {
+        if (r.offset >= end) break;
         next = r.offset + 1;
         if (group.isAcked(r.offset)) continue;
         const msg = new Message(r, fromQueue, 0, 0, { settle: () => Promise.resolve('unknown' as const) });

@@ -404,6 +404,9 @@ export class ConsumerGroup implements Settler {
     const offset = msg.offset;
     const dueAt = this.clock.now() + delayMs;
     this.acks.state.retryAt.set(offset, dueAt);
+    // The attempt count must survive the wait (and a restart), with or without a deliveryLimit.
+    this.acks.state.counts.set(offset, entry.deliveryCount);
+    this.acks.persistCount(offset, entry.deliveryCount).catch((err: Error) => this.hooks.error(err));
     this.acks.persistRetry(offset, dueAt).catch((err: Error) => this.hooks.error(err));
     this.armRetry(offset, dueAt);
   }

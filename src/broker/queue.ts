@@ -58,6 +58,8 @@ export class Queue {
   private trimming = false;
   private ttlMarked = false;
   private expiringHead = false;
+  private droppingHead = false;
+  private dropHeadTarget = 0;
   /** When the head of an unconsumed queue expires next (0: unknown, check now). */
   private headExpiresAt = 0;
   /** No length or byte limit: appends need no bookkeeping. */
@@ -82,12 +84,18 @@ export class Queue {
     const { log } = await Log.open(path.join(dir, 'messages'), { ...logOptions, clock });
     const q = new Queue(name, dir, options, log, clock, logOptions, hooks);
     await q.rebuildDedupe();
-    // Drop-head is exact for maxLength, so the floor can be recomputed rather than stored.
-    if (options.maxLength !== undefined) q.floor = Math.max(0, log.endOffset - options.maxLength);
+    await q.loadFloor();
     for (const g of await listDirs(path.join(dir, 'groups'))) await q.group(g, {});
     if (options.maxBytes !== undefined) await q.loadSizes();
+    if (q.groups.size > 0 && (options.overflow ?? 'drop-head') === 'drop-head') {
+      // With groups, drops go through each group (which dead-letters them), and the floor (not
+      // saved on this path, it moves with every publish) is where the limits put the head.
+      if (options.maxLength !== undefined) q.floor = Math.max(q.floor, log.endOffset - options.maxLength);
+      if (q.sizes !== null) q.floor = Math.max(q.floor, q.sizes.headFor(options.maxBytes as number));
+    }
     await q.rearmExpiries();
-    await q.loadFloor();
+    // Overflow a crash interrupted is finished now, dead-lettering as it goes (never silently).
+    if ((options.overflow ?? 'drop-head') === 'drop-head') q.dropHeadIfOver();
     return q;
   }
 
@@ -101,8 +109,6 @@ export class Queue {
       next = records[records.length - 1]!.offset + 1;
     }
     this.sizes = sizes;
-    // As for maxLength, drop-head is applied at once, so the floor follows from the sizes.
-    if ((this.options.overflow ?? 'drop-head') === 'drop-head') this.floor = Math.max(this.floor, sizes.headFor(this.options.maxBytes as number));
   }
 
   private get dedupeWindowMs(): number {
@@ -131,7 +137,7 @@ export class Queue {
   }
 
   private head(): number {
-    if (this.groups.size === 0) return Math.max(this.floor, this.log.startOffset);
+    if (this.groups.size === 0) return Math.max(this.floor, this.dropHeadTarget, this.log.startOffset);
     let min = Number.MAX_SAFE_INTEGER;
     for (const g of this.groups.values()) min = Math.min(min, g.committed);
     return min;
@@ -320,8 +326,42 @@ export class Queue {
       if (this.sizes.total > maxBytes) newHead = Math.max(newHead, this.sizes.headFor(maxBytes));
     }
     if (newHead <= this.floor && newHead <= this.head()) return;
+    if (this.groups.size === 0) {
+      void this.dropUnconsumedHead(newHead);
+      return;
+    }
     this.floor = Math.max(this.floor, newHead);
     for (const g of this.groups.values()) g.dropBefore(newHead);
+  }
+
+  /**
+   * Overflow with no group attached: the dropped head still leaves with reason 'maxlen'
+   * (dead-lettered, or a 'drop' event), and only then does the floor move past it.
+   */
+  private async dropUnconsumedHead(newHead: number): Promise<void> {
+    if (this.droppingHead) {
+      this.dropHeadTarget = Math.max(this.dropHeadTarget, newHead);
+      return;
+    }
+    this.droppingHead = true;
+    this.dropHeadTarget = newHead;
+    const before = this.floor;
+    try {
+      while (Math.max(this.floor, this.log.startOffset) < this.dropHeadTarget) {
+        const records = await this.log.read(Math.max(this.floor, this.log.startOffset), { maxBytes: 256 * 1024 });
+        if (records.length === 0) break;
+        for (const r of records) {
+          if (r.offset >= this.dropHeadTarget) break;
+          await this.hooks.deadLetter(this, r, '', 'maxlen', undefined, null);
+          this.floor = r.offset + 1;
+        }
+      }
+    } catch (err) {
+      this.hooks.error(err as Error);
+    } finally {
+      this.droppingHead = false;
+      if (this.floor > before) await this.saveFloor().catch((err: Error) => this.hooks.error(err));
+    }
   }
 
   /** The group, opened (and created at `from`) on first use. */
@@ -340,7 +380,8 @@ export class Queue {
   }
 
   private async startOffset(from: ConsumerOptions['from']): Promise<number> {
-    const earliest = Math.max(this.log.startOffset, this.floor);
+    // Offsets below a drop in progress are on their way out: a new group never sees them.
+    const earliest = Math.max(this.log.startOffset, this.floor, this.dropHeadTarget);
     if (from === undefined || from === 'earliest') return earliest;
     if (from === 'latest') return this.log.endOffset;
     if (from instanceof Date && Number.isFinite(from.getTime())) return Math.max(earliest, await this.log.offsetForTime(from.getTime()));

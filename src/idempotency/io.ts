@@ -2,6 +2,7 @@
  * Small I/O helpers over the `Storage` seam, and the read counters that let tests and benchmarks
  * prove what touched the disk.
  */
+import assert from 'node:assert/strict';
 import type { StorageFile } from '../log/index.js';
 
 /** Reads issued by lookups. Negative lookups that pass every filter read nothing. */
@@ -34,14 +35,31 @@ export class SharedFile {
 
   constructor(readonly file: StorageFile) {}
 
-  /** Runs `f` with the file held open. */
+  /**
+   * Takes a reference: the file stays open until `unref`. Returns false (and takes nothing) once
+   * the file is retired. Lookups take references on every source they may read, synchronously,
+   * so a source retired mid-lookup is closed only after the lookup is done with it.
+   */
+  ref(): boolean {
+    if (this.retired) return false;
+    this.readers++;
+    return true;
+  }
+
+  unref(): void {
+    assert(this.readers > 0, 'unref without ref');
+    this.readers--;
+    if (this.retired && this.readers === 0) void this.closeNow();
+  }
+
+  /** Runs `f` with the file held open (a reference for the duration of the call). */
   async use<T>(f: (file: StorageFile) => Promise<T>): Promise<T> {
+    assert(this.closed === null, 'read of a closed shared file (take a reference first)');
     this.readers++;
     try {
       return await f(this.file);
     } finally {
-      this.readers--;
-      if (this.retired && this.readers === 0) void this.closeNow();
+      this.unref();
     }
   }
 

@@ -33,23 +33,27 @@ export class Journal {
   readonly path: string;
   /** The durable end: every byte before it was fsynced. */
   size: number;
+  /** Where appends began (after the header and carried leases): the journal rolls on bytes appended past it. */
+  readonly baseSize: number;
   readonly map: ActiveMap;
   /** The retention bucket of its first DONE record (tables never span buckets by much). */
   bucket: number | null = null;
   minCompletedAt = Number.MAX_SAFE_INTEGER;
   maxCompletedAt = 0;
   maxExpiresAt = 0;
-  private readonly shared: SharedFile;
+  readonly shared: SharedFile;
 
   private constructor(
     readonly seq: number,
     filePath: string,
     readonly file: StorageFile,
     size: number,
+    baseSize: number,
     keysMax: number,
   ) {
     this.path = filePath;
     this.size = size;
+    this.baseSize = baseSize;
     this.map = new ActiveMap(keysMax);
     this.shared = new SharedFile(file);
   }
@@ -73,7 +77,8 @@ export class Journal {
       await storage.rename(tmp, filePath);
       await storage.syncDir(dir);
       file = await storage.open(filePath, 'write');
-      return new Journal(seq, filePath, file, data.reduce((n, b) => n + b.length, 0), keysMax);
+      const size = data.reduce((n, b) => n + b.length, 0);
+      return new Journal(seq, filePath, file, size, size, keysMax);
     } catch (err) {
       if (file !== null) await file.close().catch(() => {});
       throw ioError(err, `creating ${filePath}`);
@@ -84,7 +89,7 @@ export class Journal {
    * Opens journal `seq`, calling `visit` for every valid record in order, and truncates a torn
    * tail when allowed. Returns the journal and how many bytes were cut.
    */
-  static async open(storage: Storage, dir: string, seq: number, opts: JournalOpenOptions, visit: RecordVisitor): Promise<{ journal: Journal; truncatedBytes: number }> {
+  static async open(storage: Storage, dir: string, seq: number, opts: JournalOpenOptions, visitor: (journal: Journal) => RecordVisitor): Promise<{ journal: Journal; truncatedBytes: number }> {
     const filePath = path.join(dir, seqName(seq, 'jnl'));
     let file: StorageFile;
     try {
@@ -102,8 +107,8 @@ export class Journal {
         throw new CorruptError(filePath, 0, h.reason);
       }
       if (h.seq !== seq) throw new CorruptError(filePath, 16, `header names journal ${h.seq}`);
-      const journal = new Journal(seq, filePath, file, size, opts.keysMax);
-      const scan = await scanRecords(file, JOURNAL_HEADER_BYTES, size, opts.recordBytesMax, visit);
+      const journal = new Journal(seq, filePath, file, size, JOURNAL_HEADER_BYTES, opts.keysMax);
+      const scan = await scanRecords(file, JOURNAL_HEADER_BYTES, size, opts.recordBytesMax, visitor(journal));
       let truncatedBytes = 0;
       if (scan.bad !== null) {
         const badBytes = size - scan.validEnd;

@@ -55,7 +55,7 @@ export class Table {
   private readonly slotCrcs: Uint32Array;
   readonly filter: BloomFilter;
   readonly sources: number[];
-  private readonly shared: SharedFile;
+  readonly shared: SharedFile;
   /** Set while a merge is reading this table, so two merges never take the same input. */
   merging = false;
 
