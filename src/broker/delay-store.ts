@@ -37,6 +37,8 @@ interface Bucket {
   loaded: boolean;
   lastUsed: number;
   opening: Promise<void> | null;
+  /** Operations using the bucket's files right now: it is not closed while any runs. */
+  users: number;
 }
 
 /** Where a pending message is: bucket number (start / BUCKET_MS) and offset, packed in one number. */
@@ -89,7 +91,7 @@ export class DelayStore {
   private async openBucket(start: number): Promise<Bucket> {
     let b = this.buckets.get(start);
     if (b === undefined) {
-      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0, opening: null };
+      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0, opening: null, users: 0 };
       this.buckets.set(start, b);
     }
     b.lastUsed = this.clock.now();
@@ -110,8 +112,21 @@ export class DelayStore {
     return b;
   }
 
+  /** Runs `fn` with the bucket open; it stays open (not closed as idle) until `fn` settles. */
+  private async withBucket<T>(start: number, fn: (b: Bucket) => Promise<T>): Promise<T> {
+    let b = this.buckets.get(start);
+    if (b !== undefined) b.users++;
+    try {
+      b = await this.openBucket(start);
+      if (b.users === 0) b.users++; // created by openBucket just now
+      return await fn(b);
+    } finally {
+      if (b !== undefined) b.users--;
+    }
+  }
+
   private async closeIdleFarBuckets(): Promise<void> {
-    const open = [...this.buckets.values()].filter((b) => b.log !== null && !b.loaded);
+    const open = [...this.buckets.values()].filter((b) => b.log !== null && !b.loaded && b.users === 0 && b.opening === null);
     if (open.length <= OPEN_FAR_BUCKETS_MAX) return;
     open.sort((a, b) => a.lastUsed - b.lastUsed);
     for (const b of open.slice(0, open.length - OPEN_FAR_BUCKETS_MAX)) await this.closeBucket(b);
@@ -128,37 +143,30 @@ export class DelayStore {
 
   /** At startup: learns a bucket's pending ids (for cancel and counting) without keeping bodies. */
   private async loadIndex(start: number): Promise<void> {
-    const b = await this.openBucket(start);
-    const log = b.log as Log;
-    const done = (b.done as AckStore).state;
-    let next = log.startOffset;
-    while (next < log.endOffset) {
-      const records = await log.read(next, { maxBytes: 4 * 1024 * 1024 });
-      if (records.length === 0) break;
-      for (const r of records) {
-        if (r.offset < done.committed || done.acked.has(r.offset)) continue;
+    const b = await this.withBucket(start, async (b) => {
+      await this.eachPending(b, (r) => {
         this.index.set(r.keyText(), pack(start, r.offset));
         b.pending++;
-      }
-      next = records[records.length - 1]!.offset + 1;
-    }
+      });
+      return b;
+    });
     if (b.pending === 0 && start + BUCKET_MS <= this.clock.now()) await this.destroyBucket(b);
   }
 
   /** Puts a bucket's pending messages into the wheel. */
   private async loadIntoWheel(b: Bucket): Promise<void> {
     b.loaded = true;
-    await this.openBucket(b.start);
+    await this.withBucket(b.start, (open) => this.eachPending(open, (r) => this.wheel.schedule(pack(b.start, r.offset), deliverAtOf(r))));
+  }
+
+  private async eachPending(b: Bucket, visit: (r: LogRecord) => void): Promise<void> {
     const log = b.log as Log;
     const done = (b.done as AckStore).state;
     let next = log.startOffset;
     while (next < log.endOffset) {
       const records = await log.read(next, { maxBytes: 4 * 1024 * 1024 });
       if (records.length === 0) break;
-      for (const r of records) {
-        if (r.offset < done.committed || done.acked.has(r.offset)) continue;
-        this.wheel.schedule(pack(b.start, r.offset), deliverAtOf(r));
-      }
+      for (const r of records) if (r.offset >= done.committed && !done.acked.has(r.offset)) visit(r);
       next = records[records.length - 1]!.offset + 1;
     }
   }
@@ -170,14 +178,15 @@ export class DelayStore {
   async schedule(id: string, callerId: boolean, deliverAt: number, record: { value: Buffer | Uint8Array | string; headers: Record<string, string> }): Promise<'scheduled' | 'duplicate'> {
     if (callerId && this.index.has(id)) return 'duplicate';
     const start = Math.floor(deliverAt / BUCKET_MS) * BUCKET_MS;
-    const b = await this.openBucket(start);
-    if (callerId && this.index.has(id)) return 'duplicate';
-    const offset = await (b.log as Log).appendOne({ key: id, value: record.value, headers: record.headers, timestamp: this.clock.now() });
-    const key = pack(start, offset);
-    this.index.set(id, key);
-    b.pending++;
-    if (b.loaded) this.wheel.schedule(key, deliverAt);
-    return 'scheduled';
+    return this.withBucket(start, async (b) => {
+      if (callerId && this.index.has(id)) return 'duplicate';
+      const offset = await (b.log as Log).appendOne({ key: id, value: record.value, headers: record.headers, timestamp: this.clock.now() });
+      const key = pack(start, offset);
+      this.index.set(id, key);
+      b.pending++;
+      if (b.loaded) this.wheel.schedule(key, deliverAt);
+      return 'scheduled';
+    });
   }
 
   /** Cancels a pending delayed message; false when no pending message has this id. */
@@ -187,17 +196,16 @@ export class DelayStore {
     this.index.delete(id);
     this.wheel.cancel(key);
     const { bucketStart, offset } = unpack(key);
-    await this.markDone(bucketStart, offset);
+    await this.withBucket(bucketStart, (b) => this.markDone(b, offset));
     return true;
   }
 
-  private async markDone(bucketStart: number, offset: number): Promise<void> {
-    const b = await this.openBucket(bucketStart);
+  /** Records a message as fired or cancelled, durably. Empty past buckets are removed by `advance`. */
+  private async markDone(b: Bucket, offset: number): Promise<void> {
     const done = b.done as AckStore;
     if (!ackInto(done.state, offset)) return;
     await done.persistOne(offset, true);
     b.pending--;
-    if (b.pending === 0 && bucketStart + BUCKET_MS <= this.clock.now()) await this.destroyBucket(b);
   }
 
   private async destroyBucket(b: Bucket): Promise<void> {
@@ -222,7 +230,7 @@ export class DelayStore {
       if (due.length > 0) await Promise.all(due.map((key) => this.fireOne(key)));
       // A bucket whose minute has passed and whose messages are all done goes away.
       for (const b of [...this.buckets.values()]) {
-        if (b.pending === 0 && b.start + BUCKET_MS <= now && b.opening === null) await this.destroyBucket(b);
+        if (b.pending === 0 && b.start + BUCKET_MS <= now && b.opening === null && b.users === 0) await this.destroyBucket(b);
       }
     } finally {
       this.firing = false;
@@ -231,17 +239,17 @@ export class DelayStore {
 
   private async fireOne(key: number): Promise<void> {
     const { bucketStart, offset } = unpack(key);
-    const b = this.buckets.get(bucketStart);
-    if (b === undefined) return;
+    if (!this.buckets.has(bucketStart)) return;
     try {
-      await this.openBucket(bucketStart);
-      const [r] = await (b.log as Log).read(offset, { maxRecords: 1 });
-      if (r === undefined || r.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
-      const id = r.keyText();
-      if (this.index.get(id) !== key) return; // cancelled meanwhile
-      await this.fire(r);
-      this.index.delete(id);
-      await this.markDone(bucketStart, offset);
+      await this.withBucket(bucketStart, async (b) => {
+        const [r] = await (b.log as Log).read(offset, { maxRecords: 1 });
+        if (r === undefined || r.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
+        const id = r.keyText();
+        if (this.index.get(id) !== key) return; // cancelled meanwhile
+        await this.fire(r);
+        this.index.delete(id);
+        await this.markDone(b, offset);
+      });
     } catch (err) {
       // Not fired: try again shortly rather than lose it.
       this.onError(err as Error);
