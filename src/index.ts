@@ -18,6 +18,27 @@ export type {
   StorageFile,
   VerifyReport,
 } from './log/index.js';
+export { Broker } from './broker/broker.js';
+export type {
+  BrokerEvents,
+  BrokerOptions,
+  ConsumeOptions,
+  DeathRecord,
+  ExchangeOptions,
+  PublishOptions,
+  PublishResult,
+  PublishStatus,
+} from './broker/broker.js';
+export type { ReplayOptions as BrokerReplayOptions } from './broker/broker.js';
+export { Message } from './broker/delivery.js';
+export type { NackOptions, SettleStatus } from './broker/delivery.js';
+export type { AckMode, Consumer, ConsumerOptions, DeathReason, Handler, RetryOptions } from './broker/group.js';
+export type { Body, HeaderValue, Headers } from './broker/message.js';
+export type { Overflow, QueueOptions } from './broker/queue.js';
+export type { ExchangeType } from './broker/routing.js';
+export type { Subscription } from './broker/subscription.js';
+export type { WorkerMessage } from './broker/workers.js';
+export { TimingWheel } from './broker/timing-wheel.js';
 export { SpoolError, CorruptError, ERROR_CODES, isSpoolError } from './errors.js';
 export type { SpoolErrorCode } from './errors.js';
 export { connect, RemoteBroker, RemoteConsumer, RemoteMessage, RemoteSubscription } from './client/index.js';
