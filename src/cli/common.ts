@@ -10,13 +10,18 @@ export interface CommonOptions {
   json?: boolean;
 }
 
-/** Adds --data, --broker and --json, and an "Examples:" block to --help. */
-export function common(cmd: Command, examples: string[]): Command {
-  return cmd
+/** Adds an "Examples:" block to --help. */
+export function examples(cmd: Command, lines: string[]): Command {
+  return cmd.addHelpText('after', `\nExamples:\n${lines.map((e) => `  $ ${e}`).join('\n')}\n`);
+}
+
+/** Adds --data, --broker and --json, and an "Examples:" block to --help. Only on leaf commands (a parent would swallow them). */
+export function common(cmd: Command, lines: string[]): Command {
+  cmd
     .option('--data <dir>', 'data directory', './data')
     .option('--broker <url>', 'use the server at this URL (unix:///path/spool.sock, tcp://host:port?token=…) instead of finding one')
-    .option('--json', 'print machine-readable JSON')
-    .addHelpText('after', `\nExamples:\n${examples.map((e) => `  $ ${e}`).join('\n')}\n`);
+    .option('--json', 'print machine-readable JSON');
+  return examples(cmd, lines);
 }
 
 /** commander argument parser: a non-negative integer. */

@@ -62,7 +62,7 @@ export interface Progress {
   stop(): void;
 }
 
-const noProgress: Progress = { increment() {}, setTotal() {}, stop() {} };
+export const noProgress: Progress = { increment() {}, setTotal() {}, stop() {} };
 
 /**
  * A progress bar on stderr when stderr is a terminal; otherwise a no-op (pipes, files, CI, tests).

@@ -29,12 +29,12 @@ function refuse(what: string): never {
 
 /** node:fs storage that only ever opens files for reading; every mutating call throws. */
 export const readOnlyStorage: Storage = {
-  open: (p, mode) => (mode === 'read' ? nodeStorage.open(p, 'read') : refuse(`open ${p} for writing`)),
+  open: async (p, mode) => (mode === 'read' ? nodeStorage.open(p, 'read') : refuse(`open ${p} for writing`)),
   readdir: (d) => nodeStorage.readdir(d),
   exists: (p) => nodeStorage.exists(p),
-  mkdir: (d) => refuse(`create ${d}`),
-  rename: (f) => refuse(`rename ${f}`),
-  unlink: (f) => refuse(`delete ${f}`),
+  mkdir: async (d) => refuse(`create ${d}`),
+  rename: async (f) => refuse(`rename ${f}`),
+  unlink: async (f) => refuse(`delete ${f}`),
   syncDir: () => Promise.resolve(),
 };
 
@@ -239,12 +239,13 @@ export class LogTail {
 
   /**
    * Calls `onRecords` with new records as they land, watching the directory with chokidar (and
-   * polling every `pollMs` as a fallback). Returns a function that stops following.
+   * polling every `pollMs` as a fallback; a failed watch is reported to `onWatchError` and polling
+   * goes on). Read errors go to `onError` and stop nothing by themselves. Returns a function that stops following.
    */
   follow(
     onRecords: (records: LogRecord[]) => void | Promise<void>,
     onProblem: (p: TailProblem) => void = () => {},
-    options: { pollMs?: number; onError?: (err: Error) => void } = {},
+    options: { pollMs?: number; onError?: (err: Error) => void; onWatchError?: (err: Error) => void } = {},
   ): () => Promise<void> {
     let running = false;
     let again = false;
@@ -271,15 +272,27 @@ export class LogTail {
         running = false;
       }
     };
-    const watcher: FSWatcher = watch(this.dir, { ignoreInitial: true, depth: 0, persistent: true });
-    watcher.on('all', () => void drain());
-    watcher.on('error', (err) => options.onError?.(err as Error));
+    // Watching is an accelerator: when the OS refuses a watch (inotify limits), polling still finds everything.
+    let watcher: FSWatcher | null = null;
+    const watchFailed = (err: unknown) => {
+      options.onWatchError?.(err as Error);
+      const w = watcher;
+      watcher = null;
+      void w?.close().catch(() => {});
+    };
+    try {
+      watcher = watch(this.dir, { ignoreInitial: true, depth: 0, persistent: true });
+      watcher.on('all', () => void drain());
+      watcher.on('error', watchFailed);
+    } catch (err) {
+      watchFailed(err);
+    }
     const timer = setInterval(() => void drain(), options.pollMs ?? 500);
     void drain();
     return async () => {
       stopped = true;
       clearInterval(timer);
-      await watcher.close();
+      await watcher?.close().catch(() => {});
       await this.close();
     };
   }
