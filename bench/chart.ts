@@ -40,6 +40,8 @@ export interface ChartPanel {
 export interface ChartData {
   title: string;
   subtitle: string;
+  /** Which legend to draw: target verdicts (the suite) or Spool vs peer. Default 'targets'. */
+  legend?: 'targets' | 'peers';
   panels: ChartPanel[];
   series?: Series[];
 }
@@ -128,7 +130,7 @@ function drawPanel(p: ChartPanel, y0: number): { svg: string; height: number } {
     grid.push(`<line x1="${x.toFixed(1)}" x2="${x.toFixed(1)}" y1="${axisY}" y2="${bottom}" stroke="${COLORS.ref}" stroke-width="1.5" stroke-dasharray="5,3"/>`);
     grid.push(text(x + 3, bottom + 11, `${r.label} ${fmt(r.value)}`, { size: 10, fill: COLORS.ref }));
   }
-  grid.push(text(x0 + plotW, axisY - 16, `${bars[0]?.unit ?? ''}, log scale`, { size: 10, anchor: 'end', fill: COLORS.muted }));
+  grid.push(text(x0 + plotW, axisY - 16, `${[...new Set(bars.map((b) => b.unit))].join(' or ')}, log scale`, { size: 10, anchor: 'end', fill: COLORS.muted }));
   return { svg: [...parts, ...grid, ...rows].join('\n'), height: bottom - y0 + ((p.refs?.length ?? 0) > 0 ? 18 : 6) };
 }
 
@@ -143,7 +145,7 @@ function drawSeries(s: Series, y0: number): { svg: string; height: number } {
   const top = y0 + 30;
   const bottom = top + H;
   const maxX = Math.max(...pts.map((p) => p[0]));
-  const maxY = Math.max(...pts.map((p) => p[1])) * 1.1;
+  const maxY = Math.max(...pts.map((p) => p[1]), ...(s.levels ?? []).map((l) => l.y)) * 1.1;
   const xOf = (x: number): number => x0 + (x / (maxX || 1)) * (x1 - x0);
   const yOf = (y: number): number => bottom - (y / (maxY || 1)) * H;
   const step = niceStep(maxY / 5);
@@ -159,9 +161,13 @@ function drawSeries(s: Series, y0: number): { svg: string; height: number } {
     parts.push(`<line x1="${x.toFixed(1)}" x2="${x.toFixed(1)}" y1="${top}" y2="${bottom}" stroke="${COLORS.ref}" stroke-dasharray="5,3"/>`);
     parts.push(text(x + 4, top + 12, m.label, { size: 10, fill: COLORS.ref }));
   }
+  for (const l of s.levels ?? []) {
+    const y = yOf(l.y);
+    parts.push(`<line x1="${x0}" x2="${x1}" y1="${y.toFixed(1)}" y2="${y.toFixed(1)}" stroke="${COLORS.MISS}" stroke-dasharray="6,3"/>`);
+    parts.push(text(x0 + 4, y - 4, l.label, { size: 10, fill: COLORS.MISS }));
+  }
   const d = pts.map(([x, y], i) => `${i === 0 ? 'M' : 'L'}${xOf(x).toFixed(1)},${yOf(y).toFixed(1)}`).join(' ');
   parts.push(`<path d="${d}" fill="none" stroke="${COLORS.none}" stroke-width="1.8"/>`);
-  parts.push(text(x0 - 6, top - 6, s.yUnit, { size: 10, anchor: 'end', fill: COLORS.muted }));
   return { svg: parts.join('\n'), height: H + 56 };
 }
 
@@ -178,14 +184,26 @@ export function renderChart(data: ChartData): string {
   let y = 0;
   body.push(text(PAD, 24, data.title, { size: 17, weight: 'bold' }));
   body.push(text(PAD, 42, data.subtitle, { size: 11, fill: COLORS.muted }));
-  body.push(
-    `<g font-size="10"><rect x="${WIDTH - 430}" y="12" width="10" height="10" fill="${COLORS.PASS}"/>${text(WIDTH - 416, 21, 'target met', { size: 10 })}` +
-      `<rect x="${WIDTH - 350}" y="12" width="10" height="10" fill="${COLORS.MISS}"/>${text(WIDTH - 336, 21, 'target missed', { size: 10 })}` +
-      `<rect x="${WIDTH - 260}" y="12" width="10" height="10" fill="${COLORS.none}"/>${text(WIDTH - 246, 21, 'no target', { size: 10 })}` +
-      `<line x1="${WIDTH - 180}" x2="${WIDTH - 180}" y1="10" y2="24" stroke="#000" stroke-width="2" stroke-dasharray="3,2"/>${text(WIDTH - 174, 21, 'target', { size: 10 })}` +
-      `<rect x="${WIDTH - 130}" y="12" width="10" height="10" fill="${COLORS.accent}"/>${text(WIDTH - 116, 21, 'Spool (peers)', { size: 10 })}</g>`,
-  );
-  y = 56;
+  const legend: [string, string][] =
+    data.legend === 'peers'
+      ? [
+          [COLORS.accent, 'Spool'],
+          [COLORS.none, 'peer'],
+        ]
+      : [
+          [COLORS.PASS, 'target met'],
+          [COLORS.MISS, 'target missed'],
+          [COLORS.none, 'no target'],
+        ];
+  let lx = PAD;
+  const items: string[] = [];
+  for (const [color, label] of legend) {
+    items.push(`<rect x="${lx}" y="52" width="10" height="10" fill="${color}"/>${text(lx + 14, 61, label, { size: 10 })}`);
+    lx += 30 + label.length * 6;
+  }
+  if (data.legend !== 'peers') items.push(`<line x1="${lx + 4}" x2="${lx + 4}" y1="50" y2="64" stroke="#000" stroke-width="2" stroke-dasharray="3,2"/>${text(lx + 10, 61, 'target', { size: 10 })}`);
+  body.push(`<g>${items.join('')}</g>`);
+  y = 72;
   for (const p of data.panels) {
     const r = drawPanel(p, y);
     body.push(r.svg);
@@ -224,7 +242,7 @@ export function suiteChartData(title: string, subtitle: string, rows: readonly S
     subtitle,
     panels: [
       { title: 'Throughput (medians)', bars: rows.filter((r) => THROUGHPUT_UNITS.has(r.unit)).map(bar) },
-      { title: 'Latency (medians of p50 / p99)', bars: rows.filter((r) => LATENCY_UNITS.has(r.unit)).map(bar), refs: rawFsyncUs !== undefined ? [{ value: rawFsyncUs, label: 'raw write+fdatasync median' }] : [] },
+      { title: 'Latency (medians)', bars: rows.filter((r) => LATENCY_UNITS.has(r.unit)).map(bar), refs: rawFsyncUs !== undefined ? [{ value: rawFsyncUs, label: 'raw write+fdatasync median' }] : [] },
     ],
     series: [...series],
   };

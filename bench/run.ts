@@ -21,6 +21,8 @@ import { BODY_SIZES, BROKER_SIZES, benchBrokerBacklog, benchBrokerDrain, benchBr
 import { renderChart, suiteChartData, writeChart } from './chart.js';
 import { type ScenarioContext, TARGETS } from './lib/context.js';
 import { BROKER_TARGETS } from './broker.js';
+import { DELAY_SIZES, DELAY_TARGETS, benchDelay } from './delay.js';
+import { REMOTE_SIZES, benchRemote } from './remote.js';
 import { RAW_DEFAULTS, type RawLimits, measureRawLimits } from './lib/raw-limits.js';
 import {
   MiB,
@@ -115,6 +117,16 @@ export const SCENARIOS: readonly Scenario[] = [
       const s = BROKER_SIZES[quick ? 'quick' : 'full'];
       return benchBrokerBacklog(ctx, { messages: o?.big === true ? s.backlogBig : s.backlog, bodyBytes: 100, sampleMs: 250, dir });
     },
+  },
+  {
+    name: 'delay',
+    usesRaw: true,
+    run: (ctx, quick, dir) => benchDelay(ctx, { ...DELAY_SIZES[quick ? 'quick' : 'full'], dir }),
+  },
+  {
+    name: 'remote',
+    usesRaw: false,
+    run: (ctx, quick, dir) => benchRemote(ctx, { ...REMOTE_SIZES[quick ? 'quick' : 'full'], window: 1000, bodyBytes: 100, dir }),
   },
 ];
 
@@ -297,7 +309,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       machine,
       source,
       brokerSource,
-      targets: { ...TARGETS, broker: BROKER_TARGETS },
+      targets: { ...TARGETS, broker: BROKER_TARGETS, delay: DELAY_TARGETS },
       raw,
       scenarios: reports,
       summary: rows.map((r) => ({ ...r, verdict: verdict(r) })),

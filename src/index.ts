@@ -54,3 +54,18 @@ export type {
 } from './client/index.js';
 export { startServer } from './server/index.js';
 export type { ServerOptions, SpoolServer, TcpOptions } from './server/index.js';
+export { IdempotencyStore, idempotentHandler, idempotencyKey } from './idempotency/index.js';
+export type {
+  ClaimResult,
+  CompleteStatus,
+  DoneResult,
+  IdempotencyRecoveryReport,
+  IdempotencyStats,
+  IdempotencyStoreOptions,
+  IdempotentCounters,
+  IdempotentHandler,
+  IdempotentOptions,
+  LookupResult,
+  MaintenanceReport,
+  ReleaseStatus,
+} from './idempotency/index.js';

@@ -151,11 +151,13 @@ export interface SummaryRow {
   judged?: number;
   /** Free text: the ratios to the raw limits measured in this run. */
   ratios?: string;
+  /** The figure could not be measured in this run (e.g. a peer or an API is missing): judged '-', not MISS. */
+  unmeasured?: boolean;
 }
 
 export function verdict(row: SummaryRow): Verdict {
   const t = row.target;
-  if (t === undefined) return '-';
+  if (t === undefined || row.unmeasured === true) return '-';
   const v = row.judged ?? row.value;
   if (!Number.isFinite(v)) return 'MISS';
   return (t.kind === 'min' ? v >= t.value : v <= t.value) ? 'PASS' : 'MISS';
@@ -345,6 +347,8 @@ export interface Series {
   yUnit: string;
   points: [number, number][];
   marks?: { x: number; label: string }[];
+  /** Horizontal reference lines, e.g. a target. */
+  levels?: { y: number; label: string }[];
 }
 
 /** Prints one scenario's block: parameters, each metric's median/min/max over the runs, and ratios. */

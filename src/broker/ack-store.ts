@@ -1,7 +1,7 @@
 /**
  * The durable state of one consumer group (docs/format.md "Group state"): a committed offset
  * (everything below is acked), the acked offsets above it, the delivery count of messages
- * delivered but not acked (persisted only for queues with a deliveryLimit), and the due time of
+ * delivered but not acked (persisted for queues with a deliveryLimit and for retries), and the due time of
  * messages waiting for a delayed retry. It lives in a small log of its own; each record is one
  * kind of change or a snapshot of the whole state. Replaying the log from its start rebuilds the
  * state; a snapshot lets retention drop everything before it.
@@ -23,7 +23,7 @@ const ACK_SEGMENT_BYTES = 1024 * 1024;
 export interface AckState {
   committed: number;
   acked: Set<number>;
-  /** Deliveries so far of unacked messages (only tracked with a deliveryLimit). */
+  /** Deliveries so far of unacked messages (tracked with a deliveryLimit, and for messages waiting for a retry). */
   counts: Map<number, number>;
   /** Unacked messages waiting for a retry: offset → due time (ms). */
   retryAt: Map<number, number>;

@@ -142,6 +142,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
   private readonly timers: TimingWheel<string>;
   private readonly timerActions = new Map<string, () => void>();
   private ticking = false;
+  private topologySaving: Promise<void> = Promise.resolve();
   private readonly counters = { published: 0, duplicates: 0, unroutable: 0, dropped: 0, deadLettered: 0, scheduled: 0 };
   private readonly consumers = new Set<Consumer | Subscription>();
 
@@ -191,6 +192,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
 
   private get logOptions() {
     return {
+      clock: this.clock,
       segmentBytesMax: this.options.segmentBytesMax,
       recordBytesMax: this.maxMessageBytes + 64 * 1024,
       batchBytesMax: Math.max(16 * MiB, this.maxMessageBytes + 128 * 1024),
@@ -230,6 +232,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       }
       for (const q of this.queues.values()) await q.expireByQueueTtl();
       await this.delays?.advance();
+      this.keepAlive();
     } catch (err) {
       this.emitError(err as Error);
     } finally {
@@ -344,8 +347,13 @@ export class Broker extends EventEmitter<BrokerEvents> {
     if (this.closed) throw new SpoolError('SPOOL_ERR_CLOSED', 'the broker is closed');
   }
 
+  /** Saves are chained: concurrent declarations must not race on the temp file, and the last state wins. */
   private saveTopology(): Promise<void> {
-    return writeFileAtomic(nodeStorage, path.join(this.dataDir, TOPOLOGY_FILE), Buffer.from(JSON.stringify(this.topology, null, 2)));
+    const save = this.topologySaving.catch(() => {}).then(() =>
+      writeFileAtomic(nodeStorage, path.join(this.dataDir, TOPOLOGY_FILE), Buffer.from(JSON.stringify(this.topology, null, 2))),
+    );
+    this.topologySaving = save;
+    return save;
   }
 
   /**
@@ -413,9 +421,10 @@ export class Broker extends EventEmitter<BrokerEvents> {
     delete this.topology.queues[name];
     this.topology.bindings = this.topology.bindings.filter((b) => b.queue !== name);
     for (const ex of this.exchanges.values()) ex.router.unbind(name);
-    await this.saveTopology();
+    // Files first: a crash in between leaves a declared, empty queue, never resurrected messages.
     await q.close();
     await Queue.destroy(q.dir);
+    await this.saveTopology();
   }
 
   /** Binds a queue to an exchange with a binding key (a pattern for topic exchanges). */
@@ -558,6 +567,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       return { id, status: 'duplicate', queues: [], deliverAt };
     }
     this.counters.scheduled++;
+    this.keepAlive();
     return { id, status: 'confirmed', queues: [], deliverAt };
   }
 
@@ -687,12 +697,24 @@ export class Broker extends EventEmitter<BrokerEvents> {
 
   private track(c: Consumer, after: () => Promise<void>): void {
     this.consumers.add(c);
+    this.keepAlive();
     const close = c.close.bind(c);
     c.close = async () => {
       this.consumers.delete(c);
+      this.keepAlive();
       await close();
       await after();
     };
+  }
+
+  /**
+   * Like an open amqplib connection, a broker with consumers or pending delayed messages keeps
+   * the process alive (its timer is ref'd); an idle one does not hold a script open.
+   */
+  private keepAlive(): void {
+    if (this.closed) return;
+    if (this.consumers.size > 0 || (this.delays?.pendingCount ?? 0) > 0) this.ticker.ref();
+    else this.ticker.unref();
   }
 
   /**
@@ -732,7 +754,11 @@ export class Broker extends EventEmitter<BrokerEvents> {
       const c = group.addConsumer(sub.handler, { ...resolved, concurrency: resolved.ack === 'auto' ? 1 : resolved.prefetch });
       sub.attach(c);
       this.consumers.add(sub);
-      sub.onClose(() => this.consumers.delete(sub));
+      this.keepAlive();
+      sub.onClose(() => {
+        this.consumers.delete(sub);
+        this.keepAlive();
+      });
     });
     sub.starting(started);
     return sub;

@@ -203,8 +203,9 @@ export class Queue {
    */
   private async watchExpiry(offset: number, expiresAt: number): Promise<void> {
     if (!this.ttlMarked) {
+      // Durable before it matters: a restart must know to re-arm expiries.
+      await writeFileAtomic(nodeStorage, path.join(this.dir, TTL_MARKER), Buffer.alloc(0));
       this.ttlMarked = true;
-      await fs.promises.writeFile(path.join(this.dir, TTL_MARKER), '');
     }
     this.hooks.schedule(`x\0${this.name}\0${offset}`, expiresAt, () => void this.expireOffset(offset));
   }

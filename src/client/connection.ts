@@ -154,8 +154,13 @@ export class ClientSession {
 
   private startHeartbeat(): void {
     const hb = this.heartbeatMs;
+    let lastTickAt = Date.now();
     this.heartbeat = setInterval(() => {
-      const silentMs = Date.now() - this.lastHeardAt;
+      const now = Date.now();
+      // A late tick means this process stalled: the server's frames may be unread, not missing.
+      if (now - lastTickAt > 2 * hb) this.lastHeardAt = now;
+      lastTickAt = now;
+      const silentMs = now - this.lastHeardAt;
       if (silentMs > HEARTBEAT_MISSES_MAX * hb) {
         this.abort(new SpoolError('SPOOL_ERR_DISCONNECTED', `no frame from the server for ${silentMs} ms (heartbeat ${hb} ms)`));
         return;

@@ -30,8 +30,10 @@ import type { QueueOptions } from '../broker/queue.js';
 import type { ExchangeType } from '../broker/routing.js';
 import { SpoolError, isSpoolError } from '../errors.js';
 import {
+  type DoneEntry,
   decodeConfirm,
   decodeDelivery,
+  deliveryConsumerId,
   decodeError,
   decodeResponse,
   encodeAck,
@@ -117,6 +119,8 @@ interface Call {
   /** Safe to send again on a new connection (publishes with their id; idempotent requests). */
   readonly resend: boolean;
   readonly deadline: number;
+  /** For messages: `publish of id …`, or the request's op. */
+  readonly what: string;
   /** Written on the current session and not yet answered. */
   onWire: boolean;
   /** Answered, failed or timed out: never written again. */
@@ -140,6 +144,9 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private ridNext = 1;
   private earliestDeadline = Number.POSITIVE_INFINITY;
   private readonly consumers = new Map<number, RemoteConsumer>();
+  /** DONE entries and CREDIT counts of the current session, written at its next flush. */
+  private doneEntries: DoneEntry[] = [];
+  private readonly creditOwed = new Map<number, number>();
   private consumerIdNext = 1;
   private serverMaxFrameBytes: number;
   private readonly sweeper: NodeJS.Timeout;
@@ -148,6 +155,8 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private downSince = 0;
   private closing: Promise<void> | null = null;
   private closed = false;
+  /** Set when reconnecting is impossible (wrong token, protocol mismatch) or disabled: every call fails with it. */
+  private dead: Error | null = null;
   private idleWaiters: (() => void)[] = [];
   private readonly timeoutMs: number;
   private readonly maxInFlight: number;
@@ -211,6 +220,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   private adopt(session: ClientSession): void {
     this.session = session;
+    session.writer.beforeFlush = () => this.flushSettlements(session.writer);
     this.sessionSeq++;
     this.serverMaxFrameBytes = session.maxFrameBytes;
     this.pump();
@@ -218,6 +228,9 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   private onSessionClosed(err: SpoolError | null): void {
     this.session = null;
+    // Their tags belong to the lost connection.
+    this.doneEntries = [];
+    this.creditOwed.clear();
     for (const c of this.consumers.values()) c.dropWaiting();
     // Calls on the wire: resend the safe ones first (in their original order), settle the rest.
     const again: Call[] = [];
@@ -259,7 +272,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
       return;
     }
     call.fail(
-      new SpoolError('SPOOL_ERR_DISCONNECTED', `the connection was lost while the request was in flight; it is not safe to resend, so its outcome is unknown${err ? ` (${err.message})` : ''}`, {
+      new SpoolError('SPOOL_ERR_DISCONNECTED', `the connection was lost while ${call.what} was in flight; it is not safe to resend, so its outcome is unknown${err ? ` (${err.message})` : ''}`, {
         cause: err ?? undefined,
       }),
     );
@@ -299,8 +312,9 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     if (this.listenerCount('error') > 0) this.emit('error', err);
   }
 
-  /** Fails every call (reconnecting is impossible or disabled). */
+  /** Fails every call, now and later (reconnecting is impossible or disabled). */
   private failAll(err: Error): void {
+    this.dead = err;
     for (const call of [...this.calls.values()]) {
       this.finishCall(call);
       if (call.kind === 'settle') call.complete(FrameType.RESPONSE, Buffer.from('"unknown"'));
@@ -320,6 +334,8 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   }
 
   private writeCall(call: Call, session: ClientSession): void {
+    // DONE and CREDIT gathered so far go first: a consumerClose must not overtake its last acks.
+    if (this.doneEntries.length > 0 || this.creditOwed.size > 0) this.flushSettlements(session.writer);
     call.onWire = true;
     call.attempts++;
     this.onWireCount++;
@@ -373,7 +389,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
       }
       this.finishCall(call);
       if (call.kind === 'settle') call.complete(FrameType.RESPONSE, Buffer.from('"unknown"'));
-      else call.fail(timeoutError(call, now));
+      else call.fail(timeoutError(call));
     }
     this.earliestDeadline = earliest;
     this.pump();
@@ -397,10 +413,17 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         return;
       }
       case FrameType.DELIVERY: {
-        const f = decodeDelivery(payload);
-        const c = this.consumers.get(f.consumerId);
+        const c = this.consumers.get(deliveryConsumerId(payload));
         if (c === undefined) return; // closed here; the server takes it back when the close arrives
-        c.push(new RemoteMessage(f, c.queue, this.sessionSeq, c.ackMode === 'none', this));
+        const session = this.sessionSeq;
+        const none = c.ackMode === 'none';
+        c.push(
+          decodeDelivery(
+            payload,
+            (tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers, body) =>
+              new RemoteMessage(tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers, body, c.queue, session, none, this),
+          ),
+        );
         return;
       }
       default:
@@ -411,6 +434,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   private checkOpen(): void {
     if (this.closing !== null) throw new SpoolError('SPOOL_ERR_CLOSED', 'the remote broker connection is closed');
+    if (this.dead !== null) throw this.dead;
   }
 
   /** Sends a REQUEST for broker method `op`. `resend`: the call is idempotent and may be repeated after a reconnect. */
@@ -418,11 +442,16 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     return new Promise<T>((resolve, reject) => {
       if (!internal) this.checkOpen();
       const json = requestJson({ op, args: trimArgs(args), ...extra });
+      if (json.length * 3 + 64 > this.serverMaxFrameBytes && Buffer.byteLength(json) + 5 > this.serverMaxFrameBytes) {
+        // The server would close the connection over it (and a resend would do the same again).
+        throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `the arguments of ${op} take ${Buffer.byteLength(json)} bytes, over the server's frame limit ${this.serverMaxFrameBytes}`);
+      }
       this.submit({
         rid: this.newRid(),
         kind: 'request',
         resend,
         deadline: Date.now() + this.timeoutMs,
+        what: op,
         onWire: false,
         done: false,
         attempts: 0,
@@ -479,6 +508,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         kind: 'publish',
         resend: true,
         deadline: Date.now() + timeoutMs,
+        what: `publish of id ${id}`,
         onWire: false,
         done: false,
         attempts: 0,
@@ -587,6 +617,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     try {
       const r = await this.request<{ group: string }>('consume', [queue, wireOptions], true, { consumer: c.consumerId });
       c.groupName = r.group;
+      c.opened = true;
       return c;
     } catch (err) {
       this.consumers.delete(c.consumerId);
@@ -608,10 +639,13 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     return sub;
   }
 
-  /** After a reconnect: the server forgot this connection's consumers; start them again. */
+  /**
+   * After a reconnect: the server forgot this connection's consumers; start them again. One whose
+   * first consume request is still unanswered needs nothing: that request is resent as it is.
+   */
   private reopenConsumers(): void {
     for (const c of this.consumers.values()) {
-      if (c.closed) continue;
+      if (c.closed || !c.opened) continue;
       this.request('consume', [c.queue, c.wireOptions], false, { consumer: c.consumerId }, true).catch((err: Error) => {
         if (isSpoolError(err, 'SPOOL_ERR_DISCONNECTED')) return; // the next reconnect tries again
         this.consumers.delete(c.consumerId);
@@ -621,14 +655,30 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     }
   }
 
-  /** @internal ConsumerLink */
+  /** @internal ConsumerLink: gathered, and sent as one DONE frame per event-loop turn. */
   done(msg: RemoteMessage, failure: string | null): void {
-    if (this.session !== null && msg.session === this.sessionSeq) encodeDone(this.session.writer, msg.tag, failure);
+    if (this.session === null || msg.session !== this.sessionSeq) return;
+    this.doneEntries.push({ tag: msg.tag, failure });
+    this.session.writer.schedule();
   }
 
-  /** @internal ConsumerLink */
+  /** @internal ConsumerLink: gathered per consumer, and sent once per event-loop turn. */
   credit(consumerId: number, msg: RemoteMessage): void {
-    if (this.session !== null && msg.session === this.sessionSeq) encodeCredit(this.session.writer, consumerId, 1);
+    if (this.session === null || msg.session !== this.sessionSeq) return;
+    this.creditOwed.set(consumerId, (this.creditOwed.get(consumerId) ?? 0) + 1);
+    this.session.writer.schedule();
+  }
+
+  /** Writes the DONE and CREDIT gathered this turn (the session writer's beforeFlush). */
+  private flushSettlements(w: FrameWriter): void {
+    if (this.doneEntries.length > 0) {
+      encodeDone(w, this.doneEntries);
+      this.doneEntries = [];
+    }
+    if (this.creditOwed.size > 0) {
+      for (const [consumerId, count] of this.creditOwed) encodeCredit(w, consumerId, count);
+      this.creditOwed.clear();
+    }
   }
 
   /** @internal ConsumerLink */
@@ -654,6 +704,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         kind: 'settle',
         resend: false,
         deadline: Date.now() + this.timeoutMs,
+        what: ack ? 'ack' : 'nack',
         onWire: false,
         done: false,
         attempts: 0,
@@ -701,11 +752,10 @@ function isFatal(err: Error): boolean {
   return isSpoolError(err, 'SPOOL_ERR_UNAUTHORIZED') || isSpoolError(err, 'SPOOL_ERR_PROTOCOL');
 }
 
-function timeoutError(call: Call, now: number): SpoolError {
+function timeoutError(call: Call): SpoolError {
   const late = `not answered within its deadline (${call.attempts} attempt${call.attempts === 1 ? '' : 's'})`;
-  if (call.kind === 'publish') return new SpoolError('SPOOL_ERR_TIMEOUT', `publish ${late}; it may have landed: retry with the same id to store it at most once`);
-  void now;
-  return new SpoolError('SPOOL_ERR_TIMEOUT', `request ${late}`);
+  if (call.kind === 'publish') return new SpoolError('SPOOL_ERR_TIMEOUT', `${call.what} ${late}; it may have landed: retry with the same id to store it at most once`);
+  return new SpoolError('SPOOL_ERR_TIMEOUT', `${call.what} ${late}`);
 }
 
 function positiveInt(v: number | undefined, dflt: number, what: string): number {

@@ -32,6 +32,8 @@ export interface ResolvedRemoteOptions {
 
 export class RemoteConsumer {
   closed = false;
+  /** @internal The server has started it at least once (its first consume request was answered). */
+  opened = false;
   /** The consumer group, known once the server has started it. */
   groupName: string;
   readonly ackMode: AckMode;

@@ -4,7 +4,6 @@
  */
 import type { NackOptions, SettleStatus } from '../broker/delivery.js';
 import type { Headers } from '../broker/message.js';
-import type { DeliveryFrame } from '../server/wire/codec.js';
 
 /** How a RemoteMessage reaches the server to settle; implemented by the RemoteBroker. */
 export interface RemoteSettler {
@@ -31,18 +30,33 @@ export class RemoteMessage {
   /** @internal Set once acked, nacked or reported DONE. */
   settled: boolean;
 
-  constructor(f: DeliveryFrame, queue: string, session: number, settledAlready: boolean, private readonly settler: RemoteSettler) {
-    this.id = f.id;
+  constructor(
+    tag: number,
+    offset: number,
+    timestamp: number,
+    deliveryId: number,
+    deliveryCount: number,
+    id: string,
+    exchange: string,
+    routingKey: string,
+    headers: Record<string, unknown> | undefined,
+    body: Buffer,
+    queue: string,
+    session: number,
+    settledAlready: boolean,
+    private readonly settler: RemoteSettler,
+  ) {
+    this.id = id;
     this.queue = queue;
-    this.exchange = f.exchange;
-    this.routingKey = f.routingKey;
-    this.offset = f.offset;
-    this.timestamp = f.timestamp;
-    this.deliveryId = f.deliveryId;
-    this.deliveryCount = f.deliveryCount;
-    this.body = f.body;
-    this.headers = (f.headers ?? {}) as Headers;
-    this.tag = f.tag;
+    this.exchange = exchange;
+    this.routingKey = routingKey;
+    this.offset = offset;
+    this.timestamp = timestamp;
+    this.deliveryId = deliveryId;
+    this.deliveryCount = deliveryCount;
+    this.body = body;
+    this.headers = (headers ?? {}) as Headers;
+    this.tag = tag;
     this.session = session;
     this.settled = settledAlready;
   }

@@ -10,11 +10,12 @@
  *   complete() also works from absent (a completion without a claim).
  *
  * Transitions (input → precondition → outcome):
- * - claim(key, ttlMs): live lease → 'in-progress'. Done and unexpired → { status: 'done', result }.
- *   Otherwise a LEASE record (expiry now+ttlMs) is made durable, then 'acquired'.
+ * - claim(key, ttlMs): done and unexpired → { status: 'done', result } (done wins over any lease).
+ *   Live lease → 'in-progress'. Otherwise a LEASE record (expiry now+ttlMs) is made durable, then
+ *   'acquired'.
  * - complete(key, result, windowMs): done and unexpired → 'already-done' (the first result stays).
- *   Otherwise a DONE record (expiry now+windowMs) is made durable, enters the index, the lease (if
- *   any) is dropped, then 'completed'.
+ *   Otherwise a DONE record (expiry now+windowMs) is made durable; in the same step (before any
+ *   roll can copy leases) it enters the index and the lease, if any, is dropped; then 'completed'.
  * - release(key): live lease → a RELEASE record is made durable, the lease dropped, 'released';
  *   otherwise 'not-held'.
  * Operations on one key run one at a time (a per-key queue); different keys run concurrently and
@@ -38,6 +39,7 @@ import {
   FILE_PATTERN,
   KEY_BYTES_MAX,
   RECORD_HEADER_BYTES,
+  RECORD_TYPE_SAFE_TO_IGNORE,
   RecordType,
   TEMP_PATTERN,
   decodeRecord,
@@ -346,18 +348,528 @@ export class IdempotencyStore {
     if (this.tables.length > 0 || live.length > 0) await this.syncDir();
 
     // Older journals stopped taking writes before the crash and were fully synced: seal them.
-    const now = this.clock.now();
     for (const seq of live.slice(0, -1)) {
-      const { journal } = await Journal.open(storage, dir, seq, { keysMax: 2 ** 31, recordBytesMax: this.o.recordBytesMax, tornTailBytesMax: null }, (rec, pos) => {
-        if (rec.type === RecordType.DONE) journal_noteDone(rec, pos);
+      const { journal } = await Journal.open(storage, dir, seq, { keysMax: 2 ** 31, recordBytesMax: this.o.recordBytesMax, tornTailBytesMax: null }, (j) => (rec, pos) => {
+        if (rec.type === RecordType.DONE) j.noteDone(rec.hashHi, rec.hashLo, pos, rec.time1, rec.time2, this.bucketOf(rec.time1));
       });
-      // (closure helper defined below so the callback can reach the journal being opened)
       report.journalsReplayed++;
       this.sealing.push(journal);
-      var journal_noteDone: (rec: DecodedRecord, pos: number) => void;
     }
-    void now;
-    throw new Error('unreachable');
+    // The newest journal: its index, its leases, and a torn tail cut off.
+    const now = this.clock.now();
+    let current: Journal;
+    const newest = live[live.length - 1];
+    if (newest === undefined) {
+      current = await Journal.create(storage, dir, this.nextSeq++, [], this.journalKeysBound);
+    } else {
+      const opened = await Journal.open(storage, dir, newest, { keysMax: 2 ** 31, recordBytesMax: this.o.recordBytesMax, tornTailBytesMax: FLUSH_BYTES_MAX }, (j) => (rec, pos) => this.replay(j, rec, pos, now));
+      current = opened.journal;
+      report.truncatedBytes = opened.truncatedBytes;
+      report.journalsReplayed++;
+    }
+    report.leasesRestored = this.leases.size;
+    this.writer = new JournalWriter(current, FLUSH_BYTES_MAX, {
+      shouldRoll: (j) => this.shouldRoll(j),
+      roll: (old) => this.roll(old),
+      bucketOf: (t) => this.bucketOf(t),
+      failed: (err) => this.reportError(err),
+    });
+    this.enforceFilterBudget();
+    // Seal what the crash left unsealed before serving, so the store starts in its steady shape.
+    report.journalsSealed = await this.sealAll();
+  }
+
+  /** Applies one record of the newest journal during recovery. */
+  private replay(j: Journal, rec: DecodedRecord, pos: number, now: number): void {
+    const key = rec.key.toString('utf8');
+    switch (rec.type) {
+      case RecordType.LEASE:
+        if (rec.time1 > now) this.leases.set(key, { expiresAt: rec.time1, claimedAt: rec.time2, hi: rec.hashHi, lo: rec.hashLo, keyBytes: Buffer.from(rec.key) });
+        else this.leases.delete(key);
+        return;
+      case RecordType.DONE:
+        j.noteDone(rec.hashHi, rec.hashLo, pos, rec.time1, rec.time2, this.bucketOf(rec.time1));
+        this.leases.delete(key);
+        return;
+      case RecordType.RELEASE:
+        this.leases.delete(key);
+        return;
+      default:
+        // A newer writer's record kind. Safe-to-ignore kinds are skipped; others mean this build cannot read the store.
+        if ((rec.type & RECORD_TYPE_SAFE_TO_IGNORE) === 0) throw new CorruptError(j.path, pos, `unknown record type ${rec.type}`);
+    }
+  }
+
+  // ---- the public operations ---------------------------------------------------------------
+
+  /** The longest (and default) window a completed key stays done. */
+  get retentionMs(): number {
+    return this.o.retentionMs;
+  }
+
+  /**
+   * Claims `key` for `ttlMs`: 'acquired' (you hold a durable lease until now+ttlMs: do the work,
+   * then `complete` or `release`), 'in-progress' (someone holds a live lease), or
+   * `{ status: 'done', result }` (completed within its window; `result` as stored).
+   */
+  async claim(key: string, options: { ttlMs: number }): Promise<ClaimResult> {
+    const kh = hashKey(key);
+    const ttlMs = options?.ttlMs;
+    if (!Number.isSafeInteger(ttlMs) || (ttlMs as number) < 1) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'claim ttlMs must be a positive integer (milliseconds)');
+    this.checkOpen();
+    return this.withKey(key, async () => {
+      this.checkOpen();
+      const now = this.clock.now();
+      // Done wins over a lease: a completion is the stronger fact (and usually costs no read here).
+      const done = await this.findDone(kh, now);
+      if (done !== null) return done;
+      const held = this.leases.get(key);
+      if (held !== undefined && held.expiresAt > now) return 'in-progress';
+      if (held !== undefined) this.leases.delete(key);
+      if (this.leases.size >= this.o.leasesMax) this.sweepLeases(now);
+      if (this.leases.size >= this.o.leasesMax) {
+        throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `the idempotency store holds ${this.leases.size} live leases (leasesMax ${this.o.leasesMax}); complete or release some first`);
+      }
+      const lease: Lease = { expiresAt: now + (ttlMs as number), claimedAt: now, hi: kh.hi, lo: kh.lo, keyBytes: kh.bytes };
+      this.leases.set(key, lease);
+      try {
+        await this.writer.append({ record: encodeRecord(RecordType.LEASE, kh.hi, kh.lo, lease.expiresAt, now, kh.bytes, null), type: RecordType.LEASE, hi: kh.hi, lo: kh.lo, completedAt: 0, expiresAt: 0, onDurable: null });
+      } catch (err) {
+        if (this.leases.get(key) === lease) this.leases.delete(key);
+        throw err;
+      }
+      return 'acquired';
+    });
+  }
+
+  /**
+   * Records `key` as done with `result` (bytes, a string, or any JSON value), durably: the record
+   * is fsynced when this resolves. The key stays done for `windowMs` (default and at most
+   * `retentionMs`). 'already-done' when it was done and unexpired (the first result is kept).
+   */
+  async complete(key: string, result?: unknown, options: { windowMs?: number } = {}): Promise<CompleteStatus> {
+    const kh = hashKey(key);
+    const windowMs = options?.windowMs ?? this.o.retentionMs;
+    if (!Number.isSafeInteger(windowMs) || windowMs < 1 || windowMs > this.o.retentionMs) {
+      throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `windowMs must be an integer in 1..retentionMs (${this.o.retentionMs})`);
+    }
+    const encoded = encodeResult(result);
+    if (encoded !== null && encoded.bytes.length > this.o.resultBytesMax) {
+      throw new SpoolError('SPOOL_ERR_RECORD_TOO_LARGE', `result is ${encoded.bytes.length} bytes, over resultBytesMax (${this.o.resultBytesMax})`);
+    }
+    this.checkOpen();
+    return this.withKey(key, async () => {
+      this.checkOpen();
+      const now = this.clock.now();
+      if ((await this.findDone(kh, now)) !== null) return 'already-done';
+      const expiresAt = now + windowMs;
+      const dropLease = () => this.leases.delete(key);
+      await this.writer.append({ record: encodeRecord(RecordType.DONE, kh.hi, kh.lo, now, expiresAt, kh.bytes, encoded), type: RecordType.DONE, hi: kh.hi, lo: kh.lo, completedAt: now, expiresAt, onDurable: dropLease });
+      return 'completed';
+    });
+  }
+
+  /** Gives a live lease back (the work failed and may be retried at once): 'released', or 'not-held'. */
+  async release(key: string): Promise<ReleaseStatus> {
+    const kh = hashKey(key);
+    this.checkOpen();
+    return this.withKey(key, async () => {
+      this.checkOpen();
+      const now = this.clock.now();
+      const held = this.leases.get(key);
+      if (held === undefined || held.expiresAt <= now) {
+        if (held !== undefined) this.leases.delete(key);
+        return 'not-held';
+      }
+      const dropLease = () => {
+        if (this.leases.get(key) === held) this.leases.delete(key);
+      };
+      await this.writer.append({ record: encodeRecord(RecordType.RELEASE, kh.hi, kh.lo, now, 0, kh.bytes, null), type: RecordType.RELEASE, hi: kh.hi, lo: kh.lo, completedAt: 0, expiresAt: 0, onDurable: dropLease });
+      return 'released';
+    });
+  }
+
+  /** The key's state without changing it: 'absent', 'in-progress' or { status: 'done', result }. */
+  async lookup(key: string): Promise<LookupResult> {
+    const kh = hashKey(key);
+    this.checkOpen();
+    const now = this.clock.now();
+    const done = await this.findDone(kh, now);
+    if (done !== null) return done;
+    const held = this.leases.get(key);
+    return held !== undefined && held.expiresAt > now ? 'in-progress' : 'absent';
+  }
+
+  // ---- lookups ---------------------------------------------------------------------------------
+
+  /**
+   * The newest unexpired completion of `kh`, or null. Searches the journals' in-memory indexes and
+   * every table whose filter may hold the key; every candidate is read, CRC-checked and its full
+   * key compared. A key done twice (its earlier window expired) has its newest record win.
+   */
+  private async findDone(kh: KeyHash, now: number): Promise<DoneResult | null> {
+    this.counters.lookups++;
+    // This lookup's own reads (lookups interleave, so the store-wide counters cannot tell them apart).
+    const reads: ReadCounters = { lookupReads: 0, lookupBytesRead: 0 };
+    // Take references synchronously, so nothing searched can be closed under this lookup.
+    const journals: Journal[] = [];
+    const tables: Table[] = [];
+    const writing = this.writer.journal;
+    if (writing.shared.ref()) journals.push(writing);
+    for (const j of this.sealing) if (j !== writing && j.shared.ref()) journals.push(j);
+    for (const t of this.tables) if (t.header.maxExpiresAt > now && t.shared.ref()) tables.push(t);
+    let best: DecodedRecord | null = null;
+    const consider = (raw: Buffer): boolean => {
+      const rec = decodeRecord(raw, 0);
+      if (rec.type !== RecordType.DONE || !rec.key.equals(kh.bytes)) return false;
+      if (best === null || rec.time1 > best.time1) best = rec;
+      return true;
+    };
+    try {
+      for (const j of journals) {
+        for (const pos of j.map.positions(kh.hi, kh.lo)) consider(await j.readRecord(pos, this.o.recordBytesMax, reads));
+      }
+      for (const t of tables) {
+        this.counters.filterProbes++;
+        if (!t.filter.mayContain(kh.hi, kh.lo)) continue;
+        let matched = false;
+        for (const ref of await t.find(kh.hi, kh.lo, reads)) {
+          if (consider(await t.readRecord(ref, this.o.recordBytesMax, reads))) matched = true;
+        }
+        if (!matched) this.counters.filterFalsePositives++;
+      }
+    } finally {
+      for (const j of journals) j.shared.unref();
+      for (const t of tables) t.shared.unref();
+      this.reads.lookupReads += reads.lookupReads;
+      this.reads.lookupBytesRead += reads.lookupBytesRead;
+    }
+    const found = best as DecodedRecord | null;
+    if (found === null || found.time2 <= now) {
+      this.counters.negativeLookups++;
+      this.counters.negativeLookupReads += reads.lookupReads;
+      return null;
+    }
+    const where = () => new CorruptError(this.o.dir, 0, `a stored result of key ${JSON.stringify(kh.bytes.toString('utf8'))} cannot be decoded (encoding ${found.encoding})`);
+    return { status: 'done', result: decodeResult(found.encoding, found.resultBytes, where) };
+  }
+
+  /** Runs `f` after every earlier operation on `key` has finished. */
+  private async withKey<T>(key: string, f: () => Promise<T>): Promise<T> {
+    const prev = this.keyTails.get(key);
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    this.keyTails.set(key, mine);
+    try {
+      if (prev !== undefined) await prev;
+      return await f();
+    } finally {
+      release();
+      if (this.keyTails.get(key) === mine) this.keyTails.delete(key);
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closing || this.closed) throw new SpoolError('SPOOL_ERR_CLOSED', 'the idempotency store is closed');
+  }
+
+  // ---- rolling, sealing, merging, expiring -------------------------------------------------
+
+  private bucketOf(t: number): number {
+    return Math.floor(t / this.o.bucketMs);
+  }
+
+  /** The in-memory index bound of a journal: journalKeysMax, plus what one flush can add past it. */
+  private get journalKeysBound(): number {
+    return this.o.journalKeysMax + FLUSH_RECORDS_SLACK;
+  }
+
+  private shouldRoll(j: Journal): boolean {
+    if (this.closing) return false;
+    if (j.doneCount >= this.o.journalKeysMax) return true;
+    if (j.size - j.baseSize >= this.o.journalBytesMax) return true;
+    return j.bucket !== null && this.bucketOf(this.clock.now()) > j.bucket;
+  }
+
+  /** Called by the writer with no flush in flight: starts the next journal with every live lease. */
+  private async roll(old: Journal): Promise<Journal> {
+    const now = this.clock.now();
+    const carried: Buffer[] = [];
+    for (const l of this.leases.values()) {
+      if (l.expiresAt > now) carried.push(encodeRecord(RecordType.LEASE, l.hi, l.lo, l.expiresAt, l.claimedAt, l.keyBytes, null));
+    }
+    const next = await Journal.create(this.storage, this.o.dir, this.nextSeq++, carried, this.journalKeysBound);
+    this.sealing.push(old);
+    this.scheduleMaintenance();
+    return next;
+  }
+
+  /** Runs `maintain()` in the background unless a run is already queued. */
+  private scheduleMaintenance(): void {
+    if (this.maintenanceQueued || this.closing) return;
+    this.maintenanceQueued = true;
+    this.maintain().catch((err: Error) => this.reportError(err));
+  }
+
+  /**
+   * One maintenance pass, run in the background every `maintenanceIntervalMs` (tests with a fake
+   * clock call it directly): roll the journal if its bucket ended, drop expired tables and
+   * leases, seal rolled journals, and merge tables. Passes never overlap.
+   */
+  maintain(): Promise<MaintenanceReport> {
+    const run = this.maintenanceChain.then(() => {
+      this.maintenanceQueued = false;
+      return this.maintainOnce();
+    });
+    this.maintenanceChain = run.catch(() => {});
+    return run;
+  }
+
+  private async maintainOnce(): Promise<MaintenanceReport> {
+    const report: MaintenanceReport = { rolled: false, sealed: 0, merged: 0, expiredTables: 0, reclaimedBytes: 0, leasesSwept: 0 };
+    if (this.closing || this.closed || this.writer.failure !== null) return report;
+    try {
+      const journal = this.writer.journal;
+      if (this.shouldRoll(journal)) {
+        await this.writer.requestRoll();
+        report.rolled = this.writer.journal !== journal;
+      }
+      const now = this.clock.now();
+      await this.expireTables(now, report);
+      report.leasesSwept = this.sweepLeases(now);
+      report.sealed = await this.sealAll();
+      for (;;) {
+        if (this.closing) break;
+        const plan = this.pickMerge(this.clock.now());
+        if (plan === null) break;
+        await this.merge(plan.inputs, plan.level);
+        report.merged++;
+      }
+    } catch (err) {
+      if (err instanceof CompactionStopped) return report;
+      this.counters.maintenanceErrors++;
+      throw err;
+    }
+    return report;
+  }
+
+  /** Deletes tables every key of which has expired; returns nothing but fills `report`. */
+  private async expireTables(now: number, report: MaintenanceReport): Promise<void> {
+    const expired = this.tables.filter((t) => t.header.maxExpiresAt <= now && !t.merging);
+    if (expired.length === 0) return;
+    this.tables = this.tables.filter((t) => !expired.includes(t));
+    for (const t of expired) {
+      await t.retire();
+      await this.remove(path.basename(t.path), null);
+      report.expiredTables++;
+      report.reclaimedBytes += t.fileBytes;
+    }
+    await this.syncDir();
+    this.counters.expiredTables += report.expiredTables;
+    this.counters.reclaimedBytes += report.reclaimedBytes;
+  }
+
+  private sweepLeases(now: number): number {
+    let swept = 0;
+    for (const [key, l] of this.leases) {
+      if (l.expiresAt <= now && !this.keyTails.has(key)) {
+        this.leases.delete(key);
+        swept++;
+      }
+    }
+    return swept;
+  }
+
+  private buildParams(removedKeys: number): BuildParams {
+    return {
+      recordBytesMax: this.o.recordBytesMax,
+      filterHashes: this.o.filterHashes,
+      filterBitsFor: (entries) => {
+        // Size the new filter for the budget as it will stand once this table replaces its inputs.
+        const keys = this.tableKeys() - removedKeys + entries;
+        const budgetBitsPerKey = (this.o.filterBytesMax * 8) / Math.max(1, keys);
+        return BloomFilter.sizeFor(entries, Math.max(1, Math.min(this.o.filterBitsPerKey, budgetBitsPerKey)));
+      },
+      shouldStop: () => this.closing,
+    };
+  }
+
+  private tableKeys(): number {
+    let n = 0;
+    for (const t of this.tables) n += t.entryCount;
+    return n;
+  }
+
+  /** Seals every rolled journal, oldest first. Returns how many tables were made. */
+  private async sealAll(): Promise<number> {
+    let sealed = 0;
+    while (this.sealing.length > 0 && !this.closed) {
+      const j = this.sealing[0] as Journal;
+      const table = await sealJournal(this.storage, this.o.dir, j, this.buildParams(0));
+      // Swap synchronously: lookups see either the journal or the table, never neither.
+      this.sealing.shift();
+      if (table !== null) {
+        this.tables.push(table);
+        this.enforceFilterBudget();
+        sealed++;
+        this.counters.seals++;
+      }
+      await j.retire();
+      await this.remove(path.basename(j.path), null);
+      await this.syncDir();
+    }
+    return sealed;
+  }
+
+  /**
+   * Which tables to merge next: all tables of a bucket that has ended (one table per closed
+   * bucket), else `mergeFanIn` tables of one level in the current bucket (size-tiered). Keeps the
+   * number of tables, and so the filters a negative lookup probes, small.
+   */
+  private pickMerge(now: number): { inputs: Table[]; level: number } | null {
+    const current = this.bucketOf(now);
+    const byBucket = new Map<number, Table[]>();
+    for (const t of this.tables) {
+      if (t.merging || t.header.maxExpiresAt <= now) continue;
+      const b = this.bucketOf(t.header.minCompletedAt);
+      let list = byBucket.get(b);
+      if (list === undefined) byBucket.set(b, (list = []));
+      list.push(t);
+    }
+    for (const b of [...byBucket.keys()].sort((x, y) => x - y)) {
+      const list = byBucket.get(b) as Table[];
+      if (b < current && list.length >= 2 && list.reduce((n, t) => n + t.entryCount, 0) <= 0xffff_ffff) {
+        return { inputs: list, level: Math.max(...list.map((t) => t.header.level)) + 1 };
+      }
+      if (b >= current) {
+        const byLevel = new Map<number, Table[]>();
+        for (const t of list) {
+          let l = byLevel.get(t.header.level);
+          if (l === undefined) byLevel.set(t.header.level, (l = []));
+          l.push(t);
+        }
+        for (const [level, tables] of [...byLevel.entries()].sort((x, y) => x[0] - y[0])) {
+          if (tables.length >= this.o.mergeFanIn) {
+            const inputs = tables.sort((x, y) => x.seq - y.seq).slice(0, this.o.mergeFanIn);
+            return { inputs, level: level + 1 };
+          }
+        }
+      }
+    }
+    return null;
+  }
+
+  private async merge(inputs: Table[], level: number): Promise<void> {
+    for (const t of inputs) t.merging = true;
+    try {
+      const seq = this.nextSeq++;
+      const removedKeys = inputs.reduce((n, t) => n + t.entryCount, 0);
+      const table = await mergeTables(this.storage, this.o.dir, inputs, seq, level, this.buildParams(removedKeys));
+      this.tables = [...this.tables.filter((t) => !inputs.includes(t)), table];
+      this.enforceFilterBudget();
+      this.counters.merges++;
+      for (const t of inputs) {
+        await t.retire();
+        await this.remove(path.basename(t.path), null);
+      }
+      await this.syncDir();
+    } finally {
+      for (const t of inputs) t.merging = false;
+    }
+  }
+
+  /** Folds the filters with the most bits per key until all of them fit `filterBytesMax`. */
+  private enforceFilterBudget(): void {
+    let total = 0;
+    for (const t of this.tables) total += t.filter.bytes;
+    while (total > this.o.filterBytesMax) {
+      let worst: Table | null = null;
+      for (const t of this.tables) {
+        if (!t.filter.canFold) continue;
+        if (worst === null || t.filter.bits / t.entryCount > worst.filter.bits / worst.entryCount) worst = t;
+      }
+      if (worst === null) return;
+      total -= worst.filter.bytes / 2;
+      worst.filter.fold();
+    }
+  }
+
+  private reportError(err: Error): void {
+    if (this.o.onError !== null) this.o.onError(err);
+  }
+
+  // ---- introspection and shutdown --------------------------------------------------------------
+
+  stats(): IdempotencyStats {
+    let keys = 0;
+    let diskBytes = 0;
+    let filterBytes = 0;
+    let filterBits = 0;
+    let directoryBytes = 0;
+    let expectedReads = 0;
+    let tableKeys = 0;
+    for (const t of this.tables) {
+      keys += t.entryCount;
+      tableKeys += t.entryCount;
+      diskBytes += t.fileBytes;
+      filterBytes += t.filter.bytes;
+      filterBits += t.filter.bits;
+      directoryBytes += t.directoryBytes;
+      expectedReads += estimatedFalsePositiveRate(t.filter.bits / t.entryCount, t.filter.hashes);
+    }
+    let journalIndexBytes = 0;
+    for (const j of [this.writer.journal, ...this.sealing]) {
+      keys += j.doneCount;
+      diskBytes += j.size;
+      journalIndexBytes += j.map.bytes;
+    }
+    const w = this.writer.counters;
+    return {
+      keys,
+      tables: this.tables.length,
+      journals: 1 + this.sealing.length,
+      leases: this.leases.size,
+      diskBytes,
+      filterBytes,
+      directoryBytes,
+      journalIndexBytes,
+      filterBitsPerKey: tableKeys === 0 ? 0 : filterBits / tableKeys,
+      expectedReadsPerNegativeLookup: expectedReads,
+      lookups: this.counters.lookups,
+      negativeLookups: this.counters.negativeLookups,
+      negativeLookupReads: this.counters.negativeLookupReads,
+      lookupReads: this.reads.lookupReads,
+      lookupBytesRead: this.reads.lookupBytesRead,
+      filterProbes: this.counters.filterProbes,
+      filterFalsePositives: this.counters.filterFalsePositives,
+      flushes: w.flushes,
+      syncs: w.syncs,
+      recordsWritten: w.recordsWritten,
+      rolls: w.rolls,
+      seals: this.counters.seals,
+      merges: this.counters.merges,
+      expiredTables: this.counters.expiredTables,
+      reclaimedBytes: this.counters.reclaimedBytes,
+      maintenanceErrors: this.counters.maintenanceErrors,
+    };
+  }
+
+  /**
+   * Closes the store: operations already started finish (their writes are made durable), a merge
+   * in progress is abandoned (it is redone later), files are closed and the lock released.
+   */
+  async close(): Promise<void> {
+    if (this.closing || this.closed) return;
+    this.closing = true;
+    if (this.timer !== null) clearInterval(this.timer);
+    await Promise.all([...this.keyTails.values()]);
+    await this.writer.idle();
+    await this.maintenanceChain;
+    this.closed = true;
+    await this.closeFiles();
+    this.lock?.release();
   }
 
   private async remove(name: string, report: IdempotencyRecoveryReport | null): Promise<void> {

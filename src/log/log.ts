@@ -3,8 +3,9 @@
  *
  * Invariants (asserted where cheap):
  * - Offsets are dense: the batch at a segment's durable end starts at `nextOffset`.
- * - At most one flush (writev + fdatasync) is in flight; appends arriving meanwhile wait for the
- *   next one, which is how concurrent appends share an fdatasync (group commit).
+ * - At most two flushes are unsynced at once: one whose fdatasync runs while the next is written.
+ *   Appends arriving meanwhile wait for the flush after, which is how concurrent appends share an
+ *   fdatasync (group commit). Flushes commit strictly in order.
  * - An append resolves only after the fdatasync covering its bytes has resolved.
  * - Readers see only records below the high watermark, all of which are durable.
  * - Sealed segments were fully synced before the roll that sealed them and never change again.
@@ -866,6 +867,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
     batchBytesMax,
     create: o.create ?? true,
     repair: o.repair ?? false,
-    flushBytesMax: Math.max(FLUSH_TARGET_BYTES, batchBytesMax) + 2 * DISK_BATCH_TARGET_BYTES,
+    // Two flushes can be unsynced at a crash (the pipeline), so a torn tail can span both.
+    flushBytesMax: 2 * (Math.max(FLUSH_TARGET_BYTES, batchBytesMax) + 2 * DISK_BATCH_TARGET_BYTES),
   };
 }

@@ -8,6 +8,8 @@ import { CorruptError, SpoolError, ioError } from '../errors.js';
 import { decodeCheckpoint, encodeCheckpoint } from './checkpoint.js';
 import {
   BATCH_HEADER_BYTES,
+  BATCH_OFF_BASE_OFFSET,
+  BATCH_OFF_COUNT,
   BATCH_OFF_MAGIC,
   BATCH_OFF_TYPE,
   BATCH_TYPE_RECORDS,
@@ -18,8 +20,10 @@ import {
   SEGMENT_MAGIC,
   SEGMENT_SUFFIX,
   TIME_INDEX_SUFFIX,
+  RECORD_FIXED_BYTES,
   encodeSegmentHeader,
   parseSegmentFileName,
+  readU64,
 } from './format.js';
 import type { ResolvedLogOptions } from './log.js';
 import { checkBatch } from './record-batch.js';
@@ -272,9 +276,9 @@ async function recoverActive(
 }
 
 /**
- * Rows "torn tail" and "corruption before valid data". A flush writes at most flushBytesMax, and
- * everything before the last flush was fsynced, so bad bytes within that distance of the end are
- * a torn write. Further back they are a torn write only if no valid batch follows them.
+ * Rows "torn tail" and "corruption before valid data". The last two flushes (the pipeline) write
+ * at most flushBytesMax, and everything before them was fsynced, so bad bytes within that
+ * distance of the end are a torn write. Further back they are a torn write only if no valid batch follows them.
  */
 async function cutTail(
   active: Segment,
@@ -335,6 +339,10 @@ export async function findNextValidBatch(
       if (buf[i + BATCH_OFF_MAGIC] !== FORMAT_VERSION || buf[i + BATCH_OFF_TYPE] !== BATCH_TYPE_RECORDS) continue;
       const length = buf.readUInt32LE(i);
       if (length < BATCH_HEADER_BYTES || length > BATCH_BYTES_LIMIT || base + i + length > end) continue;
+      // Cheap plausibility before reading and CRC-checking a whole candidate batch.
+      const count = buf.readUInt32LE(i + BATCH_OFF_COUNT);
+      const baseOffset = readU64(buf, i + BATCH_OFF_BASE_OFFSET);
+      if (count === 0 || count > length / RECORD_FIXED_BYTES || !(baseOffset >= minOffset)) continue;
       const whole = Buffer.allocUnsafe(length);
       await readFully(file, whole, length, base + i);
       const check = checkBatch(whole, 0, length, BATCH_BYTES_LIMIT);

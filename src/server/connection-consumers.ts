@@ -28,15 +28,43 @@ interface RemoteConsumer {
   consumer: Consumer | null;
   closed: boolean;
   /** 'none' mode: handler calls waiting for CREDIT, oldest first. */
-  creditWaiters: (() => void)[];
+  creditWaiters: Delivery[];
 }
 
-interface Delivery {
-  msg: Message;
-  consumerId: number;
-  /** Ends the broker's handler call ('auto'); null for 'manual'. */
-  resolve: (() => void) | null;
-  reject: ((err: Error) => void) | null;
+/**
+ * One delivery on its way to the client, and the broker's handler call for it. It is its own
+ * thenable: the broker's consumer calls `then(ok, fail)` on what the handler returns, and DONE or
+ * CREDIT calls those back, so no Promise is made per message.
+ */
+class Delivery {
+  private ok: (() => void) | null = null;
+  private fail: ((err: unknown) => void) | null = null;
+  private outcome: { ok: boolean; err: unknown } | null = null;
+
+  constructor(
+    readonly msg: Message,
+    readonly consumerId: number,
+  ) {}
+
+  then(ok: () => void, fail: (err: unknown) => void): void {
+    if (this.outcome !== null) {
+      if (this.outcome.ok) ok();
+      else fail(this.outcome.err);
+      return;
+    }
+    this.ok = ok;
+    this.fail = fail;
+  }
+
+  /** Ends the handler call: resolved (ack in 'auto'), or rejected (nack or retry in 'auto'). Idempotent. */
+  finish(ok: boolean, err?: unknown): void {
+    if (this.outcome !== null) return;
+    this.outcome = { ok, err };
+    const cb = ok ? this.ok : this.fail;
+    this.ok = null;
+    this.fail = null;
+    if (cb !== null) (cb as (e?: unknown) => void)(err);
+  }
 }
 
 /** A failure the client's handler reported (DONE with outcome 1). */
@@ -87,10 +115,13 @@ export class ConnectionConsumers {
   }
 
   /** The broker's handler: one DELIVERY frame, and a return value that says when the credit comes back. */
-  private deliver(rc: RemoteConsumer, msg: Message): Promise<void> | undefined {
+  private deliver(rc: RemoteConsumer, msg: Message): Delivery | undefined {
     if (rc.closed) {
       // Not sent: 'auto' gives it back, 'manual' is taken back when the close completes.
-      return rc.ack === 'auto' ? Promise.reject(new Error('consumer closed')) : undefined;
+      if (rc.ack !== 'auto') return undefined;
+      const d = new Delivery(msg, rc.id);
+      d.finish(false, new Error('consumer closed'));
+      return d;
     }
     const tag = rc.ack === 'none' ? 0 : this.newTag();
     const headers = msg.headers;
@@ -99,35 +130,15 @@ export class ConnectionConsumers {
       headersJson = JSON.stringify(headers);
       break;
     }
-    encodeDelivery(
-      this.writer,
-      {
-        consumerId: rc.id,
-        tag,
-        offset: msg.offset,
-        timestamp: msg.timestamp,
-        deliveryId: msg.deliveryId,
-        deliveryCount: msg.deliveryCount,
-        id: msg.id,
-        exchange: msg.exchange,
-        routingKey: msg.routingKey,
-      },
-      headersJson,
-      msg.body,
-    );
-    switch (rc.ack) {
-      case 'manual':
-        this.deliveries.set(tag, { msg, consumerId: rc.id, resolve: null, reject: null });
-        return undefined;
-      case 'auto':
-        return new Promise<void>((resolve, reject) => {
-          this.deliveries.set(tag, { msg, consumerId: rc.id, resolve, reject });
-        });
-      default:
-        return new Promise<void>((resolve) => {
-          rc.creditWaiters.push(resolve);
-        });
+    encodeDelivery(this.writer, rc.id, tag, msg.offset, msg.timestamp, msg.deliveryId, msg.deliveryCount, msg.id, msg.exchange, msg.routingKey, headersJson, msg.body);
+    const d = new Delivery(msg, rc.id);
+    if (rc.ack === 'none') {
+      rc.creditWaiters.push(d);
+      return d;
     }
+    this.deliveries.set(tag, d);
+    // 'manual': the handler returns at once; ACK/NACK settle the message itself.
+    return rc.ack === 'auto' ? d : undefined;
   }
 
   private newTag(): number {
@@ -145,7 +156,7 @@ export class ConnectionConsumers {
     if (d === null) return Promise.resolve('unknown');
     const settled = d.msg.ack();
     // An explicit ack inside an 'auto' handler: the handler call ends too, as a no-op settle.
-    d.resolve?.();
+    d.finish(true);
     return settled;
   }
 
@@ -154,17 +165,17 @@ export class ConnectionConsumers {
     const d = this.take(tag);
     if (d === null) return Promise.resolve('unknown');
     const settled = d.msg.nack({ requeue });
-    d.resolve?.();
+    d.finish(true);
     return settled;
   }
 
-  /** DONE: the client's 'auto' handler ended; an unknown tag (already settled) is ignored. */
+  /** One DONE entry: the client's 'auto' handler ended; an unknown tag (already settled) is ignored. */
   done(tag: number, failure: string | null): void {
     const d = this.deliveries.get(tag);
-    if (d === undefined || d.resolve === null) return;
+    if (d === undefined) return;
     this.deliveries.delete(tag);
-    if (failure === null) d.resolve();
-    else (d.reject as (err: Error) => void)(new RemoteHandlerError(failure));
+    if (failure === null) d.finish(true);
+    else d.finish(false, new RemoteHandlerError(failure));
   }
 
   /** CREDIT: the client finished `count` deliveries of a 'none' consumer. */
@@ -172,7 +183,7 @@ export class ConnectionConsumers {
     const rc = this.consumers.get(consumerId);
     if (rc === undefined) return;
     const released = rc.creditWaiters.splice(0, count);
-    for (const r of released) r();
+    for (const d of released) d.finish(true);
   }
 
   private take(tag: number): Delivery | null {
@@ -206,11 +217,11 @@ export class ConnectionConsumers {
     for (const [tag, d] of this.deliveries) {
       if (d.consumerId !== rc.id) continue;
       this.deliveries.delete(tag);
-      d.reject?.(new Error('the remote consumer went away before finishing'));
+      d.finish(false, new Error('the remote consumer went away before finishing'));
     }
     const waiters = rc.creditWaiters;
     rc.creditWaiters = [];
-    for (const r of waiters) r();
+    for (const d of waiters) d.finish(true);
     await closing;
   }
 }

@@ -61,6 +61,7 @@ const CLOSE_LINGER_MS = 1000;
 
 export class ServerConnection {
   private state: State = 'hello';
+  private readonly onDone = (tag: number, failure: string | null) => this.consumers.done(tag, failure);
   private readonly reader: FrameReader;
   private readonly writer: FrameWriter;
   private readonly consumers: ConnectionConsumers;
@@ -80,7 +81,11 @@ export class ServerConnection {
     this.reader = new FrameReader(options.maxFrameBytes, (type, requestId, payload) => this.onFrame(type, requestId, payload));
     this.consumers = new ConnectionConsumers(broker, this.writer);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.maybeResume());
+    socket.on('drain', () => {
+      // The peer took our bytes: it is alive, even if what it sent is still unread (paused).
+      this.lastHeardAt = Date.now();
+      this.maybeResume();
+    });
     socket.on('end', () => this.close(null, this.reader.midFrame ? 'the stream ended inside a frame' : 'the client closed'));
     socket.on('error', () => this.close(null, 'socket error'));
     socket.on('close', () => this.close(null, 'socket closed'));
@@ -90,13 +95,16 @@ export class ServerConnection {
     return this.state === 'closed';
   }
 
-  /** Heartbeat tick (the server calls it every heartbeatMs): send ours, drop a silent peer. */
-  tick(now: number): void {
+  /** Heartbeat tick (the server calls it every heartbeatMs): send ours, drop a silent peer (unless our own loop `stalled`). */
+  tick(now: number, stalled = false): void {
     if (this.state === 'hello') {
       if (now - this.openedAt > HELLO_TIMEOUT_MS) this.fail(new SpoolError('SPOOL_ERR_TIMEOUT', `no HELLO within ${HELLO_TIMEOUT_MS} ms`), true);
       return;
     }
     if (this.state !== 'open' && this.state !== 'draining') return;
+    // While we stop reading because our broker is behind, the peer's heartbeats wait unread: the
+    // silence is ours, not its.
+    if ((this.readingPaused && this.inflight >= SERVER_INFLIGHT_MAX / 2) || stalled) this.lastHeardAt = now;
     const silentMs = now - this.lastHeardAt;
     if (silentMs > HEARTBEAT_MISSES_MAX * this.options.heartbeatMs) {
       // The peer is gone or frozen; it will not read a goodbye, so do not wait to flush one.
@@ -148,10 +156,8 @@ export class ServerConnection {
         const { tag, requeue } = decodeNack(payload);
         return this.answer(requestId, this.consumers.nack(tag, requeue));
       }
-      case FrameType.DONE: {
-        const { tag, failure } = decodeDone(payload);
-        return this.consumers.done(tag, failure);
-      }
+      case FrameType.DONE:
+        return decodeDone(payload, this.onDone);
       case FrameType.CREDIT: {
         const { consumerId, count } = decodeCredit(payload);
         return this.consumers.credit(consumerId, count);
@@ -178,6 +184,7 @@ export class ServerConnection {
   }
 
   private onPublish(requestId: number, payload: Buffer): void {
+    if (requestId === 0) throw new SpoolError('SPOOL_ERR_PROTOCOL', 'a PUBLISH needs a non-zero request id');
     const f = decodePublish(payload);
     const options: Record<string, unknown> = { ...f.options, id: f.id };
     if (f.mandatory) options.mandatory = true;

@@ -122,9 +122,14 @@ export async function startServer(broker: ServedBroker, options: ServerOptions =
     advertise(broker, { ...(socketPath !== null ? { socket: socketPath } : {}), ...(tcpUrl !== null ? { tcp: tcpUrl } : {}) }, lockPid);
   }
 
+  let lastTickAt = Date.now();
   const heartbeat = setInterval(() => {
     const now = Date.now();
-    for (const c of connections) c.tick(now);
+    // A tick this late means our own event loop stalled: the peers' frames may be sitting unread,
+    // so their silence is not judged this round.
+    const stalled = now - lastTickAt > 2 * heartbeatMs;
+    lastTickAt = now;
+    for (const c of connections) c.tick(now, stalled);
   }, heartbeatMs);
   heartbeat.unref();
 

@@ -64,9 +64,9 @@ describe('queue messageTtl', () => {
     }
   });
 
-  // BUG (report: "TTL and drop-head do nothing on a queue without consumer groups"): Queue.expireByQueueTtl and
+  // Regression test (report: "TTL and drop-head do nothing on a queue without consumer groups", fixed in src while this suite was written): Queue.expireByQueueTtl and
   // Queue.expireOffset only act through groups, so the classic wait-queue (messageTtl + DLX, never consumed) never expires.
-  it.fails('expires with no consumer group at all (the TTL + DLX wait-queue pattern)', async () => {
+  it('expires with no consumer group at all (the TTL + DLX wait-queue pattern)', async () => {
     // A queue nobody ever consumed: messageTtl 1000 + DLX; at +1000 its message must be in the DLQ with reason 'expired'.
     const { b, clock } = await openFake(h, fakeClock(T0));
     await withDlq(b, { messageTtl: 1000 });
@@ -118,9 +118,9 @@ describe('per-message ttl', () => {
     expect(xDeath(dead.messages[0]!)[0]).toMatchObject({ reason: 'expired', queue: 'q' });
   });
 
-  // BUG (report: "timers fire up to one tick early"): TimingWheel rounds due times down to the tick, so a ttl
+  // Regression test (report: "timers fire up to one tick early", fixed in src while this suite was written): TimingWheel rounds due times down to the tick, so a ttl
   // ending at T0+1003 expires when the clock reads T0+1000.
-  it.fails('never expires before its ttl, whatever the ms phase (ttl 1001..1003)', async () => {
+  it('never expires before its ttl, whatever the ms phase (ttl 1001..1003)', async () => {
     // Three messages with ttl 1001, 1002, 1003 on an idle group; the clock steps 1 ms from +999: the DLQ holds exactly those whose ttl has passed.
     const { b, clock } = await openFake(h, fakeClock(T0));
     await withDlq(b, {});
@@ -131,6 +131,18 @@ describe('per-message ttl', () => {
       await sleep(15);
       expect(dlqDepth(b), `at +${t}`).toBe([1001, 1002, 1003].filter((x) => x <= t).length);
     }
+  });
+
+  // BUG (report: "concurrent first ttl publishes fail with EEXIST"): Queue.watchExpiry sets ttlMarked only after
+  // `await writeFileAtomic(...has-message-ttl)`, so concurrent first appends with a ttl all write the same .tmp file
+  // (opened 'create') and all but one reject with EEXIST, although their messages were already appended.
+  it.fails('50 concurrent publishes with a ttl to a fresh queue all confirm', async () => {
+    // Promise.all of 50 sendToQueue({ ttl }) on a queue that never had a ttl message: every one must resolve 'confirmed' and the queue must hold 50.
+    const { b } = await openFake(h, fakeClock(T0));
+    await withDlq(b, {});
+    const results = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => b.sendToQueue('q', `t${i}`, { ttl: 60_000 })));
+    const failed = results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason).slice(0, 100));
+    expect({ failed: failed.length, first: failed[0], stored: b.queueStats('q').endOffset }).toEqual({ failed: 0, first: undefined, stored: 50 });
   });
 
   it('the lesser of queue messageTtl and message ttl applies', async () => {

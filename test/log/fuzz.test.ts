@@ -381,7 +381,7 @@ describe('corruption fuzz', () => {
 // ---- targeted cases -------------------------------------------------------------------------------
 
 /** A log whose single (active) segment holds `appends` batches of ~1 MB each, abandoned without close. */
-/** Small batchBytesMax keeps flushBytesMax (the torn-write window at the tail) at its floor of 8 + 2 MiB. */
+/** Small batchBytesMax keeps flushBytesMax (the torn-write window at the tail: two pipelined flushes) at its floor of 2 × (8 + 2) MiB. */
 const BIG_OPTS: LogOptions = { segmentBytesMax: 512 * 1024 * 1024, recordBytesMax: 64 * 1024, batchBytesMax: 2 * 1024 * 1024 };
 
 async function bigActive(appends: number): Promise<{ storage: FaultyStorage; batchBytes: number; perBatch: number }> {
@@ -400,8 +400,8 @@ async function bigActive(appends: number): Promise<{ storage: FaultyStorage; bat
 
 describe('active segment corruption with valid data after it', () => {
   it('refuses to open by default (SPOOL_ERR_CORRUPT); with repair it truncates and reports lostRange', async () => {
-    // Proves corruption ≠ torn write: a flip in batch 2 of 14 (≈12 MB of valid batches after it, beyond the 10 MiB torn-write window) blocks open, and repair cuts there and reports every lost offset.
-    const appends = 14;
+    // Proves corruption ≠ torn write: a flip in batch 2 of 26 (≈24 MB of valid batches after it, beyond the 20 MiB torn-write window) blocks open, and repair cuts there and reports every lost offset.
+    const appends = 26;
     const { storage, batchBytes, perBatch } = await bigActive(appends);
     const seg = `${DIR}/00000000000000000000.log`;
     const badBatch = 2;

@@ -39,6 +39,8 @@ function die(err) {
 }
 process.on('uncaughtException', die);
 process.on('unhandledRejection', die);
+// The broker's own timers are unref'd: keep the process alive until it is killed.
+setInterval(() => {}, 1 << 30);
 
 async function open(dataDir) {
   const broker = await Broker.open({ dataDir });
@@ -68,7 +70,6 @@ async function delays(cfg) {
     }
   };
   await Promise.all(Array.from({ length: 50 }, worker));
-  await new Promise(() => {}); // until killed
 }
 
 async function poison(cfg) {
@@ -82,7 +83,6 @@ async function poison(cfg) {
     { group: 'workers', prefetch: 1 },
   );
   await broker.consume('dlq', (msg) => line(`L ${msg.id} ${msg.body.toString()} ${JSON.stringify(msg.headers['x-death'])}`), { group: 'audit' });
-  await new Promise(() => {});
 }
 
 async function replay(cfg) {
@@ -95,7 +95,6 @@ async function replay(cfg) {
     },
   });
   line(`R ${r.replayed} ${r.remaining}`);
-  await new Promise(() => {});
 }
 
 const cfg = JSON.parse(process.argv[2]);

@@ -96,15 +96,17 @@ export interface ChildResult {
 
 /**
  * Runs time-child.mjs with `cfg`. `onLine` sees each complete stdout line and returns true to have
- * the child SIGKILLed at once. Rejects when the child outlives `timeoutMs`.
+ * the child SIGKILLed at once, or a number of ms to kill it that much later. Rejects when the child
+ * outlives `timeoutMs`.
  */
-export function runChild(cfg: Record<string, unknown>, onLine: (line: string) => boolean, timeoutMs = 20_000): Promise<ChildResult> {
+export function runChild(cfg: Record<string, unknown>, onLine: (line: string) => boolean | number, timeoutMs = 20_000): Promise<ChildResult> {
   const env = { ...process.env };
   delete env.NODE_OPTIONS; // vitest's loader hooks are not for the child
   const proc = spawn(process.execPath, [TIME_CHILD, JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'], env });
   live.add(proc);
   const res: ChildResult = { lines: [], ended: '', killedByUs: false, stderr: '' };
   let partial = '';
+  let killTimer: NodeJS.Timeout | null = null;
   const kill = () => {
     if (res.killedByUs) return;
     res.killedByUs = true;
@@ -121,7 +123,10 @@ export function runChild(cfg: Record<string, unknown>, onLine: (line: string) =>
     for (const line of parts) {
       if (line.length === 0) continue;
       res.lines.push(line);
-      if (!res.killedByUs && onLine(line)) kill();
+      if (res.killedByUs || killTimer !== null) continue;
+      const verdict = onLine(line);
+      if (verdict === true || verdict === 0) kill();
+      else if (typeof verdict === 'number') killTimer = setTimeout(kill, verdict);
     }
   });
   proc.stderr!.setEncoding('utf8');
@@ -139,6 +144,7 @@ export function runChild(cfg: Record<string, unknown>, onLine: (line: string) =>
     });
     proc.on('close', (code, signal) => {
       clearTimeout(timer);
+      if (killTimer !== null) clearTimeout(killTimer);
       live.delete(proc);
       res.ended = signal ?? String(code);
       resolve(res);

@@ -14,6 +14,7 @@ import {
   PUBLISH_TO_QUEUE,
   STR16_MAX,
 } from './constants.js';
+import { TextCache, r16, r32, readText, w16, w32, writeText } from './bytes.js';
 import type { FrameWriter } from './frame-writer.js';
 import { fromWireJson, toWireJson } from './wire-json.js';
 
@@ -23,14 +24,21 @@ function protocolError(what: string): SpoolError {
   return new SpoolError('SPOOL_ERR_PROTOCOL', what);
 }
 
-/** Reads fields from a payload in order, failing on any read past its end. */
+/**
+ * Reads fields from a payload in order, failing on any read past its end. Decoding is synchronous
+ * and never nested, so one shared cursor serves every decoder (no allocation per frame).
+ */
 export class PayloadCursor {
   private pos = 0;
+  private buf: Buffer = Buffer.alloc(0);
+  private what = '';
 
-  constructor(
-    private readonly buf: Buffer,
-    private readonly what: string,
-  ) {}
+  reset(buf: Buffer, what: string): this {
+    this.buf = buf;
+    this.what = what;
+    this.pos = 0;
+    return this;
+  }
 
   private need(n: number): number {
     const at = this.pos;
@@ -43,28 +51,39 @@ export class PayloadCursor {
     return this.buf[this.need(1)] as number;
   }
   u16(): number {
-    return this.buf.readUInt16LE(this.need(2));
+    return r16(this.buf, this.need(2));
   }
   u32(): number {
-    return this.buf.readUInt32LE(this.need(4));
+    return r32(this.buf, this.need(4));
   }
   /** u64 restricted to safe integers (§ intro). */
   u64(): number {
     const at = this.need(8);
-    const lo = this.buf.readUInt32LE(at);
-    const hi = this.buf.readUInt32LE(at + 4);
+    const lo = r32(this.buf, at);
+    const hi = r32(this.buf, at + 4);
     if (hi > 0x1f_ffff) throw protocolError(`${this.what}: a u64 field exceeds 2^53`);
     return hi * 0x1_0000_0000 + lo;
   }
   str16(): string {
     const n = this.u16();
     const at = this.need(n);
-    return this.buf.toString('utf8', at, at + n);
+    return readText(this.buf, at, at + n);
   }
   str32(): string {
     const n = this.u32();
     const at = this.need(n);
-    return this.buf.toString('utf8', at, at + n);
+    return readText(this.buf, at, at + n);
+  }
+  /** A str16 that usually repeats (a name): decoded through `cache`. */
+  str16Cached(cache: TextCache): string {
+    const n = this.u16();
+    const at = this.need(n);
+    return cache.read(this.buf, at, at + n);
+  }
+  str32Cached(cache: TextCache): string {
+    const n = this.u32();
+    const at = this.need(n);
+    return cache.read(this.buf, at, at + n);
   }
   /** A u32-prefixed wire JSON value, or undefined when the length is 0. */
   json32(): unknown {
@@ -88,6 +107,13 @@ export class PayloadCursor {
   }
 }
 
+const shared = new PayloadCursor();
+
+/** The shared cursor, positioned at the start of `payload`. */
+export function cursor(payload: Buffer, what: string): PayloadCursor {
+  return shared.reset(payload, what);
+}
+
 function parseJson(text: string, what: string): unknown {
   try {
     return fromWireJson(text);
@@ -97,16 +123,16 @@ function parseJson(text: string, what: string): unknown {
 }
 
 function writeU64(buf: Buffer, at: number, v: number): void {
-  buf.writeUInt32LE(v % 0x1_0000_0000, at);
-  buf.writeUInt32LE(Math.floor(v / 0x1_0000_0000), at + 4);
+  w32(buf, at, v % 0x1_0000_0000);
+  w32(buf, at + 4, Math.floor(v / 0x1_0000_0000));
 }
 
 /** Writes a str16/str32 body whose byte length the caller measured; returns the next offset. */
 function writeStr(buf: Buffer, at: number, s: string, bytes: number, prefix: 2 | 4): number {
-  if (prefix === 2) buf.writeUInt16LE(bytes, at);
-  else buf.writeUInt32LE(bytes, at);
+  if (prefix === 2) w16(buf, at, bytes);
+  else w32(buf, at, bytes);
   at += prefix;
-  if (bytes > 0) buf.write(s, at, bytes, 'utf8');
+  writeText(buf, at, s, bytes);
   return at + bytes;
 }
 
@@ -155,7 +181,7 @@ export function encodeWelcome(w: FrameWriter, welcome: Welcome): void {
 }
 
 export function decodeWelcome(payload: Buffer): Welcome {
-  const c = new PayloadCursor(payload, 'WELCOME');
+  const c = cursor(payload, 'WELCOME');
   const version = c.u8();
   if (version !== PROTOCOL_VERSION) throw protocolError(`server speaks protocol version ${version}, this client ${PROTOCOL_VERSION}`);
   const o = parseJson(c.restText(), 'WELCOME') as Partial<Welcome> | null;
@@ -227,7 +253,7 @@ export function encodeError(w: FrameWriter, requestId: number, err: WireError): 
 }
 
 export function decodeError(payload: Buffer): WireError {
-  const c = new PayloadCursor(payload, 'ERROR');
+  const c = cursor(payload, 'ERROR');
   const code = c.str16();
   return { code, message: c.restText() };
 }
@@ -281,12 +307,15 @@ export function encodePublish(
   writeStr(b, p, optionsJson, optBytes, 4);
 }
 
+const publishTargets = new TextCache();
+const publishKeys = new TextCache();
+
 export function decodePublish(payload: Buffer): PublishFrame {
-  const c = new PayloadCursor(payload, 'PUBLISH');
+  const c = cursor(payload, 'PUBLISH');
   const flags = c.u8();
   if ((flags & ~(PUBLISH_TO_QUEUE | PUBLISH_MANDATORY)) !== 0) throw protocolError(`PUBLISH has unknown flags ${flags}`);
-  const target = c.str16();
-  const routingKey = c.str32();
+  const target = c.str16Cached(publishTargets);
+  const routingKey = c.str32Cached(publishKeys);
   const id = c.str16();
   if (id.length === 0) throw protocolError('PUBLISH has an empty id');
   const options = c.json32();
@@ -310,14 +339,14 @@ export function encodeConfirm(w: FrameWriter, requestId: number, status: Confirm
   const at = w.begin(FrameType.CONFIRM, requestId, bytes + extraBytes);
   const b = w.buf;
   b[at] = CONFIRM_STATUSES.indexOf(status);
-  b.writeUInt16LE(queues.length, at + 1);
+  w16(b, at + 1, queues.length);
   let p = at + 3;
   for (const q of queues) p = writeStr(b, p, q, Buffer.byteLength(q), 2);
   writeStr(b, p, extraJson, extraBytes, 4);
 }
 
 export function decodeConfirm(payload: Buffer): { status: ConfirmStatus; queues: string[]; extra: Record<string, unknown> | undefined } {
-  const c = new PayloadCursor(payload, 'CONFIRM');
+  const c = cursor(payload, 'CONFIRM');
   const status = CONFIRM_STATUSES[c.u8()];
   if (status === undefined) throw protocolError('CONFIRM has an unknown status');
   const n = c.u16();
@@ -331,58 +360,80 @@ export function decodeConfirm(payload: Buffer): { status: ConfirmStatus; queues:
 
 // --- DELIVERY ---
 
-export interface DeliveryMeta {
-  consumerId: number;
-  tag: number;
-  offset: number;
-  timestamp: number;
-  deliveryId: number;
-  deliveryCount: number;
-  id: string;
-  exchange: string;
-  routingKey: string;
-}
-
-/** `headersJson` is '' when the message has no user headers. */
-export function encodeDelivery(w: FrameWriter, m: DeliveryMeta, headersJson: string, body: Buffer): void {
-  const idBytes = byteLength16(m.id, 'id');
-  const exBytes = byteLength16(m.exchange, 'exchange name');
-  const keyBytes = Buffer.byteLength(m.routingKey);
+/**
+ * Encodes a DELIVERY (fields as arguments: no object per message). `headersJson` is '' when the
+ * message has no user headers.
+ */
+export function encodeDelivery(
+  w: FrameWriter,
+  consumerId: number,
+  tag: number,
+  offset: number,
+  timestamp: number,
+  deliveryId: number,
+  deliveryCount: number,
+  id: string,
+  exchange: string,
+  routingKey: string,
+  headersJson: string,
+  body: Buffer,
+): void {
+  const idBytes = byteLength16(id, 'id');
+  const exBytes = byteLength16(exchange, 'exchange name');
+  const keyBytes = Buffer.byteLength(routingKey);
   const hBytes = headersJson.length === 0 ? 0 : Buffer.byteLength(headersJson);
   const head = 36 + 2 + idBytes + 2 + exBytes + 4 + keyBytes + 4 + hBytes;
   const at = w.beginWithBody(FrameType.DELIVERY, 0, head, body);
   const b = w.buf;
-  b.writeUInt32LE(m.consumerId, at);
-  b.writeUInt32LE(m.tag, at + 4);
-  writeU64(b, at + 8, m.offset);
-  writeU64(b, at + 16, m.timestamp);
-  writeU64(b, at + 24, m.deliveryId);
-  b.writeUInt32LE(m.deliveryCount, at + 32);
-  let p = writeStr(b, at + 36, m.id, idBytes, 2);
-  p = writeStr(b, p, m.exchange, exBytes, 2);
-  p = writeStr(b, p, m.routingKey, keyBytes, 4);
+  w32(b, at, consumerId);
+  w32(b, at + 4, tag);
+  writeU64(b, at + 8, offset);
+  writeU64(b, at + 16, timestamp);
+  writeU64(b, at + 24, deliveryId);
+  w32(b, at + 32, deliveryCount);
+  let p = writeStr(b, at + 36, id, idBytes, 2);
+  p = writeStr(b, p, exchange, exBytes, 2);
+  p = writeStr(b, p, routingKey, keyBytes, 4);
   writeStr(b, p, headersJson, hBytes, 4);
 }
 
-export interface DeliveryFrame extends DeliveryMeta {
-  headers: Record<string, unknown> | undefined;
-  body: Buffer;
+/** The consumer a DELIVERY is for, read before decoding the rest (the consumer decides what to build). */
+export function deliveryConsumerId(payload: Buffer): number {
+  if (payload.length < 4) throw protocolError('DELIVERY payload is truncated');
+  return r32(payload, 0);
 }
 
-export function decodeDelivery(payload: Buffer): DeliveryFrame {
-  const c = new PayloadCursor(payload, 'DELIVERY');
-  const consumerId = c.u32();
+export type DeliveryBuilder<T> = (
+  tag: number,
+  offset: number,
+  timestamp: number,
+  deliveryId: number,
+  deliveryCount: number,
+  id: string,
+  exchange: string,
+  routingKey: string,
+  headers: Record<string, unknown> | undefined,
+  body: Buffer,
+) => T;
+
+const deliveryExchanges = new TextCache();
+const deliveryKeys = new TextCache();
+
+/** Decodes a DELIVERY straight into what `build` makes of its fields. */
+export function decodeDelivery<T>(payload: Buffer, build: DeliveryBuilder<T>): T {
+  const c = cursor(payload, 'DELIVERY');
+  c.u32(); // consumer id: deliveryConsumerId
   const tag = c.u32();
   const offset = c.u64();
   const timestamp = c.u64();
   const deliveryId = c.u64();
   const deliveryCount = c.u32();
   const id = c.str16();
-  const exchange = c.str16();
-  const routingKey = c.str32();
+  const exchange = c.str16Cached(deliveryExchanges);
+  const routingKey = c.str32Cached(deliveryKeys);
   const headers = c.json32();
   if (headers !== undefined && (headers === null || typeof headers !== 'object' || Array.isArray(headers))) throw protocolError('DELIVERY headers must be an object');
-  return { consumerId, tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers: headers as Record<string, unknown> | undefined, body: c.rest() };
+  return build(tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers as Record<string, unknown> | undefined, c.rest());
 }
 
 // --- ACK / NACK / DONE / CREDIT ---
@@ -393,7 +444,7 @@ export function encodeAck(w: FrameWriter, requestId: number, tag: number): void 
 }
 
 export function decodeAck(payload: Buffer): number {
-  const c = new PayloadCursor(payload, 'ACK');
+  const c = cursor(payload, 'ACK');
   const tag = c.u32();
   c.end();
   return tag;
@@ -406,7 +457,7 @@ export function encodeNack(w: FrameWriter, requestId: number, tag: number, reque
 }
 
 export function decodeNack(payload: Buffer): { tag: number; requeue: boolean } {
-  const c = new PayloadCursor(payload, 'NACK');
+  const c = cursor(payload, 'NACK');
   const tag = c.u32();
   const flags = c.u8();
   c.end();
@@ -414,21 +465,58 @@ export function decodeNack(payload: Buffer): { tag: number; requeue: boolean } {
   return { tag, requeue: (flags & NACK_REQUEUE) !== 0 };
 }
 
-export function encodeDone(w: FrameWriter, tag: number, failure: string | null): void {
-  const msgBytes = failure === null ? 0 : Buffer.byteLength(failure);
-  const at = w.begin(FrameType.DONE, 0, 5 + msgBytes);
-  w.buf.writeUInt32LE(tag, at);
-  w.buf[at + 4] = failure === null ? 0 : 1;
-  if (msgBytes > 0) w.buf.write(failure as string, at + 5, msgBytes, 'utf8');
+/** One DONE entry: a handler's outcome (failure text, or null on success). */
+export interface DoneEntry {
+  tag: number;
+  failure: string | null;
 }
 
-export function decodeDone(payload: Buffer): { tag: number; failure: string | null } {
-  const c = new PayloadCursor(payload, 'DONE');
-  const tag = c.u32();
-  const outcome = c.u8();
-  if (outcome > 1) throw protocolError(`DONE has unknown outcome ${outcome}`);
-  const text = c.restText();
-  return { tag, failure: outcome === 0 ? null : text };
+/** §3 DONE: the failure text is cut to fit its u16 length. */
+const DONE_TEXT_BYTES_MAX = 1024;
+
+/** Encodes one DONE frame carrying every entry gathered during an event-loop turn. */
+export function encodeDone(w: FrameWriter, entries: readonly DoneEntry[]): void {
+  let bytes = 0;
+  const texts: (Buffer | null)[] = new Array(entries.length);
+  for (let i = 0; i < entries.length; i++) {
+    const f = (entries[i] as DoneEntry).failure;
+    const t = f === null ? null : Buffer.from(f).subarray(0, DONE_TEXT_BYTES_MAX);
+    texts[i] = t;
+    bytes += 7 + (t === null ? 0 : t.length);
+  }
+  const at = w.begin(FrameType.DONE, 0, bytes);
+  const b = w.buf;
+  let p = at;
+  for (let i = 0; i < entries.length; i++) {
+    const t = texts[i] as Buffer | null;
+    w32(b, p, (entries[i] as DoneEntry).tag);
+    b[p + 4] = t === null ? 0 : 1;
+    w16(b, p + 5, t === null ? 0 : t.length);
+    p += 7;
+    if (t !== null) {
+      t.copy(b, p);
+      p += t.length;
+    }
+  }
+}
+
+/** Calls `each` for every entry of a DONE frame, in order (validating the whole frame first). */
+export function decodeDone(payload: Buffer, each: (tag: number, failure: string | null) => void): void {
+  const end = payload.length;
+  for (let p = 0; p < end; ) {
+    if (p + 7 > end) throw protocolError('DONE payload is truncated');
+    const outcome = payload[p + 4] as number;
+    const n = r16(payload, p + 5);
+    if (outcome > 1 || (outcome === 0 && n !== 0)) throw protocolError(`DONE has a bad entry (outcome ${outcome}, ${n} bytes of text)`);
+    p += 7 + n;
+    if (p > end) throw protocolError('DONE payload is truncated');
+  }
+  for (let p = 0; p < end; ) {
+    const tag = r32(payload, p);
+    const n = r16(payload, p + 5);
+    each(tag, payload[p + 4] === 0 ? null : payload.toString('utf8', p + 7, p + 7 + n));
+    p += 7 + n;
+  }
 }
 
 export function encodeCredit(w: FrameWriter, consumerId: number, count: number): void {
@@ -438,7 +526,7 @@ export function encodeCredit(w: FrameWriter, consumerId: number, count: number):
 }
 
 export function decodeCredit(payload: Buffer): { consumerId: number; count: number } {
-  const c = new PayloadCursor(payload, 'CREDIT');
+  const c = cursor(payload, 'CREDIT');
   const consumerId = c.u32();
   const count = c.u32();
   c.end();

@@ -5,6 +5,7 @@
  * bytes are in, so an oversized frame is refused before any of it is buffered.
  */
 import { SpoolError } from '../../errors.js';
+import { r32 } from './bytes.js';
 import { FRAME_HEADER_BYTES, FRAME_LENGTH_MIN } from './constants.js';
 
 /** Called once per complete frame. `payload` is a view valid for as long as the caller keeps it. */
@@ -58,7 +59,7 @@ export class FrameReader {
     let pos = 0;
     const end = buf.length;
     while (end - pos >= 4 && !this.failed) {
-      const length = buf.readUInt32LE(pos);
+      const length = r32(buf, pos);
       if (length < FRAME_LENGTH_MIN || length > this.maxFrameBytes) {
         throw new SpoolError('SPOOL_ERR_PROTOCOL', `frame length ${length} is outside ${FRAME_LENGTH_MIN}..${this.maxFrameBytes}`);
       }
@@ -68,7 +69,7 @@ export class FrameReader {
         return;
       }
       const type = buf[pos + 4] as number;
-      const requestId = buf.readUInt32LE(pos + 5);
+      const requestId = r32(buf, pos + 5);
       this.onFrame(type, requestId, buf.subarray(pos + FRAME_HEADER_BYTES, frameEnd));
       pos = frameEnd;
     }

@@ -9,6 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
+import { w32 } from './bytes.js';
 import { FRAME_HEADER_BYTES, FRAME_LENGTH_MIN } from './constants.js';
 
 const CHUNK_BYTES = 64 * 1024;
@@ -27,6 +28,8 @@ export class FrameWriter {
   private scheduled = false;
   private closed = false;
   private readonly flushBound = () => this.flush();
+  /** Called at the start of every flush: the last chance to add frames gathered during the turn (batched DONE/CREDIT). */
+  beforeFlush: (() => void) | null = null;
 
   constructor(private readonly socket: Socket) {}
 
@@ -75,6 +78,10 @@ export class FrameWriter {
 
   /** Writes everything gathered so far now (normally it happens once per event-loop turn). */
   flush(): void {
+    if (this.beforeFlush !== null && !this.closed) {
+      this.scheduled = true; // frames added now go out with this flush, not the next turn's
+      this.beforeFlush();
+    }
     this.scheduled = false;
     this.cut();
     if (this.out.length === 0) return;
@@ -102,9 +109,9 @@ export class FrameWriter {
   private header(at: number, type: number, requestId: number, length: number): void {
     assert(length <= 0xffff_ffff && requestId >= 0 && requestId <= 0xffff_ffff, 'frame header fields fit their u32s');
     const b = this.buf;
-    b.writeUInt32LE(length, at);
+    w32(b, at, length);
     b[at + 4] = type;
-    b.writeUInt32LE(requestId, at + 5);
+    w32(b, at + 5, requestId);
   }
 
   /** Makes room for `bytes` contiguous bytes at `pos`, moving to a new chunk if needed. */
@@ -125,7 +132,8 @@ export class FrameWriter {
     }
   }
 
-  private schedule(): void {
+  /** Makes sure a flush runs this turn (for frames that `beforeFlush` will add). */
+  schedule(): void {
     if (this.scheduled || this.closed) return;
     this.scheduled = true;
     setImmediate(this.flushBound);

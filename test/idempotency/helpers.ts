@@ -1,0 +1,114 @@
+// Shared plumbing of the idempotency store tests: temp dirs, a hand-moved clock, stores that are
+// always closed, and a check that the compiled library a child process imports is fresh.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { IdempotencyStore, type IdempotencyStoreOptions } from '../../src/idempotency/index.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const REPO_ROOT = path.resolve(here, '..', '..');
+export const DIST_IDEMPOTENCY = path.join(REPO_ROOT, 'dist', 'src', 'idempotency', 'index.js');
+
+export const T0 = 1_700_000_000_000;
+export const HOUR = 3_600_000;
+export const DAY = 24 * HOUR;
+
+export interface FakeClock {
+  t: number;
+  now(): number;
+  advance(ms: number): void;
+}
+
+export function fakeClock(start = T0): FakeClock {
+  const c: FakeClock = {
+    t: start,
+    now: () => c.t,
+    advance: (ms) => {
+      c.t += ms;
+    },
+  };
+  return c;
+}
+
+/** Owns temp dirs and stores; `cleanup()` (afterEach) closes what is still open and removes the dirs. */
+export class StoreHarness {
+  private readonly dirs: string[] = [];
+  private readonly open = new Set<IdempotencyStore>();
+
+  dir(prefix = 'spool-idem-'): string {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    this.dirs.push(d);
+    return d;
+  }
+
+  /** Opens a store with maintenance left to the test (maintenanceIntervalMs 0) unless asked otherwise. */
+  async openStore(options: Partial<IdempotencyStoreOptions> = {}): Promise<IdempotencyStore> {
+    const s = await IdempotencyStore.open({ maintenanceIntervalMs: 0, ...options, dir: options.dir ?? this.dir() });
+    this.open.add(s);
+    return s;
+  }
+
+  async close(s: IdempotencyStore): Promise<void> {
+    this.open.delete(s);
+    await s.close();
+  }
+
+  async reopen(s: IdempotencyStore, options: Partial<IdempotencyStoreOptions> = {}): Promise<IdempotencyStore> {
+    await this.close(s);
+    return this.openStore({ ...options, dir: s.dir });
+  }
+
+  /** Forgets a store without closing it (a simulated crash of an in-memory storage). */
+  forget(s: IdempotencyStore): void {
+    this.open.delete(s);
+  }
+
+  async cleanup(): Promise<void> {
+    for (const s of [...this.open]) {
+      this.open.delete(s);
+      await s.close().catch(() => {});
+    }
+    for (const d of this.dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+  }
+}
+
+/** Files of a store directory by kind. */
+export function listStore(dir: string): { journals: string[]; tables: string[]; other: string[] } {
+  const out = { journals: [] as string[], tables: [] as string[], other: [] as string[] };
+  for (const n of fs.readdirSync(dir).sort()) {
+    if (n.endsWith('.jnl')) out.journals.push(n);
+    else if (n.endsWith('.tbl')) out.tables.push(n);
+    else out.other.push(n);
+  }
+  return out;
+}
+
+/** Throws when the compiled store a child process imports is missing or older than its sources. */
+export function assertDistFresh(): void {
+  const build = 'run `npx tsc -p tsconfig.json` first (npm test does this before vitest)';
+  if (!fs.existsSync(DIST_IDEMPOTENCY)) throw new Error(`${path.relative(REPO_ROOT, DIST_IDEMPOTENCY)} is missing: the crash test's child process imports the compiled store; ${build}`);
+  const sources = [path.join('src', 'errors.ts')];
+  for (const sub of ['idempotency', 'log', 'broker']) {
+    for (const n of fs.readdirSync(path.join(REPO_ROOT, 'src', sub))) if (n.endsWith('.ts') && !n.endsWith('.d.ts')) sources.push(path.join('src', sub, n));
+  }
+  for (const src of sources) {
+    const out = path.join(REPO_ROOT, 'dist', src.replace(/\.ts$/, '.js'));
+    const outTime = fs.existsSync(out) ? fs.statSync(out).mtimeMs : -1;
+    if (outTime < fs.statSync(path.join(REPO_ROOT, src)).mtimeMs) {
+      throw new Error(`${path.relative(REPO_ROOT, out)} is missing or older than ${src}: the child would run stale code; ${build}`);
+    }
+  }
+}
+
+/** A small seeded PRNG (mulberry32), so failures can be replayed from the printed seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -1,0 +1,226 @@
+// Proves the wire layer by itself: every frame encodes and decodes to the same fields, frames split at any byte boundary reassemble, bad lengths are refused early, writes are batched per tick, and URLs parse.
+import { describe, expect, it } from 'vitest';
+import type { Socket } from 'node:net';
+import { parseBrokerUrl } from '../../src/client/url.js';
+import { isSpoolError } from '../../src/errors.js';
+import * as codec from '../../src/server/wire/codec.js';
+import { FrameType, MAX_FRAME_BYTES_DEFAULT } from '../../src/server/wire/constants.js';
+import { FrameReader } from '../../src/server/wire/frame-reader.js';
+import { FrameWriter, ZERO_COPY_BODY_BYTES } from '../../src/server/wire/frame-writer.js';
+import { fromWireJson, toWireJson, trimArgs } from '../../src/server/wire/wire-json.js';
+
+/** A socket stand-in that records what is written to it. */
+function fakeSocket() {
+  const writes: Buffer[] = [];
+  let corks = 0;
+  const s = {
+    destroyed: false,
+    writableLength: 0,
+    write(b: Buffer) {
+      writes.push(Buffer.from(b));
+      return true;
+    },
+    cork() {
+      corks++;
+    },
+    uncork() {},
+  };
+  return { socket: s as unknown as Socket, writes, corks: () => corks };
+}
+
+/** Encodes with `encode`, then parses the bytes back into frames. */
+function roundTrip(encode: (w: FrameWriter) => void): { type: number; requestId: number; payload: Buffer }[] {
+  const { socket, writes } = fakeSocket();
+  const w = new FrameWriter(socket);
+  encode(w);
+  w.flush();
+  const frames: { type: number; requestId: number; payload: Buffer }[] = [];
+  const r = new FrameReader(MAX_FRAME_BYTES_DEFAULT, (type, requestId, payload) => frames.push({ type, requestId, payload: Buffer.from(payload) }));
+  for (const b of writes) r.push(b);
+  expect(r.midFrame).toBe(false);
+  return frames;
+}
+
+function one(encode: (w: FrameWriter) => void) {
+  const frames = roundTrip(encode);
+  expect(frames.length).toBe(1);
+  return frames[0] as { type: number; requestId: number; payload: Buffer };
+}
+
+describe('codec', () => {
+  it('PUBLISH carries every field, for string, small and large (zero-copy) bodies', () => {
+    const bodies: (string | Buffer)[] = ['héllo ✓', Buffer.from([0, 1, 2, 255]), Buffer.alloc(ZERO_COPY_BODY_BYTES + 7, 0xab), ''];
+    for (const body of bodies) {
+      const f = one((w) => codec.encodePublish(w, 42, 0x02, 'orders', 'order.créé', 'id-1', toWireJson({ headers: { a: 1 }, deliverAt: new Date(5) }), body));
+      expect(f.type).toBe(FrameType.PUBLISH);
+      expect(f.requestId).toBe(42);
+      const p = codec.decodePublish(f.payload);
+      expect(p).toMatchObject({ toQueue: false, mandatory: true, target: 'orders', routingKey: 'order.créé', id: 'id-1' });
+      expect(p.options).toEqual({ headers: { a: 1 }, deliverAt: new Date(5) });
+      expect(p.body.equals(Buffer.from(body))).toBe(true);
+    }
+    const noOpts = codec.decodePublish(one((w) => codec.encodePublish(w, 1, 0x01, 'q', '', 'x', '', 'b')).payload);
+    expect(noOpts).toMatchObject({ toQueue: true, mandatory: false, options: undefined });
+  });
+
+  it('DELIVERY, CONFIRM, ERROR, ACK, NACK, DONE, CREDIT, HELLO, WELCOME, REQUEST and RESPONSE round-trip', () => {
+    const meta = { consumerId: 7, tag: 0xfffffffe, offset: 2 ** 40 + 3, timestamp: 1_700_000_000_123, deliveryId: 99, deliveryCount: 3, id: 'm', exchange: 'ex', routingKey: 'a.b' };
+    const encodeMeta = (w: FrameWriter, headersJson: string, body: Buffer) =>
+      codec.encodeDelivery(w, meta.consumerId, meta.tag, meta.offset, meta.timestamp, meta.deliveryId, meta.deliveryCount, meta.id, meta.exchange, meta.routingKey, headersJson, body);
+    const asObject: codec.DeliveryBuilder<Record<string, unknown>> = (tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers, body) => ({
+      tag,
+      offset,
+      timestamp,
+      deliveryId,
+      deliveryCount,
+      id,
+      exchange,
+      routingKey,
+      headers,
+      body: body.toString(),
+    });
+    const payload = one((w) => encodeMeta(w, '{"h":[1]}', Buffer.from('body'))).payload;
+    expect(codec.deliveryConsumerId(payload)).toBe(7);
+    const { consumerId: _c, ...fields } = meta;
+    expect(codec.decodeDelivery(payload, asObject)).toEqual({ ...fields, headers: { h: [1] }, body: 'body' });
+    expect(codec.decodeDelivery(one((w) => encodeMeta(w, '', Buffer.alloc(0))).payload, asObject).headers).toBeUndefined();
+
+    expect(codec.decodeConfirm(one((w) => codec.encodeConfirm(w, 5, 'duplicate', ['a', 'b'], '')).payload)).toEqual({ status: 'duplicate', queues: ['a', 'b'], extra: undefined });
+    expect(codec.decodeConfirm(one((w) => codec.encodeConfirm(w, 5, 'confirmed', [], '{"deliverAt":5}')).payload).extra).toEqual({ deliverAt: 5 });
+    expect(codec.decodeError(one((w) => codec.encodeError(w, 9, { code: 'SPOOL_ERR_NOT_FOUND', message: 'no queue ü' })).payload)).toEqual({ code: 'SPOOL_ERR_NOT_FOUND', message: 'no queue ü' });
+    expect(codec.decodeAck(one((w) => codec.encodeAck(w, 3, 77)).payload)).toBe(77);
+    expect(codec.decodeNack(one((w) => codec.encodeNack(w, 0, 78, true)).payload)).toEqual({ tag: 78, requeue: true });
+    const done: [number, string | null][] = [];
+    codec.decodeDone(
+      one((w) => codec.encodeDone(w, [{ tag: 79, failure: null }, { tag: 80, failure: 'bad ✗' }, { tag: 81, failure: '' }])).payload,
+      (tag, failure) => done.push([tag, failure]),
+    );
+    expect(done).toEqual([
+      [79, null],
+      [80, 'bad ✗'],
+      [81, ''],
+    ]);
+    expect(codec.decodeCredit(one((w) => codec.encodeCredit(w, 4, 10)).payload)).toEqual({ consumerId: 4, count: 10 });
+    expect(codec.decodeHello(one((w) => codec.encodeHello(w, { token: 't', client: 'c' })).payload)).toEqual({ token: 't', client: 'c' });
+    expect(codec.decodeWelcome(one((w) => codec.encodeWelcome(w, { heartbeatMs: 100, maxFrameBytes: 1 << 20 })).payload)).toEqual({ heartbeatMs: 100, maxFrameBytes: 1 << 20 });
+    const json = codec.requestJson({ op: 'bindQueue', args: trimArgs(['q', undefined, 'p', undefined]) });
+    expect(codec.decodeRequest(one((w) => codec.encodeRequest(w, 8, json)).payload)).toEqual({ op: 'bindQueue', args: ['q', undefined, 'p'] });
+    expect(codec.decodeResponse(one((w) => codec.encodeResponse(w, 8, { at: new Date(3) })).payload)).toEqual({ at: new Date(3) });
+    expect(one((w) => codec.encodeResponse(w, 8, undefined)).payload.length).toBe(0);
+  });
+
+  it('decoders refuse truncated or malformed payloads with SPOOL_ERR_PROTOCOL', () => {
+    const publish = one((w) => codec.encodePublish(w, 1, 0, 'ex', 'rk', 'id', '{"a":1}', 'body')).payload;
+    for (let cut = 0; cut < publish.length - 4; cut++) {
+      // Every cut before the body loses a field; cuts inside the body are just a shorter body.
+      expect(() => codec.decodePublish(publish.subarray(0, cut)), `cut at ${cut}`).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    }
+    const bad = [
+      () => codec.decodeRequest(Buffer.from('{not json')),
+      () => codec.decodeRequest(Buffer.from('[1,2]')),
+      () => codec.decodeRequest(Buffer.from('{"op":1,"args":[]}')),
+      () => codec.decodeRequest(Buffer.from('{"op":"x","args":{}}')),
+      () => codec.decodeHello(Buffer.from('XXXX\u0001{}')),
+      () => codec.decodeHello(Buffer.from('SPMQ\u0009{}')),
+      () => codec.decodeHello(Buffer.from('SPMQ\u0001{"token":5}')),
+      () => codec.decodeAck(Buffer.alloc(3)),
+      () => codec.decodeAck(Buffer.alloc(5)),
+      () => codec.decodeNack(Buffer.from([1, 0, 0, 0, 0x80])),
+      () => codec.decodeConfirm(Buffer.from([9, 0, 0, 0, 0, 0, 0])),
+      () => codec.decodePublish(Buffer.from([0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+    ];
+    for (const f of bad) expect(f).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    const noop = () => {};
+    expect(() => codec.decodeDone(Buffer.from([1, 0, 0, 0, 0, 1, 0]), noop)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    expect(() => codec.decodeDone(Buffer.from([1, 0, 0, 0, 1, 9, 0, 0x61]), noop)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    // A u64 beyond 2^53 is refused rather than rounded.
+    const d = Buffer.from(one((w) => codec.encodeDelivery(w, 1, 1, 1, 1, 1, 1, 'i', '', '', '', Buffer.alloc(0))).payload);
+    d.writeUInt32LE(0x0020_0000, 12);
+    expect(() => codec.decodeDelivery(d, () => null)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+  });
+});
+
+describe('FrameReader', () => {
+  it('reassembles frames split at every byte boundary, and in one chunk', () => {
+    const { socket, writes } = fakeSocket();
+    const w = new FrameWriter(socket);
+    for (let i = 0; i < 5; i++) codec.encodePublish(w, i + 1, 0, 'ex', `k${i}`, `id${i}`, '', Buffer.alloc(i * 300, i));
+    codec.encodeHeartbeat(w);
+    w.flush();
+    const bytes = Buffer.concat(writes);
+    const expected: string[] = [];
+    new FrameReader(1 << 20, (t, r, p) => expected.push(`${t}/${r}/${p.toString('hex')}`)).push(bytes);
+    expect(expected.length).toBe(6);
+    for (let cut = 1; cut < bytes.length; cut += 7) {
+      const got: string[] = [];
+      const reader = new FrameReader(1 << 20, (t, r, p) => got.push(`${t}/${r}/${p.toString('hex')}`));
+      reader.push(bytes.subarray(0, cut));
+      reader.push(bytes.subarray(cut));
+      expect(got, `cut at ${cut}`).toEqual(expected);
+      expect(reader.midFrame).toBe(false);
+    }
+    // Byte by byte.
+    const got: string[] = [];
+    const reader = new FrameReader(1 << 20, (t, r, p) => got.push(`${t}/${r}/${p.toString('hex')}`));
+    for (const byte of bytes) reader.push(Buffer.from([byte]));
+    expect(got).toEqual(expected);
+  });
+
+  it('refuses a length prefix out of range as soon as its four bytes arrive', () => {
+    const frames: number[] = [];
+    const r = new FrameReader(1000, (t) => frames.push(t));
+    const err = (() => {
+      try {
+        r.push(Buffer.from([0xe9, 0x03, 0, 0])); // 1001
+      } catch (e) {
+        return e;
+      }
+      return null;
+    })();
+    expect(isSpoolError(err, 'SPOOL_ERR_PROTOCOL')).toBe(true);
+    // Dead afterwards: nothing more is parsed.
+    r.push(Buffer.from([5, 0, 0, 0, 13, 0, 0, 0, 0]));
+    expect(frames).toEqual([]);
+    expect(() => new FrameReader(1000, () => {}).push(Buffer.from([4, 0, 0, 0, 1]))).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+  });
+});
+
+describe('FrameWriter', () => {
+  it('gathers the frames of one tick into one write, and queues large bodies without copying', async () => {
+    const { socket, writes, corks } = fakeSocket();
+    const w = new FrameWriter(socket);
+    for (let i = 0; i < 1000; i++) codec.encodeConfirm(w, i + 1, 'confirmed', ['q'], '');
+    expect(writes.length).toBe(0);
+    await new Promise((r) => setImmediate(r));
+    expect(writes.length).toBe(1);
+    const big = Buffer.alloc(ZERO_COPY_BODY_BYTES * 2, 7);
+    codec.encodeAck(w, 0, 1);
+    codec.encodePublish(w, 2, 0, 'e', 'k', 'i', '', big);
+    codec.encodeAck(w, 0, 2);
+    w.flush();
+    expect(corks()).toBe(1);
+    expect(writes.length).toBe(4); // head bytes, the body itself, the rest
+    expect(writes[2]?.length).toBe(big.length);
+  });
+});
+
+describe('wire JSON', () => {
+  it('keeps Dates and positional undefineds, refuses functions', () => {
+    expect(fromWireJson(toWireJson({ at: new Date(12), list: [1, undefined, 2] }))).toEqual({ at: new Date(12), list: [1, undefined, 2] });
+    expect(() => toWireJson({ filter: () => true })).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_INVALID_ARGUMENT' }));
+    expect(() => toWireJson({ at: new Date(Number.NaN) })).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_INVALID_ARGUMENT' }));
+    expect(trimArgs(['a', undefined, undefined])).toEqual(['a']);
+  });
+});
+
+describe('broker URLs', () => {
+  it('parses unix, tcp and plain paths', () => {
+    expect(parseBrokerUrl('unix:///tmp/x/spool.sock')).toEqual({ kind: 'unix', path: '/tmp/x/spool.sock' });
+    expect(parseBrokerUrl('tcp://127.0.0.1:5679?token=s3cret')).toEqual({ kind: 'tcp', host: '127.0.0.1', port: 5679, token: 's3cret' });
+    expect(parseBrokerUrl('tcp://[::1]:80')).toEqual({ kind: 'tcp', host: '::1', port: 80 });
+    expect(parseBrokerUrl('/tmp/none/spool.sock')).toEqual({ kind: 'unix', path: '/tmp/none/spool.sock' });
+    // A directory means the socket inside it (a data dir).
+    expect(parseBrokerUrl('/tmp')).toEqual({ kind: 'unix', path: '/tmp/spool.sock' });
+    for (const bad of ['', 'http://x', 'tcp://host', 'tcp://:80', 'unix://']) expect(() => parseBrokerUrl(bad), bad).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_INVALID_ARGUMENT' }));
+  });
+});
