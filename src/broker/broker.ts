@@ -282,7 +282,8 @@ export class Broker extends EventEmitter<BrokerEvents> {
     const routingKey = queue.options.deadLetterRoutingKey ?? route.routingKey;
     // Cycle rule (RabbitMQ): a target queue the message already died in, with no rejection in the chain.
     const rejectedInChain = reason === 'rejected' || deaths.some((d) => d.reason === 'rejected');
-    const targets = this.route(dlx, routingKey).filter((t) => rejectedInChain || !deaths.some((d) => d.queue === t));
+    // The queue it dies in now counts too: A dead-lettering straight back into A is a cycle.
+    const targets = this.route(dlx, routingKey).filter((t) => rejectedInChain || (t !== queue.name && !deaths.some((d) => d.queue === t)));
     const same = deaths.find((d) => d.queue === queue.name && d.reason === reason);
     const entry: DeathRecord = {
       reason,
@@ -762,6 +763,14 @@ export class Broker extends EventEmitter<BrokerEvents> {
     });
     sub.starting(started);
     return sub;
+  }
+
+  /**
+   * Records where a server serving this broker listens, in the data dir's lock, so commands
+   * started later connect to it instead of trying to open the dir. @internal (used by the server)
+   */
+  advertise(serving: { socket?: string; tcp?: string } | undefined): void {
+    this.lock.advertise(serving);
   }
 
   /** Depth, consumers and per-group lag of a queue. */

@@ -26,6 +26,8 @@ const LOOKAHEAD_MS = 2 * BUCKET_MS;
 /** Far buckets kept open for appends at once; the least recently used is closed past this. */
 const OPEN_FAR_BUCKETS_MAX = 32;
 const OFFSET_BITS = 2 ** 28;
+/** Due messages fired at once; the next chunk waits for this one's confirmations. */
+const FIRE_CHUNK = 1024;
 const DIGITS = 15;
 
 interface Bucket {
@@ -58,6 +60,8 @@ export type FireFn = (record: LogRecord) => Promise<void>;
 export class DelayStore {
   private readonly buckets = new Map<number, Bucket>();
   private readonly index = new Map<string, number>();
+  /** The records of loaded (near-future) buckets, so firing reads nothing from disk. */
+  private readonly near = new Map<number, LogRecord>();
   private readonly wheel: TimingWheel<number>;
   private firing = false;
   onError: (err: Error) => void = () => {};
@@ -156,7 +160,13 @@ export class DelayStore {
   /** Puts a bucket's pending messages into the wheel. */
   private async loadIntoWheel(b: Bucket): Promise<void> {
     b.loaded = true;
-    await this.withBucket(b.start, (open) => this.eachPending(open, (r) => this.wheel.schedule(pack(b.start, r.offset), deliverAtOf(r))));
+    await this.withBucket(b.start, (open) =>
+      this.eachPending(open, (r) => {
+        const key = pack(b.start, r.offset);
+        this.near.set(key, r);
+        this.wheel.schedule(key, deliverAtOf(r));
+      }),
+    );
   }
 
   private async eachPending(b: Bucket, visit: (r: LogRecord) => void): Promise<void> {
@@ -184,7 +194,15 @@ export class DelayStore {
       const key = pack(start, offset);
       this.index.set(id, key);
       b.pending++;
-      if (b.loaded) this.wheel.schedule(key, deliverAt);
+      if (b.loaded) {
+        // Near future: keep the record for the fire. Read back (once) rather than rebuilt, so
+        // what fires is exactly what the disk holds.
+        const [r] = await (b.log as Log).read(offset, { maxRecords: 1, maxBytes: 64 * 1024 });
+        if (r !== undefined && r.offset === offset && this.index.get(id) === key) {
+          this.near.set(key, r);
+          this.wheel.schedule(key, deliverAt);
+        }
+      }
       return 'scheduled';
     });
   }
@@ -195,6 +213,7 @@ export class DelayStore {
     if (key === undefined) return false;
     this.index.delete(id);
     this.wheel.cancel(key);
+    this.near.delete(key);
     const { bucketStart, offset } = unpack(key);
     await this.withBucket(bucketStart, (b) => this.markDone(b, offset));
     return true;
@@ -227,7 +246,8 @@ export class DelayStore {
         if (!b.loaded && b.start < now + LOOKAHEAD_MS) await this.loadIntoWheel(b);
       }
       const due = this.wheel.advance(this.clock.now());
-      if (due.length > 0) await Promise.all(due.map((key) => this.fireOne(key)));
+      // Bounded: a burst fires in chunks, each sharing its publishes' and marks' fsyncs.
+      for (let i = 0; i < due.length; i += FIRE_CHUNK) await Promise.all(due.slice(i, i + FIRE_CHUNK).map((key) => this.fireOne(key)));
       // A bucket whose minute has passed and whose messages are all done goes away.
       for (const b of [...this.buckets.values()]) {
         if (b.pending === 0 && b.start + BUCKET_MS <= now && b.opening === null && b.users === 0) await this.destroyBucket(b);
@@ -240,19 +260,28 @@ export class DelayStore {
   private async fireOne(key: number): Promise<void> {
     const { bucketStart, offset } = unpack(key);
     if (!this.buckets.has(bucketStart)) return;
+    let claimed: string | null = null;
     try {
       await this.withBucket(bucketStart, async (b) => {
-        const [r] = await (b.log as Log).read(offset, { maxRecords: 1 });
-        if (r === undefined || r.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
+        let r = this.near.get(key);
+        if (r === undefined) {
+          [r] = await (b.log as Log).read(offset, { maxRecords: 1, maxBytes: 64 * 1024 });
+          if (r === undefined || r.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
+        }
+        this.near.delete(key);
         const id = r.keyText();
         if (this.index.get(id) !== key) return; // cancelled meanwhile
-        await this.fire(r);
+        // Claimed: from here a cancel finds nothing and says so, since the message is on its way.
         this.index.delete(id);
+        claimed = id;
+        await this.fire(r);
         await this.markDone(b, offset);
+        claimed = null;
       });
     } catch (err) {
-      // Not fired: try again shortly rather than lose it.
+      // Not fired: put it back and try again shortly rather than lose it.
       this.onError(err as Error);
+      if (claimed !== null) this.index.set(claimed, key);
       this.wheel.schedule(key, this.clock.now() + 1000);
     }
   }

@@ -57,6 +57,7 @@ export class Queue {
   private unsubscribe: () => void;
   private trimming = false;
   private ttlMarked = false;
+  private ttlMarking: Promise<void> | null = null;
   private expiringHead = false;
   private droppingHead = false;
   private dropHeadTarget = 0;
@@ -203,9 +204,17 @@ export class Queue {
    */
   private async watchExpiry(offset: number, expiresAt: number): Promise<void> {
     if (!this.ttlMarked) {
-      // Durable before it matters: a restart must know to re-arm expiries.
-      await writeFileAtomic(nodeStorage, path.join(this.dir, TTL_MARKER), Buffer.alloc(0));
-      this.ttlMarked = true;
+      // Durable before it matters: a restart must know to re-arm expiries. One write, shared by
+      // concurrent first publishes.
+      this.ttlMarking ??= writeFileAtomic(nodeStorage, path.join(this.dir, TTL_MARKER), Buffer.alloc(0)).then(() => {
+        this.ttlMarked = true;
+      });
+      try {
+        await this.ttlMarking;
+      } catch (err) {
+        this.ttlMarking = null;
+        throw err;
+      }
     }
     this.hooks.schedule(`x\0${this.name}\0${offset}`, expiresAt, () => void this.expireOffset(offset));
   }

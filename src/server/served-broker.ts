@@ -68,12 +68,11 @@ export function brokerMethod(broker: ServedBroker, op: string): ((...args: unkno
 
 /**
  * Records where the server listens in the data dir's LOCK, so `spool` commands find it
- * (docs/protocol.md §5; src/broker/lock.ts). Uses `broker.advertise` when the broker offers it,
- * else the broker's own DirLock. Never writes a LOCK the broker no longer holds.
+ * (docs/protocol.md §5; src/broker/lock.ts) through `broker.advertise`. Never writes a LOCK the
+ * broker no longer holds.
  */
 export function advertise(broker: ServedBroker, serving: { socket?: string; tcp?: string } | undefined, lockPid: () => number | null): void {
-  const b = broker as unknown as { advertise?: (s: typeof serving) => void; lock?: { advertise?: (s: typeof serving) => void } };
+  const b = broker as unknown as { advertise?: (s: typeof serving) => void };
   if (lockPid() !== process.pid) return;
   if (typeof b.advertise === 'function') b.advertise(serving);
-  else if (typeof b.lock?.advertise === 'function') b.lock.advertise(serving);
 }
