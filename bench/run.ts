@@ -23,6 +23,7 @@ import { type ScenarioContext, TARGETS } from './lib/context.js';
 import { BROKER_TARGETS } from './broker.js';
 import { DELAY_SIZES, DELAY_TARGETS, benchDelay } from './delay.js';
 import { REMOTE_SIZES, benchRemote } from './remote.js';
+import { IDEMPOTENCY_SIZES, benchIdempotency } from './idempotency.js';
 import { RAW_DEFAULTS, type RawLimits, measureRawLimits } from './lib/raw-limits.js';
 import {
   MiB,
@@ -127,6 +128,11 @@ export const SCENARIOS: readonly Scenario[] = [
     name: 'remote',
     usesRaw: false,
     run: (ctx, quick, dir) => benchRemote(ctx, { ...REMOTE_SIZES[quick ? 'quick' : 'full'], window: 1000, bodyBytes: 100, dir }),
+  },
+  {
+    name: 'idempotency',
+    usesRaw: false,
+    run: (ctx, quick, dir) => benchIdempotency(ctx, { ...IDEMPOTENCY_SIZES[quick ? 'quick' : 'full'], dir }),
   },
 ];
 

@@ -20,7 +20,7 @@ import { type Clock, type Storage, systemClock, nodeStorage } from '../log/index
 import { readWholeFile, writeFileAtomic } from '../log/storage.js';
 import { Message } from './delivery.js';
 import { type AckMode, type Consumer, type ConsumerOptions, type DeathReason, type Handler, type ResolvedConsumerOptions } from './group.js';
-import { DelayStore, deliverAtOf } from './delay-store.js';
+import { type DelayedRecord, DelayStore, deliverAtOf } from './delay-store.js';
 import { TimingWheel } from './timing-wheel.js';
 import { DirLock } from './lock.js';
 import type { LogRecord } from '../log/index.js';
@@ -160,7 +160,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
     this.sweeper = setInterval(() => this.sweep(), options.sweepIntervalMs ?? 1000);
     this.sweeper.unref();
     this.timers = new TimingWheel<string>({ tickMs: 4, startMs: this.clock.now() });
-    this.ticker = setInterval(() => void this.runTimers(), options.tickIntervalMs ?? 5);
+    this.ticker = setInterval(() => void this.tick(), options.tickIntervalMs ?? 5);
     this.ticker.unref();
   }
 
@@ -217,11 +217,17 @@ export class Broker extends EventEmitter<BrokerEvents> {
   }
 
   /**
-   * Runs what is due: delayed messages, per-message expiries, retries, queue-TTL scans.
-   * Called every few ms by the broker's own interval; tests with a fake clock call it directly.
-   * @internal
+   * Runs what is due now and waits until the delayed messages it fired are routed. Tests with a
+   * fake clock call this after moving the clock. @internal
    */
   async runTimers(): Promise<void> {
+    while (this.ticking) await new Promise((r) => setTimeout(r, 1));
+    await this.tick();
+    await this.delays?.settled();
+  }
+
+  /** Runs what is due: delayed messages, per-message expiries, retries, queue-TTL scans (every few ms). */
+  private async tick(): Promise<void> {
     if (this.ticking || this.closed) return;
     this.ticking = true;
     try {
@@ -315,7 +321,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
   }
 
   /** A delayed message is due: route it now, with a dedupe key so a re-fire after a crash lands once. */
-  private async fireDelayed(r: LogRecord): Promise<void> {
+  private async fireDelayed(r: DelayedRecord): Promise<void> {
     const id = r.keyText();
     const route = routeOf(r);
     const ttl = r.headerText(META_TTL);

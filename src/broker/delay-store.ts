@@ -26,8 +26,8 @@ const LOOKAHEAD_MS = 2 * BUCKET_MS;
 /** Far buckets kept open for appends at once; the least recently used is closed past this. */
 const OPEN_FAR_BUCKETS_MAX = 32;
 const OFFSET_BITS = 2 ** 28;
-/** Due messages fired at once; the next chunk waits for this one's confirmations. */
-const FIRE_CHUNK = 1024;
+/** Fires in flight at once, at most (a bound on memory and on concurrent appends). */
+const FIRE_IN_FLIGHT_MAX = 4096;
 const DIGITS = 15;
 
 interface Bucket {
@@ -54,16 +54,40 @@ function unpack(key: number): { bucketStart: number; offset: number } {
   return { bucketStart: ((key - offset) / OFFSET_BITS) * BUCKET_MS, offset };
 }
 
+/** What firing needs of a delayed message: a stored record, or the same fields held in memory. */
+export interface DelayedRecord {
+  readonly value: Buffer;
+  keyText(): string;
+  headerText(name: string): string | undefined;
+}
+
+/** A just-scheduled near-future message, kept as given (no read back, no large read buffer kept alive). */
+class HeldRecord implements DelayedRecord {
+  constructor(
+    private readonly id: string,
+    readonly value: Buffer,
+    private readonly headers: Readonly<Record<string, string>>,
+  ) {}
+  keyText(): string {
+    return this.id;
+  }
+  headerText(name: string): string | undefined {
+    return this.headers[name];
+  }
+}
+
 /** Fires a due message: publishes it to its exchange. Resolves once it is confirmed there. */
-export type FireFn = (record: LogRecord) => Promise<void>;
+export type FireFn = (record: DelayedRecord) => Promise<void>;
 
 export class DelayStore {
   private readonly buckets = new Map<number, Bucket>();
   private readonly index = new Map<string, number>();
   /** The records of loaded (near-future) buckets, so firing reads nothing from disk. */
-  private readonly near = new Map<number, LogRecord>();
+  private readonly near = new Map<number, DelayedRecord>();
   private readonly wheel: TimingWheel<number>;
   private firing = false;
+  private firesInFlight = 0;
+  private readonly fireSlots: (() => void)[] = [];
   onError: (err: Error) => void = () => {};
 
   private constructor(
@@ -195,13 +219,10 @@ export class DelayStore {
       this.index.set(id, key);
       b.pending++;
       if (b.loaded) {
-        // Near future: keep the record for the fire. Read back (once) rather than rebuilt, so
-        // what fires is exactly what the disk holds.
-        const [r] = await (b.log as Log).read(offset, { maxRecords: 1, maxBytes: 64 * 1024 });
-        if (r !== undefined && r.offset === offset && this.index.get(id) === key) {
-          this.near.set(key, r);
-          this.wheel.schedule(key, deliverAt);
-        }
+        // Near future: keep what was stored (a copy of the body) for the fire.
+        const value = typeof record.value === 'string' ? Buffer.from(record.value) : Buffer.from(record.value);
+        this.near.set(key, new HeldRecord(id, value, record.headers));
+        this.wheel.schedule(key, deliverAt);
       }
       return 'scheduled';
     });
@@ -246,8 +267,16 @@ export class DelayStore {
         if (!b.loaded && b.start < now + LOOKAHEAD_MS) await this.loadIntoWheel(b);
       }
       const due = this.wheel.advance(this.clock.now());
-      // Bounded: a burst fires in chunks, each sharing its publishes' and marks' fsyncs.
-      for (let i = 0; i < due.length; i += FIRE_CHUNK) await Promise.all(due.slice(i, i + FIRE_CHUNK).map((key) => this.fireOne(key)));
+      // Fires run without holding up the next tick, so one slow fsync does not make later
+      // messages late; at most FIRE_IN_FLIGHT_MAX run at once (their fsyncs are shared).
+      for (const key of due) {
+        while (this.firesInFlight >= FIRE_IN_FLIGHT_MAX) await new Promise<void>((resolve) => this.fireSlots.push(resolve));
+        this.firesInFlight++;
+        void this.fireOne(key).finally(() => {
+          this.firesInFlight--;
+          this.fireSlots.shift()?.();
+        });
+      }
       // A bucket whose minute has passed and whose messages are all done goes away.
       for (const b of [...this.buckets.values()]) {
         if (b.pending === 0 && b.start + BUCKET_MS <= now && b.opening === null && b.users === 0) await this.destroyBucket(b);
@@ -265,8 +294,9 @@ export class DelayStore {
       await this.withBucket(bucketStart, async (b) => {
         let r = this.near.get(key);
         if (r === undefined) {
-          [r] = await (b.log as Log).read(offset, { maxRecords: 1, maxBytes: 64 * 1024 });
-          if (r === undefined || r.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
+          const [read] = await (b.log as Log).read(offset, { maxRecords: 1, maxBytes: 64 * 1024 });
+          if (read === undefined || read.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
+          r = read;
         }
         this.near.delete(key);
         const id = r.keyText();
@@ -286,13 +316,18 @@ export class DelayStore {
     }
   }
 
+  /** Resolves once every fire started so far has settled. */
+  async settled(): Promise<void> {
+    while (this.firing || this.firesInFlight > 0) await new Promise((r) => setTimeout(r, 1));
+  }
+
   async close(): Promise<void> {
-    while (this.firing) await new Promise((r) => setTimeout(r, 5));
+    await this.settled();
     for (const b of this.buckets.values()) await this.closeBucket(b);
   }
 }
 
-export function deliverAtOf(r: LogRecord): number {
+export function deliverAtOf(r: LogRecord | DelayedRecord): number {
   const v = r.headerText('\0d');
-  return v === undefined ? r.timestamp : Number(v);
+  return v === undefined ? ('timestamp' in r ? r.timestamp : 0) : Number(v);
 }

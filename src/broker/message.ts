@@ -125,7 +125,7 @@ export function expiresAtOf(r: LogRecord): number | undefined {
   return x === undefined ? undefined : Number(x);
 }
 
-export function routeOf(r: LogRecord): { exchange: string; routingKey: string } {
+export function routeOf(r: Pick<LogRecord, 'headerText'>): { exchange: string; routingKey: string } {
   const route = r.headerText(META_ROUTE) ?? '\0';
   const cut = route.indexOf('\0');
   return { exchange: route.slice(0, cut), routingKey: route.slice(cut + 1) };

@@ -58,6 +58,9 @@ export class Queue {
   private trimming = false;
   private ttlMarked = false;
   private ttlMarking: Promise<void> | null = null;
+  /** Offsets whose own TTL has passed, waiting for the expiry loop. */
+  private readonly dueExpiries = new Set<number>();
+  private expiring = false;
   private expiringHead = false;
   private droppingHead = false;
   private dropHeadTarget = 0;
@@ -216,17 +219,41 @@ export class Queue {
         throw err;
       }
     }
-    this.hooks.schedule(`x\0${this.name}\0${offset}`, expiresAt, () => void this.expireOffset(offset));
+    this.hooks.schedule(`x\0${this.name}\0${offset}`, expiresAt, () => this.expireOffset(offset));
   }
 
-  private async expireOffset(offset: number): Promise<void> {
-    if (offset < this.log.startOffset || this.groups.size === 0) return;
+  /** Queues an expiry; one loop reads due offsets in order, a batch at a time, instead of one read each. */
+  private expireOffset(offset: number): void {
+    this.dueExpiries.add(offset);
+    if (!this.expiring) void this.drainExpiries();
+  }
+
+  private async drainExpiries(): Promise<void> {
+    this.expiring = true;
     try {
-      const [r] = await this.log.read(offset, { maxRecords: 1 });
-      if (r === undefined || r.offset !== offset) return;
-      for (const g of this.groups.values()) g.expireOffset(r);
+      while (this.dueExpiries.size > 0) {
+        const offsets = [...this.dueExpiries].sort((a, b) => a - b);
+        const first = offsets[0] as number;
+        if (first < this.log.startOffset || this.groups.size === 0) {
+          this.dueExpiries.delete(first);
+          continue;
+        }
+        const records = await this.log.read(first, { maxBytes: 1024 * 1024 });
+        if (records.length === 0) {
+          this.dueExpiries.delete(first);
+          continue;
+        }
+        for (const r of records) {
+          if (!this.dueExpiries.delete(r.offset)) continue;
+          for (const g of this.groups.values()) g.expireOffset(r);
+        }
+        this.dueExpiries.delete(first);
+      }
     } catch (err) {
       this.hooks.error(err as Error);
+      this.dueExpiries.clear();
+    } finally {
+      this.expiring = false;
     }
   }
 
@@ -240,7 +267,7 @@ export class Queue {
       if (records.length === 0) break;
       for (const r of records) {
         const at = expiresAtOf(r);
-        if (at !== undefined) this.hooks.schedule(`x\0${this.name}\0${r.offset}`, at, () => void this.expireOffset(r.offset));
+        if (at !== undefined) this.hooks.schedule(`x\0${this.name}\0${r.offset}`, at, () => this.expireOffset(r.offset));
       }
       next = records[records.length - 1]!.offset + 1;
     }

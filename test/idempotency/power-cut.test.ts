@@ -232,7 +232,7 @@ describe('power cuts', () => {
             if (d !== undefined && end < d.earliest) violations.push(`cycle ${cycle}: ${key} handed out 'acquired' though confirmed done`);
             m.done.delete(key);
             const held = m.leased.get(key);
-            if (held !== undefined && held > start && !m.leaseUncertain.has(key)) violations.push(`cycle ${cycle}: ${key} acquired while a live lease was acknowledged`);
+            if (held !== undefined && held > end && !m.leaseUncertain.has(key)) violations.push(`cycle ${cycle}: ${key} acquired while a live lease was acknowledged`);
             m.leased.set(key, start + ttl);
             const next = rng();
             if (next < 0.7) {
