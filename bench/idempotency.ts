@@ -9,16 +9,18 @@
  * 1. throughput: claim + complete of fresh keys, `inFlight` pairs outstanding (each pair is two
  *    durable writes: the lease, then the completion; concurrent ones share fsyncs).
  * 2. build: `complete()` of `keys` keys through the public API, 4,096 in flight (the "bulk" load is
- *    just deep group commit); its time is reported apart. Then maintenance runs until every
+ *    just deep group commit, 1,000 in flight); its time is reported apart. Then maintenance runs until every
  *    journal is sealed and the tables are merged.
- * 3. reopen (recovery time), then one lookup at a time: negative lookups of absent keys and
- *    positive lookups of random present keys; p50/p99 latency, and the disk reads a negative
- *    lookup made (filter false positives).
- * 4. memory and disk: RSS and heap after the reopen (after a GC when --expose-gc), minus the
- *    process's figures before the store existed; disk bytes per key.
+ * 3. in a fresh child process (`--measure`): reopen (recovery time), then one lookup at a time:
+ *    negative lookups of absent keys and positive lookups of random present keys; p50/p99
+ *    latency, and the disk reads negative lookups made (filter false positives, counted by a
+ *    wrapping Storage).
+ * 4. memory, in that child: RSS, heap and buffers after the reopen and a forced GC, minus the
+ *    child's own figures before it opened the store; and disk bytes per key.
  * Lookups read files the build just wrote, so mostly from the page cache: latency is the store's
  * CPU and the syscalls, not the disk.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,7 +48,8 @@ export const IDEMPOTENCY_SIZES = {
   quick: { keys: 1_000_000, throughputPairs: 100_000, inFlight: 1000, negativeSamples: 50_000, positiveSamples: 10_000 },
 } as const;
 
-const BUILD_IN_FLIGHT = 4096;
+/** Completions in flight while building: deeper queues only add GC work (measured: 1,000 beats 4,096). */
+const BUILD_IN_FLIGHT = 1000;
 
 function gc(): boolean {
   const g = (globalThis as { gc?: () => void }).gc;
@@ -88,8 +91,6 @@ async function latencies(n: number, op: (i: number) => Promise<unknown>): Promis
 
 export async function benchIdempotency(ctx: ScenarioContext, p: IdempotencyParams): Promise<ScenarioReport> {
   const name = 'idempotency';
-  const gcExposed = gc();
-  const base = process.memoryUsage();
   const storeOptions = { maintenanceIntervalMs: 200, ...(p.filterBytesMax !== undefined ? { filterBytesMax: p.filterBytesMax } : {}) };
   return withTempDir(name, p.dir, async (dir) => {
     // 1. claim + complete throughput.
@@ -129,59 +130,35 @@ export async function benchIdempotency(ctx: ScenarioContext, p: IdempotencyParam
     await s.close();
     progress(`${name}: built ${fmt(p.keys)} keys in ${fmt(buildSeconds)} s, settled in ${fmt(settleSeconds)} s (${built.tables} tables, ${built.merges} merges)`);
 
-    // 3. reopen and look up.
-    const storage = new CountingStorage();
-    const to = process.hrtime.bigint();
-    s = await IdempotencyStore.open({ dir: sDir, ...storeOptions, storage, lock: true });
-    const openSeconds = secondsSince(to);
-    try {
-      gc();
-      const mem = process.memoryUsage();
-      const rssMiB = (mem.rss - base.rss) / MiB;
-      const heapMiB = (mem.heapUsed - base.heapUsed) / MiB;
-      const externalMiB = (mem.external + mem.arrayBuffers - base.external - base.arrayBuffers) / MiB;
-      const st0 = s.stats();
-      const reads0 = storage.snapshot().reads;
-      const neg = await latencies(p.negativeSamples, async (i) => {
-        if ((await s.lookup(`absent-${i}`)) !== 'absent') throw new Error(`absent-${i} was found`);
-      });
-      const negReads = storage.snapshot().reads - reads0;
-      let x = 0x2545f491;
-      const pos = await latencies(p.positiveSamples, async () => {
-        x ^= x << 13;
-        x ^= x >>> 17;
-        x ^= x << 5;
-        const i = (x >>> 0) % p.keys;
-        const r = await s.lookup(`key-${i}`);
-        if (typeof r !== 'object' || r.result !== i) throw new Error(`key-${i} reads back ${JSON.stringify(r)}`);
-      });
-      const st = s.stats();
-      const diskBytes = dirBytes(sDir);
+    // 3 and 4 in a fresh process, so its memory is the store's and not the build's leftovers.
+    const r = await measureInChild(sDir, p);
+    const diskBytes = dirBytes(sDir);
+    {
       const m = {
         pairsPerSec,
         recordsPerSync,
         buildKeysPerSec: p.keys / buildSeconds,
         buildSeconds,
         settleSeconds,
-        openSeconds,
-        negativeP50Us: percentile(neg, 50),
-        negativeP99Us: percentile(neg, 99),
-        negativeReadsPerLookup: negReads / p.negativeSamples,
-        positiveP50Us: percentile(pos, 50),
-        positiveP99Us: percentile(pos, 99),
-        rssMiB,
-        heapMiB,
-        externalMiB,
-        filterMiB: st.filterBytes / MiB,
-        filterBitsPerKey: st.filterBitsPerKey,
+        openSeconds: r.openSeconds,
+        negativeP50Us: r.negativeP50Us,
+        negativeP99Us: r.negativeP99Us,
+        negativeReadsPerLookup: r.negativeReads / p.negativeSamples,
+        positiveP50Us: r.positiveP50Us,
+        positiveP99Us: r.positiveP99Us,
+        rssMiB: r.rssMiB,
+        heapMiB: r.heapMiB,
+        externalMiB: r.externalMiB,
+        filterMiB: r.filterMiB,
+        filterBitsPerKey: r.filterBitsPerKey,
         diskBytesPerKey: diskBytes / p.keys,
-        tables: st0.tables,
+        tables: built.tables,
       };
       const runs = Object.fromEntries(Object.entries(m).map(([k, v]) => [k, [v]]));
       return {
         name,
         title: `IdempotencyStore: claim+complete throughput, then ${fmt(p.keys)} keys built through complete(), reopened and looked up one at a time`,
-        params: { ...p, buildInFlight: BUILD_IN_FLIGHT, gcExposed, node: process.version },
+        params: { ...p, buildInFlight: BUILD_IN_FLIGHT, node: process.version },
         repeats: 1,
         median: m,
         runs,
@@ -206,23 +183,111 @@ export async function benchIdempotency(ctx: ScenarioContext, p: IdempotencyParam
           tables: 'tables after the build',
         },
         ratios: [
-          `build: ${fmt(p.keys)} keys in ${fmt(buildSeconds)} s (${fmt(p.keys / buildSeconds)} keys/s), then ${fmt(settleSeconds)} s of sealing/merging; ${st0.tables} tables, ${fmt(diskBytes / 1e6)} MB on disk`,
-          `negative lookups: ${fmt(negReads)} disk reads in ${fmt(p.negativeSamples)} lookups; the filters predicted ${fmt(st.expectedReadsPerNegativeLookup * p.negativeSamples)}`,
-          `memory: process RSS ${fmt(mem.rss / MiB)} MiB (${fmt(base.rss / MiB)} before the store); ${gcExposed ? 'after a forced GC' : 'no --expose-gc: heap figures include garbage'}`,
+          `build: ${fmt(p.keys)} keys in ${fmt(buildSeconds)} s (${fmt(p.keys / buildSeconds)} keys/s), then ${fmt(settleSeconds)} s of sealing/merging; ${built.tables} tables, ${fmt(diskBytes / 1e6)} MB on disk`,
+          `negative lookups: ${fmt(r.negativeReads)} disk reads in ${fmt(p.negativeSamples)} lookups; the filters predicted ${fmt(r.expectedReads)}`,
+          `memory (a fresh process that only opened the store, after a forced GC): RSS ${fmt(r.rssTotalMiB)} MiB, of which ${fmt(r.rssBaseMiB)} MiB before the store was opened`,
           'one run (not repeated): the build dominates; lookups read a page-cache-warm store',
         ],
         rows: [
           { scenario: name, metric: 'claim+complete', value: pairsPerSec, unit: 'pairs/s', ratios: `${fmt(recordsPerSync)} records per fsync` },
           { scenario: name, metric: `negative lookup p50 (${fmt(p.keys)} keys)`, value: m.negativeP50Us, unit: 'us', ratios: `p99 ${fmt(m.negativeP99Us)} us, ${fmt(m.negativeReadsPerLookup, 4)} reads/lookup` },
           { scenario: name, metric: `positive lookup p50 (${fmt(p.keys)} keys)`, value: m.positiveP50Us, unit: 'us', ratios: `p99 ${fmt(m.positiveP99Us)} us` },
-          { scenario: name, metric: 'store RSS after reopen', value: Math.max(rssMiB, 0.001), unit: 'MiB', ratios: `filters ${fmt(m.filterMiB)} MiB at ${fmt(m.filterBitsPerKey)} bits/key` },
+          { scenario: name, metric: 'store RSS after reopen', value: Math.max(m.rssMiB, 0.001), unit: 'MiB', ratios: `filters ${fmt(m.filterMiB)} MiB at ${fmt(m.filterBitsPerKey)} bits/key` },
           { scenario: name, metric: 'disk per key', value: m.diskBytesPerKey, unit: 'bytes', ratios: `build ${fmt(m.buildKeysPerSec)} keys/s` },
         ],
       };
-    } finally {
-      await s.close();
     }
   });
+}
+
+interface Measured {
+  openSeconds: number;
+  negativeP50Us: number;
+  negativeP99Us: number;
+  negativeReads: number;
+  expectedReads: number;
+  positiveP50Us: number;
+  positiveP99Us: number;
+  rssMiB: number;
+  rssTotalMiB: number;
+  rssBaseMiB: number;
+  heapMiB: number;
+  externalMiB: number;
+  filterMiB: number;
+  filterBitsPerKey: number;
+}
+
+/** The compiled copy of this file (the child runs it; from vitest this module is the .ts source). */
+function compiledSelf(): string {
+  const self = fileURLToPath(import.meta.url);
+  return self.endsWith('.js') ? self : path.resolve(path.dirname(self), '..', 'dist', 'bench', 'idempotency.js');
+}
+
+async function measureInChild(storeDir: string, p: IdempotencyParams): Promise<Measured> {
+  const script = compiledSelf();
+  if (!fs.existsSync(script)) throw new Error(`${script} is missing: the lookup phase runs the compiled bench in a child; run npx tsc -p tsconfig.json`);
+  const args = ['--expose-gc', script, '--measure', storeDir, '--keys', String(p.keys), '--neg', String(p.negativeSamples), '--pos', String(p.positiveSamples)];
+  if (p.filterBytesMax !== undefined) args.push('--filter-bytes', String(p.filterBytesMax));
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  const { stdout, code, stderr } = await new Promise<{ stdout: string; stderr: string; code: number | null }>((resolve) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let o = '';
+    let e = '';
+    child.stdout.on('data', (d) => (o += String(d)));
+    child.stderr.on('data', (d) => (e += String(d)));
+    child.on('close', (c) => resolve({ stdout: o, stderr: e, code: c }));
+  });
+  if (code !== 0) throw new Error(`lookup child failed (code ${code}): ${stderr}`);
+  return JSON.parse(stdout.trim().split('\n').pop() as string) as Measured;
+}
+
+/** The child side: open the built store, measure memory, then time lookups. Prints one JSON line. */
+async function measure(storeDir: string, keys: number, negativeSamples: number, positiveSamples: number, filterBytesMax: number | undefined): Promise<void> {
+  gc();
+  const base = process.memoryUsage();
+  const storage = new CountingStorage();
+  const to = process.hrtime.bigint();
+  const s = await IdempotencyStore.open({ dir: storeDir, maintenanceIntervalMs: 0, storage, lock: true, ...(filterBytesMax !== undefined ? { filterBytesMax } : {}) });
+  const openSeconds = secondsSince(to);
+  try {
+    gc();
+    const mem = process.memoryUsage();
+    const reads0 = storage.snapshot().reads;
+    const neg = await latencies(negativeSamples, async (i) => {
+      if ((await s.lookup(`absent-${i}`)) !== 'absent') throw new Error(`absent-${i} was found`);
+    });
+    const negativeReads = storage.snapshot().reads - reads0;
+    let x = 0x2545f491;
+    const pos = await latencies(positiveSamples, async () => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      const i = (x >>> 0) % keys;
+      const r = await s.lookup(`key-${i}`);
+      if (typeof r !== 'object' || r.result !== i) throw new Error(`key-${i} reads back ${JSON.stringify(r)}`);
+    });
+    const st = s.stats();
+    const m: Measured = {
+      openSeconds,
+      negativeP50Us: percentile(neg, 50),
+      negativeP99Us: percentile(neg, 99),
+      negativeReads,
+      expectedReads: st.expectedReadsPerNegativeLookup * negativeSamples,
+      positiveP50Us: percentile(pos, 50),
+      positiveP99Us: percentile(pos, 99),
+      rssMiB: (mem.rss - base.rss) / MiB,
+      rssTotalMiB: mem.rss / MiB,
+      rssBaseMiB: base.rss / MiB,
+      heapMiB: (mem.heapUsed - base.heapUsed) / MiB,
+      externalMiB: (mem.external + mem.arrayBuffers - base.external - base.arrayBuffers) / MiB,
+      filterMiB: st.filterBytes / MiB,
+      filterBitsPerKey: st.filterBitsPerKey,
+    };
+    out(JSON.stringify(m));
+  } finally {
+    await s.close();
+  }
 }
 
 // ---- run directly: the optional 100M-key run and other sizes --------------------------------
@@ -232,6 +297,12 @@ async function main(argv: string[]): Promise<void> {
   let keys: number | undefined;
   let dir: string | undefined;
   let filterMiB: number | undefined;
+  if (argv[0] === '--measure') {
+    const num = (flag: string) => Number(argv[argv.indexOf(flag) + 1]);
+    const fb = argv.includes('--filter-bytes') ? num('--filter-bytes') : undefined;
+    await measure(argv[1] as string, num('--keys'), num('--neg'), num('--pos'), fb);
+    return;
+  }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = () => {

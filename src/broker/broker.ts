@@ -30,6 +30,7 @@ import { Queue, type QueueOptions } from './queue.js';
 import { EXCHANGE_TYPES, ExchangeRouter, type ExchangeType } from './routing.js';
 import { Subscription } from './subscription.js';
 import { WorkerPool } from './workers.js';
+import { IdempotencyStore, idempotentHandler } from '../idempotency/index.js';
 
 export interface BrokerOptions {
   /** Directory holding every queue; created if missing. Default './data'. */
@@ -123,6 +124,12 @@ const MiB = 1024 * 1024;
 
 export interface ConsumeOptions extends ConsumerOptions {
   group?: string;
+  /**
+   * Exactly-once handling per group: each message id is claimed in the broker's idempotency
+   * store before the handler runs, and one already handled is acked without calling it
+   * (docs/idempotency.md, including the window that remains).
+   */
+  idempotent?: boolean | { windowMs?: number };
   /** With a handler module path: how many worker threads run it (default 1). */
   workers?: number;
 }
@@ -143,6 +150,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
   private readonly timerActions = new Map<string, () => void>();
   private ticking = false;
   private topologySaving: Promise<void> = Promise.resolve();
+  private idempotency: Promise<IdempotencyStore> | null = null;
   private readonly counters = { published: 0, duplicates: 0, unroutable: 0, dropped: 0, deadLettered: 0, scheduled: 0 };
   private readonly consumers = new Set<Consumer | Subscription>();
 
@@ -697,9 +705,20 @@ export class Broker extends EventEmitter<BrokerEvents> {
     if (typeof handler !== 'function') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'handler must be a function or a module path');
     const resolved = resolveConsumerOptions(options, 'auto');
     const group = await this.consumerGroup(queue, options);
+    if (options.idempotent !== undefined && options.idempotent !== false) {
+      if (resolved.ack !== 'auto') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', "idempotent consumers ack by resolving: use ack 'auto'");
+      const windowMs = typeof options.idempotent === 'object' ? options.idempotent.windowMs : undefined;
+      handler = idempotentHandler<Message>(await this.idempotencyStore(), group.name, handler, { windowMs, leaseMs: resolved.lockTimeoutMs });
+    }
     const c = group.addConsumer(handler, resolved);
     this.track(c, async () => {});
     return c;
+  }
+
+  /** The store behind `idempotent` consumers, opened on first use inside the data dir (which this broker's lock already guards). */
+  private idempotencyStore(): Promise<IdempotencyStore> {
+    this.idempotency ??= IdempotencyStore.open({ dir: path.join(this.dataDir, 'idempotency'), clock: this.clock, lock: false, onError: (err) => this.emitError(err) });
+    return this.idempotency;
   }
 
   private track(c: Consumer, after: () => Promise<void>): void {
@@ -818,6 +837,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       while (this.ticking) await new Promise((r) => setTimeout(r, 2));
       await this.delays?.close();
       for (const q of this.queues.values()) await q.close();
+      if (this.idempotency !== null) await (await this.idempotency).close();
     } finally {
       this.lock.release();
     }

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 
 const WORDS = 3;
 const INITIAL_SLOTS = 1024;
+const NONE: readonly number[] = Object.freeze([]);
 
 export class ActiveMap {
   private slots: Uint32Array;
@@ -39,18 +40,18 @@ export class ActiveMap {
     this.count++;
   }
 
-  /** Calls `f` with each position recorded for this hash, in insertion order is not guaranteed. */
-  positions(hi: number, lo: number): number[] {
+  /** Every position recorded for this hash (any order); a shared empty array when there is none. */
+  positions(hi: number, lo: number): readonly number[] {
     const s = this.slots;
     const mask = this.mask;
-    const out: number[] = [];
+    let out: number[] | null = null;
     hi >>>= 0;
     lo >>>= 0;
     for (let i = lo & mask; ; i = (i + 1) & mask) {
       const b = i * WORDS;
       const p = s[b + 2] as number;
-      if (p === 0) return out;
-      if (s[b] === hi && s[b + 1] === lo) out.push(p - 1);
+      if (p === 0) return out ?? NONE;
+      if (s[b] === hi && s[b + 1] === lo) (out ??= []).push(p - 1);
     }
   }
 

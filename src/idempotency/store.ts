@@ -231,8 +231,8 @@ export class IdempotencyStore {
   /** Sealed tables; searched in full (the newest matching completion wins). */
   private tables: Table[] = [];
   private readonly leases = new Map<string, Lease>();
-  /** Per-key operation queues: the tail promise of the last operation on each key. */
-  private readonly keyTails = new Map<string, Promise<void>>();
+  /** Per-key operation queues: a key is present while an operation on it runs; the array holds the waiting ones. */
+  private readonly keyQueues = new Map<string, (() => void)[]>();
   private nextSeq = 0;
   private lock: DirLock | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -321,19 +321,18 @@ export class IdempotencyStore {
     tableSeqs.sort((a, b) => a - b);
 
     // Tables first: a merged table lists its inputs, which a crash may have left behind.
-    const opened: Table[] = [];
-    for (const seq of tableSeqs) opened.push(await Table.open(storage, path.join(dir, seqName(seq, 'tbl'))));
+    // Opened tables go straight into this.tables, so a failure below still closes them.
+    for (const seq of tableSeqs) this.tables.push(await Table.open(storage, path.join(dir, seqName(seq, 'tbl'))));
+    const opened = this.tables;
     const merged = new Set<number>();
     for (const t of opened) for (const s of t.sources) merged.add(s);
+    this.tables = opened.filter((t) => !merged.has(t.seq));
     let maxSeq = -1;
+    for (const t of opened) maxSeq = Math.max(maxSeq, t.seq, ...t.sources);
     for (const t of opened) {
-      maxSeq = Math.max(maxSeq, t.seq, ...t.sources);
-      if (merged.has(t.seq)) {
-        await t.retire();
-        await this.remove(seqName(t.seq, 'tbl'), report);
-      } else {
-        this.tables.push(t);
-      }
+      if (!merged.has(t.seq)) continue;
+      await t.retire();
+      await this.remove(seqName(t.seq, 'tbl'), report);
     }
     report.tablesOpened = this.tables.length;
     // A journal whose table exists was sealed; only its deletion was lost.
@@ -554,20 +553,29 @@ export class IdempotencyStore {
     return { status: 'done', result: decodeResult(found.encoding, found.resultBytes, where) };
   }
 
-  /** Runs `f` after every earlier operation on `key` has finished. */
+  /**
+   * Runs `f` after every earlier operation on `key` has finished. The queue of a key is an array of
+   * waiters (none in the common, uncontended case), so no promise is made per operation.
+   */
   private async withKey<T>(key: string, f: () => Promise<T>): Promise<T> {
-    const prev = this.keyTails.get(key);
-    let release!: () => void;
-    const mine = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    this.keyTails.set(key, mine);
+    const queue = this.keyQueues.get(key);
+    if (queue === undefined) this.keyQueues.set(key, []);
+    else await new Promise<void>((resolve) => queue.push(resolve));
     try {
-      if (prev !== undefined) await prev;
       return await f();
     } finally {
-      release();
-      if (this.keyTails.get(key) === mine) this.keyTails.delete(key);
+      const q = this.keyQueues.get(key) as (() => void)[];
+      const next = q.shift();
+      if (next !== undefined) next();
+      else this.keyQueues.delete(key);
+    }
+  }
+
+  /** Resolves once no operation on any key is queued or running. */
+  private async keysIdle(): Promise<void> {
+    while (this.keyQueues.size > 0) {
+      const [key] = this.keyQueues.keys();
+      await this.withKey(key as string, async () => {});
     }
   }
 
@@ -674,7 +682,7 @@ export class IdempotencyStore {
   private sweepLeases(now: number): number {
     let swept = 0;
     for (const [key, l] of this.leases) {
-      if (l.expiresAt <= now && !this.keyTails.has(key)) {
+      if (l.expiresAt <= now && !this.keyQueues.has(key)) {
         this.leases.delete(key);
         swept++;
       }
@@ -864,7 +872,7 @@ export class IdempotencyStore {
     if (this.closing || this.closed) return;
     this.closing = true;
     if (this.timer !== null) clearInterval(this.timer);
-    await Promise.all([...this.keyTails.values()]);
+    await this.keysIdle();
     await this.writer.idle();
     await this.maintenanceChain;
     this.closed = true;
