@@ -618,6 +618,8 @@ export interface RssSample {
   t: number;
   rssMB: number;
   heapMB: number;
+  /** Memory of ArrayBuffers and Buffers (outside the V8 heap), MB. */
+  buffersMB: number;
   phase: 'build' | 'drain';
   /** Messages published (build) or delivered (drain) so far. */
   n: number;
@@ -642,7 +644,7 @@ export async function backlogInProcess(p: BacklogParams): Promise<BacklogResult>
     const t0 = performance.now();
     const sample = (): void => {
       const mu = process.memoryUsage();
-      samples.push({ t: (performance.now() - t0) / 1000, rssMB: mu.rss / MB, heapMB: mu.heapUsed / MB, phase, n: phase === 'build' ? published : delivered });
+      samples.push({ t: (performance.now() - t0) / 1000, rssMB: mu.rss / MB, heapMB: mu.heapUsed / MB, buffersMB: mu.arrayBuffers / MB, phase, n: phase === 'build' ? published : delivered });
     };
     sample();
     const timer = setInterval(sample, sampleMs);
@@ -847,6 +849,7 @@ export async function benchBrokerBacklog(ctx: ScenarioContext, p: BacklogParams)
   const series: Series[] = [
     { name: `RSS (MB), ${fmt(res.messages)} x ${sizeLabel(p.bodyBytes)} backlog: build then drain`, xUnit: 's', yUnit: 'MB', points: res.samples.map((s) => [s.t, s.rssMB]), marks: [{ x: res.buildSeconds, label: 'drain starts' }], levels: [{ y: BROKER_TARGETS.backlogRssMaxMB, label: `target: < ${BROKER_TARGETS.backlogRssMaxMB} MB` }] },
     { name: `V8 heap used (MB), same run`, xUnit: 's', yUnit: 'MB', points: res.samples.map((s) => [s.t, s.heapMB]), marks: [{ x: res.buildSeconds, label: 'drain starts' }] },
+    { name: `Buffers outside the heap (process.memoryUsage().arrayBuffers, MB), same run`, xUnit: 's', yUnit: 'MB', points: res.samples.map((s) => [s.t, s.buffersMB ?? 0]), marks: [{ x: res.buildSeconds, label: 'drain starts' }] },
   ];
   return {
     name,

@@ -22,7 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureRawLimits, type RawLimits } from '../lib/raw-limits.js';
-import { type SummaryRow, fmt, fmtRatio, installSignalCleanup, machineInfo, out, progress, summaryTable, table, verdict } from '../lib/report.js';
+import { type SummaryRow, fmt, fmtRatio, installSignalCleanup, machineInfo, out, progress, sourceFingerprint, summaryTable, table, verdict } from '../lib/report.js';
 import { type ChartBar, renderChart, writeChart } from '../chart.js';
 import { type PeerRunParams, runBullmq, runNats, runRabbit, runSpool, runSqlite } from './adapters.js';
 import type { PeerOutcome } from './workloads.js';
@@ -234,7 +234,7 @@ export function printPeers(o: PeersCli, outcomes: readonly PeerOutcome[], raw: R
         return [
           x.name,
           durability(x),
-          `${fmt(f.publishPerSec)}${f.publishCapped ? ` (${fmt(f.published)} in ${fmt(o.maxSeconds)} s)` : ''}`,
+          `${fmt(f.publishPerSec)}${f.publishCapped ? ` (${fmt(f.published)} in ${fmt(f.publishSeconds, 1)} s, capped)` : ''}`,
           x.key === 'spool' ? '1.00x' : ratioCell(spool?.publishPerSec, f.publishPerSec),
           `${fmt(f.drainPerSec)}${f.drainCapped ? ` (${fmt(f.drained)}, capped)` : ''}`,
           x.key === 'spool' ? '1.00x' : ratioCell(spool?.drainPerSec, f.drainPerSec),
@@ -311,7 +311,7 @@ export function peersChart(o: PeersCli, outcomes: readonly PeerOutcome[], when: 
       { title: 'Drain with acks (msgs/s, higher is better)', bars: withF.map((x) => bar('drain with acks', x, x.figures!.drainPerSec, 'msgs/s', spool ? spool.drainPerSec / x.figures!.drainPerSec : undefined)) },
       { title: 'Confirm latency of a lone publish, p50 (us, lower is better)', bars: withF.map((x) => bar('confirm p50', x, x.figures!.confirmP50Us, 'us', spool ? spool.confirmP50Us / x.figures!.confirmP50Us : undefined)) },
       ...(delays.length > 0
-        ? [{ title: `Delay firing lateness p99 (ms, lower is better), ${fmt(o.delayMessages)} msgs, 0-${fmt(o.delayMaxMs / 1000)} s`, bars: delays.map((x) => bar('lateness p99', x, Math.max(x.delay!.p99Ms, 0.001), 'ms', sd ? sd.p99Ms / x.delay!.p99Ms : undefined)) }]
+        ? [{ title: `Delay firing lateness p99 (ms, lower is better), ${fmt(o.delayMessages)} msgs, 0-${fmt(o.delayMaxMs / 1000, 0)} s`, bars: delays.map((x) => bar('lateness p99', x, Math.max(x.delay!.p99Ms, 0.001), 'ms', sd ? sd.p99Ms / x.delay!.p99Ms : undefined)) }]
         : []),
     ],
   });
@@ -324,6 +324,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   const machine = machineInfo(o.tempBase);
   out(`Spool vs peers, ${started.toISOString()}`);
   out(`node ${machine.node} on ${machine.platform}/${machine.arch} ${machine.kernel}, ${machine.cpus} x ${machine.cpuModel}, ${machine.memoryGiB} GiB RAM; temp data in ${machine.tempDir} (${machine.tempDirFs})`);
+  const root0 = fileURLToPath(new URL('../../../', import.meta.url));
+  const source = { log: sourceFingerprint(path.join(root0, 'src', 'log')), broker: sourceFingerprint(path.join(root0, 'src', 'broker')) };
+  out(`code under test: src/log ${source.log.hash}, src/broker ${source.broker.hash} (newest ${source.broker.newest} at ${source.broker.newestMtime})`);
   out(`load average at start: ${machine.loadAverage.map((l) => l.toFixed(2)).join(' ')}; every server binds 127.0.0.1 with a temp data dir and is stopped by pid`);
   out();
   progress('raw limits');
@@ -333,7 +336,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   // Not writeResults: that would replace latest.json, which is the main suite's.
   const stamp = started.toISOString().replace(/[:.]/g, '-');
   const peersFile = path.join(o.outDir, `peers-${stamp}.json`);
-  const json = `${JSON.stringify({ startedAt: started.toISOString(), finishedAt: new Date().toISOString(), params: o, machine, raw, peers: outcomes, targets: targets.map((r) => ({ ...r, verdict: verdict(r) })) }, null, 2)}\n`;
+  const json = `${JSON.stringify({ startedAt: started.toISOString(), finishedAt: new Date().toISOString(), params: o, machine, source, loadAfter: os.loadavg(), raw, peers: outcomes, targets: targets.map((r) => ({ ...r, verdict: verdict(r) })) }, null, 2)}\n`;
   fs.mkdirSync(o.outDir, { recursive: true });
   fs.writeFileSync(peersFile, json);
   fs.writeFileSync(path.join(o.outDir, 'peers-latest.json'), json);

@@ -96,7 +96,7 @@ describe('broker bench smoke', () => {
   });
 
   it('judges RSS flatness from the samples', () => {
-    const mk = (rss: number[]): RssSample[] => rss.map((v, i) => ({ t: i, rssMB: v, heapMB: 1, phase: i < rss.length / 2 ? 'build' : 'drain', n: i * 1000 }));
+    const mk = (rss: number[]): RssSample[] => rss.map((v, i) => ({ t: i, rssMB: v, heapMB: 1, buffersMB: 1, phase: i < rss.length / 2 ? 'build' : 'drain', n: i * 1000 }));
     expect(rssShape(mk([50, 60, 62, 63, 62, 64, 63, 62])).flat).toBe(true);
     expect(rssShape(mk([50, 60, 80, 100, 120, 140, 160, 180])).flat).toBe(false);
     expect(rssShape(mk([50, 60, 80, 100, 120, 140, 160, 180])).maxMB).toBe(180);
