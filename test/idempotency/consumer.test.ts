@@ -55,7 +55,7 @@ function counts(ids: string[]): Map<string, number> {
 }
 
 /**
- * Lock-timeout scenario: the first delivery of each message takes 250 ms, past a 100 ms lock
+ * Lock-timeout scenario: the first delivery of each message takes 400 ms, past a 100 ms lock
  * timeout, so the broker hands the message to another slot while the first is still working.
  */
 async function lockTimeoutRun(idempotent: boolean): Promise<{ effects: Map<string, number>; store: IdempotencyStore | null; handler: IdempotentHandler<Message> | null }> {
@@ -64,7 +64,7 @@ async function lockTimeoutRun(idempotent: boolean): Promise<{ effects: Map<strin
   const effects: string[] = [];
   const work = async (msg: Message) => {
     effects.push(msg.id); // the side effect
-    if (msg.deliveryCount === 1) await sleep(250);
+    if (msg.deliveryCount === 1) await sleep(400);
   };
   const store = idempotent ? await h.openStore({ dir: h.dir() }) : null;
   const handler = store !== null ? idempotentHandler(store, 'billing', work, { leaseMs: 10_000 }) : null;

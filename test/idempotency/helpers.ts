@@ -59,11 +59,6 @@ export class StoreHarness {
     return this.openStore({ ...options, dir: s.dir });
   }
 
-  /** Forgets a store without closing it (a simulated crash of an in-memory storage). */
-  forget(s: IdempotencyStore): void {
-    this.open.delete(s);
-  }
-
   async cleanup(): Promise<void> {
     for (const s of [...this.open]) {
       this.open.delete(s);
