@@ -238,6 +238,9 @@ export class IdempotencyStore {
   private timer: NodeJS.Timeout | null = null;
   private maintenanceChain: Promise<unknown> = Promise.resolve();
   private maintenanceQueued = false;
+  /** The merge run in progress, if any (merges have their own queue, see `maintain`). */
+  private mergeRun: Promise<number> | null = null;
+  private mergeAgain = false;
   private closing = false;
   private closed = false;
   private readonly reads: ReadCounters = { lookupReads: 0, lookupBytesRead: 0 };
@@ -370,6 +373,8 @@ export class IdempotencyStore {
     this.writer = new JournalWriter(current, FLUSH_BYTES_MAX, {
       shouldRoll: (j) => this.shouldRoll(j),
       roll: (old) => this.roll(old),
+      // Seal the old journal soon, now that it is no longer the one taking writes.
+      rolled: () => this.scheduleMaintenance(),
       bucketOf: (t) => this.bucketOf(t),
       failed: (err) => this.reportError(err),
     });
@@ -609,30 +614,42 @@ export class IdempotencyStore {
       if (l.expiresAt > now) carried.push(encodeRecord(RecordType.LEASE, l.hi, l.lo, l.expiresAt, l.claimedAt, l.keyBytes, null));
     }
     const next = await Journal.create(this.storage, this.o.dir, this.nextSeq++, carried, this.journalKeysBound);
+    assert(!this.sealing.includes(old), 'a journal rolls once');
     this.sealing.push(old);
-    this.scheduleMaintenance();
     return next;
   }
 
-  /** Runs `maintain()` in the background unless a run is already queued. */
+  /** Runs a maintenance pass in the background unless one is already queued. */
   private scheduleMaintenance(): void {
     if (this.maintenanceQueued || this.closing) return;
     this.maintenanceQueued = true;
-    this.maintain().catch((err: Error) => this.reportError(err));
-  }
-
-  /**
-   * One maintenance pass, run in the background every `maintenanceIntervalMs` (tests with a fake
-   * clock call it directly): roll the journal if its bucket ended, drop expired tables and
-   * leases, seal rolled journals, and merge tables. Passes never overlap.
-   */
-  maintain(): Promise<MaintenanceReport> {
     const run = this.maintenanceChain.then(() => {
       this.maintenanceQueued = false;
       return this.maintainOnce();
     });
     this.maintenanceChain = run.catch(() => {});
-    return run;
+    run.then(
+      () => this.runMerges().catch((err: Error) => this.reportError(err)),
+      (err: Error) => this.reportError(err),
+    );
+  }
+
+  /**
+   * One maintenance pass, run in the background every `maintenanceIntervalMs` and after each roll
+   * (tests with a fake clock call it directly): roll the journal if its bucket ended, drop expired
+   * tables and leases, seal rolled journals, then merge tables. Passes never overlap. Merges run
+   * on their own queue, so a long merge never holds up the sealing of the journals that roll
+   * meanwhile (each waiting journal keeps its in-memory index); this call waits for both.
+   */
+  async maintain(): Promise<MaintenanceReport> {
+    const run = this.maintenanceChain.then(() => {
+      this.maintenanceQueued = false;
+      return this.maintainOnce();
+    });
+    this.maintenanceChain = run.catch(() => {});
+    const report = await run;
+    report.merged = await this.runMerges();
+    return report;
   }
 
   private async maintainOnce(): Promise<MaintenanceReport> {
@@ -648,19 +665,48 @@ export class IdempotencyStore {
       await this.expireTables(now, report);
       report.leasesSwept = this.sweepLeases(now);
       report.sealed = await this.sealAll();
-      for (;;) {
-        if (this.closing) break;
-        const plan = this.pickMerge(this.clock.now());
-        if (plan === null) break;
-        await this.merge(plan.inputs, plan.level);
-        report.merged++;
-      }
     } catch (err) {
-      if (err instanceof CompactionStopped) return report;
       this.counters.maintenanceErrors++;
       throw err;
     }
     return report;
+  }
+
+  /**
+   * Merges until nothing is left to merge. One run at a time: a call while a run is going marks
+   * it to look again and shares its result. Returns the merges done.
+   */
+  private runMerges(): Promise<number> {
+    if (this.mergeRun !== null) {
+      this.mergeAgain = true;
+      return this.mergeRun;
+    }
+    const run = (async () => {
+      let merged = 0;
+      // Yield first, so `this.mergeRun` is set before this body can finish and clear it.
+      await null;
+      try {
+        do {
+          this.mergeAgain = false;
+          for (;;) {
+            if (this.closing || this.closed || this.writer.failure !== null) return merged;
+            const plan = this.pickMerge(this.clock.now());
+            if (plan === null) break;
+            await this.merge(plan.inputs, plan.level);
+            merged++;
+          }
+        } while (this.mergeAgain);
+        return merged;
+      } catch (err) {
+        if (err instanceof CompactionStopped) return merged;
+        this.counters.maintenanceErrors++;
+        throw err;
+      } finally {
+        this.mergeRun = null;
+      }
+    })();
+    this.mergeRun = run;
+    return run;
   }
 
   /** Deletes tables every key of which has expired; returns nothing but fills `report`. */
@@ -715,6 +761,7 @@ export class IdempotencyStore {
     let sealed = 0;
     while (this.sealing.length > 0 && !this.closed) {
       const j = this.sealing[0] as Journal;
+      assert(j !== this.writer.journal, 'the journal taking writes is never sealed');
       const table = await sealJournal(this.storage, this.o.dir, j, this.buildParams(0));
       // Swap synchronously: lookups see either the journal or the table, never neither.
       this.sealing.shift();
@@ -875,6 +922,7 @@ export class IdempotencyStore {
     await this.keysIdle();
     await this.writer.idle();
     await this.maintenanceChain;
+    await this.mergeRun?.catch(() => {});
     this.closed = true;
     await this.closeFiles();
     this.lock?.release();

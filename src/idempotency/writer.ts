@@ -38,6 +38,8 @@ export interface WriterHooks {
   shouldRoll(journal: Journal): boolean;
   /** Rolls: returns the new journal (called with no flush in flight). */
   roll(old: Journal): Promise<Journal>;
+  /** Called once the new journal takes writes (the old one never will again). */
+  rolled(): void;
   bucketOf(completedAt: number): number;
   /** Called once when the writer fails. */
   failed(err: SpoolError): void;
@@ -96,6 +98,7 @@ export class JournalWriter {
           this.journal = await this.hooks.roll(this.journal);
           // Requests made while rolling are satisfied by this roll.
           this.rollRequested = false;
+          this.hooks.rolled();
           this.counters.rolls++;
           continue;
         }
