@@ -49,6 +49,11 @@ export interface LogOptions {
   recordBytesMax?: number;
   /** Largest encoded total of one `append` call. Default 16 MiB. */
   batchBytesMax?: number;
+  /**
+   * Pending bytes that start a write at once, while the appends of the same tick are still being
+   * made, instead of at the end of the tick: the disk then works while the CPU does. Default 64 KiB.
+   */
+  earlyFlushBytes?: number;
   /** Create the directory when it does not exist. Default true. */
   create?: boolean;
   /**
@@ -66,6 +71,7 @@ export interface ResolvedLogOptions {
   indexIntervalBytes: number;
   recordBytesMax: number;
   batchBytesMax: number;
+  earlyFlushBytes: number;
   create: boolean;
   repair: boolean;
   /** The most one flush writes; a torn write can only damage this much of a segment's tail. */
@@ -92,6 +98,10 @@ export interface LogStats {
   segments: number;
   activeSegmentBytes: number;
   flushes: number;
+  /** Flushes started before the end of the tick because `earlyFlushBytes` were pending. */
+  earlyFlushes: number;
+  /** Of those, flushes written while the one before was still in its fdatasync (the loop was woken). */
+  flushesDuringSync: number;
   appendedRecords: number;
   indexesRebuilt: number;
 }
@@ -103,6 +113,8 @@ const checkedHeaders = new WeakSet<object>();
 const DISK_BATCH_TARGET_BYTES = 1024 * 1024;
 /** A flush takes pending appends until it holds this much (one append may exceed it alone). */
 const FLUSH_TARGET_BYTES = 8 * 1024 * 1024;
+/** Pending bytes that start a write at once rather than at the end of the tick (see `enqueue`). */
+const EARLY_FLUSH_BYTES = 64 * 1024;
 const POSITION_HINTS_MAX = 64;
 const MiB = 1024 * 1024;
 
@@ -137,6 +149,12 @@ export class Log {
   private pending: PendingAppend[] = [];
   private pendingHead = 0;
   private flushing = false;
+  /** The flush loop has started (`flushing` is set as soon as it is scheduled). */
+  private loopRunning = false;
+  /** Bytes of pending appends not yet taken into a flush. */
+  private pendingBytes = 0;
+  /** Set while the loop waits on an fdatasync with nothing to write: call it to write new appends alongside. */
+  private wake: (() => void) | null = null;
   private closed = false;
   /** Set after a failure that left the disk state uncertain: the log is read-only until reopened. */
   private failure: SpoolError | null = null;
@@ -148,7 +166,7 @@ export class Log {
   private readonly positionHints = new Map<number, { segment: Segment; position: number }>();
   private readonly appendListeners = new Set<(endOffset: number) => void>();
   private idleWaiters: (() => void)[] = [];
-  private counters = { flushes: 0, appendedRecords: 0, indexesRebuilt: 0 };
+  private counters = { flushes: 0, earlyFlushes: 0, flushesDuringSync: 0, appendedRecords: 0, indexesRebuilt: 0 };
 
   private constructor(dir: string, options: ResolvedLogOptions, segments: Segment[], bytesSinceIndex: number) {
     this.dir = dir;
@@ -287,10 +305,25 @@ export class Log {
     if (this.failure !== null) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       this.pending.push({ records, single, sizes, bytes, resolve: resolve as PendingAppend['resolve'], reject });
+      this.pendingBytes += bytes;
       if (!this.flushing) {
         this.flushing = true;
         // A microtask, so that appends made in the same tick join this flush.
-        queueMicrotask(() => void this.flushLoop());
+        queueMicrotask(() => {
+          if (this.flushing) this.startLoop();
+        });
+      } else if (this.pendingBytes >= this.options.earlyFlushBytes) {
+        // Enough to be worth a write now: start it, so the disk works while the rest of this tick's
+        // appends are still being made (CPU and I/O overlap instead of taking turns).
+        if (!this.loopRunning) {
+          this.counters.earlyFlushes++;
+          this.startLoop();
+        } else if (this.wake !== null) {
+          this.counters.earlyFlushes++;
+          const wake = this.wake;
+          this.wake = null;
+          wake();
+        }
       }
     });
   }
@@ -301,6 +334,12 @@ export class Log {
    * the encoding of one flush overlaps the sync of the other. Nothing is resolved before the
    * fdatasync that covers it, and a flush is committed only after every flush before it.
    */
+  private startLoop(): void {
+    if (this.loopRunning) return;
+    this.loopRunning = true;
+    void this.flushLoop();
+  }
+
   private async flushLoop(): Promise<void> {
     let syncing: WrittenFlush | null = null;
     try {
@@ -321,6 +360,17 @@ export class Log {
         if (syncing === null) break;
         const last: WrittenFlush = syncing;
         syncing = null;
+        // Wait for its fdatasync, unless enough new appends arrive first: then write them alongside.
+        const woken = await new Promise<boolean>((resolve) => {
+          this.wake = () => resolve(true);
+          void last.sync.then(() => resolve(false));
+        });
+        this.wake = null;
+        if (woken) {
+          this.counters.flushesDuringSync++;
+          syncing = last;
+          continue;
+        }
         try {
           await this.finishSync(last);
         } catch (err) {
@@ -337,6 +387,9 @@ export class Log {
       else assert.equal(this.pendingHead, this.pending.length, 'the flush loop ends only with nothing pending');
       this.pending.length = 0;
       this.pendingHead = 0;
+      this.pendingBytes = 0;
+      this.wake = null;
+      this.loopRunning = false;
       this.flushing = false;
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
@@ -353,6 +406,7 @@ export class Log {
       if (out.length > 0 && bytes + p.bytes > FLUSH_TARGET_BYTES) break;
       out.push(p);
       bytes += p.bytes;
+      this.pendingBytes -= p.bytes;
       this.pending[this.pendingHead] = undefined as unknown as PendingAppend;
       this.pendingHead++;
     }
@@ -850,6 +904,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
   const indexIntervalBytes = o.indexIntervalBytes ?? 4096;
   const recordBytesMax = o.recordBytesMax ?? 4 * MiB;
   const batchBytesMax = o.batchBytesMax ?? 16 * MiB;
+  const earlyFlushBytes = o.earlyFlushBytes ?? EARLY_FLUSH_BYTES;
   const check = (ok: boolean, what: string) => {
     if (!ok) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', what);
   };
@@ -858,6 +913,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
   check(Number.isSafeInteger(recordBytesMax) && recordBytesMax > 0 && recordBytesMax <= 64 * MiB, 'recordBytesMax must be 1 B..64 MiB');
   check(Number.isSafeInteger(batchBytesMax) && batchBytesMax >= recordBytesMax + BATCH_HEADER_BYTES, 'batchBytesMax must be at least recordBytesMax plus a batch header');
   check(batchBytesMax <= 64 * MiB, 'batchBytesMax must be at most 64 MiB');
+  check(Number.isSafeInteger(earlyFlushBytes) && earlyFlushBytes > 0, 'earlyFlushBytes must be a positive integer');
   return {
     storage: o.storage ?? nodeStorage,
     clock: o.clock ?? systemClock,
@@ -865,6 +921,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
     indexIntervalBytes,
     recordBytesMax,
     batchBytesMax,
+    earlyFlushBytes,
     create: o.create ?? true,
     repair: o.repair ?? false,
     // Two flushes can be unsynced at a crash (the pipeline), so a torn tail can span both.
