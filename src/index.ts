@@ -27,6 +27,7 @@ export type {
   ExchangeOptions,
   PublishOptions,
   PublishResult,
+  BatchMessage,
   PublishStatus,
 } from './broker/broker.js';
 export type { ReplayOptions as BrokerReplayOptions } from './broker/broker.js';

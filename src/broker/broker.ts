@@ -67,6 +67,24 @@ export interface PublishOptions {
   ttl?: number;
 }
 
+/** One message of `publishBatch`: its routing key and body, and the options of `publish`. */
+export interface BatchMessage extends PublishOptions {
+  routingKey: string;
+  body: Body;
+}
+
+/** The most messages one `publishBatch` call takes. */
+export const BATCH_MESSAGES_MAX = 100_000;
+
+/** A publish whose arguments were checked: what storing or scheduling it needs. */
+interface CheckedPublish {
+  id: string;
+  callerId: boolean;
+  headers: Headers | undefined;
+  ttl: number | undefined;
+  deliverAt: number | undefined;
+}
+
 export type PublishStatus = 'confirmed' | 'duplicate' | 'unroutable';
 
 export interface PublishResult {
@@ -515,10 +533,115 @@ export class Broker extends EventEmitter<BrokerEvents> {
   /** Validates and routes synchronously (throwing), then returns the confirmation's promise: one promise per publish on the common path. */
   private publishNow(exchange: string, routingKey: string, body: Body, options: PublishOptions): Promise<PublishResult> {
     this.checkOpen();
+    this.checkExchange(exchange);
+    const p = this.checkPublish(routingKey, body, options);
+    if (p.deliverAt !== undefined && p.deliverAt > this.clock.now()) return this.publishDelayed(p.id, p.callerId, exchange, routingKey, body, p.headers, p.ttl, p.deliverAt);
+    const queues = this.route(exchange, routingKey);
+    if (queues.length === 0) return Promise.resolve(this.unroutable(p.id, exchange, routingKey, body, p.headers, options.mandatory === true));
+    const stored = this.storedOf(p, exchange, routingKey, body);
+    return this.appendTo(queues, stored).then((status) => {
+      if (status === 'duplicate') this.counters.duplicates++;
+      else this.counters.published++;
+      return { id: p.id, status, queues: queues as string[] };
+    });
+  }
+
+  /**
+   * Publishes many messages to one exchange, each with its own routing key, body and options.
+   * The messages for one queue go to its log as one append, so a batch costs one fdatasync per
+   * queue instead of many publishes sharing them: the fastest way to publish in bulk (Kafka's
+   * producer batch). Resolves after every message is durable in every queue it routes to, with
+   * one result per message, in order. Every message is checked before anything is stored: one
+   * bad message rejects the whole call with a typed error naming its index, and nothing is
+   * published. A failed append rejects the call; messages for other queues may have been
+   * stored, so retry with the same ids and the dedupe window makes each land once.
+   * @example
+   *   const results = await broker.publishBatch('orders', [
+   *     { routingKey: 'order.created', body: JSON.stringify({ id: 1 }), id: 'order-1' },
+   *     { routingKey: 'order.created', body: JSON.stringify({ id: 2 }), id: 'order-2' },
+   *   ]);
+   *   // results[i].status: 'confirmed' | 'duplicate' | 'unroutable'
+   */
+  publishBatch(exchange: string, messages: readonly BatchMessage[]): Promise<PublishResult[]> {
+    try {
+      return this.publishBatchNow(exchange, messages);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  }
+
+  private publishBatchNow(exchange: string, messages: readonly BatchMessage[]): Promise<PublishResult[]> {
+    this.checkOpen();
+    this.checkExchange(exchange);
+    if (!Array.isArray(messages)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'messages must be an array of { routingKey, body, ...options }');
+    if (messages.length > BATCH_MESSAGES_MAX) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `a batch holds at most ${BATCH_MESSAGES_MAX} messages, got ${messages.length}`);
+    // Check them all first: a bad message must not leave the ones before it published.
+    const checked = messages.map((m, i) => {
+      try {
+        if (m === null || typeof m !== 'object') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'a message must be an object { routingKey, body, ...options }');
+        return this.checkPublish(m.routingKey, m.body, m);
+      } catch (err) {
+        if (err instanceof SpoolError) throw new SpoolError(err.code, `messages[${i}]: ${err.message}`, { cause: err });
+        throw err;
+      }
+    });
+    const results = new Array<PublishResult>(messages.length);
+    const pending: Promise<unknown>[] = [];
+    const perQueue = new Map<string, { stored: StoredMessage[]; index: number[] }>();
+    const routed: (readonly string[])[] = [];
+    const now = this.clock.now();
+    for (let i = 0; i < messages.length; i++) {
+      const m = messages[i] as BatchMessage;
+      const p = checked[i] as CheckedPublish;
+      if (p.deliverAt !== undefined && p.deliverAt > now) {
+        pending.push(this.publishDelayed(p.id, p.callerId, exchange, m.routingKey, m.body, p.headers, p.ttl, p.deliverAt).then((r) => (results[i] = r)));
+        continue;
+      }
+      const queues = this.route(exchange, m.routingKey);
+      routed[i] = queues;
+      if (queues.length === 0) {
+        results[i] = this.unroutable(p.id, exchange, m.routingKey, m.body, p.headers, m.mandatory === true);
+        continue;
+      }
+      const stored = this.storedOf(p, exchange, m.routingKey, m.body);
+      for (const q of queues) {
+        let entry = perQueue.get(q);
+        if (entry === undefined) perQueue.set(q, (entry = { stored: [], index: [] }));
+        entry.stored.push(stored);
+        entry.index.push(i);
+      }
+    }
+    // A message routed to several queues is a duplicate only when every queue already had it.
+    const confirmedSomewhere = new Uint8Array(messages.length);
+    for (const [q, entry] of perQueue) {
+      pending.push(
+        (this.queues.get(q) as Queue).appendMany(entry.stored).then((statuses) => {
+          for (let j = 0; j < statuses.length; j++) if (statuses[j] === 'confirmed') confirmedSomewhere[entry.index[j] as number] = 1;
+        }),
+      );
+    }
+    return Promise.all(pending).then(() => {
+      for (let i = 0; i < messages.length; i++) {
+        const queues = routed[i];
+        if (queues === undefined || queues.length === 0) continue;
+        const status: PublishStatus = confirmedSomewhere[i] === 1 ? 'confirmed' : 'duplicate';
+        if (status === 'duplicate') this.counters.duplicates++;
+        else this.counters.published++;
+        results[i] = { id: (checked[i] as CheckedPublish).id, status, queues: queues as string[] };
+      }
+      return results;
+    });
+  }
+
+  private checkExchange(exchange: string): void {
     if (exchange !== '' && !this.exchanges.has(exchange)) {
       checkExchangeName(exchange);
       throw new SpoolError('SPOOL_ERR_NOT_FOUND', `no exchange ${exchange}`);
     }
+  }
+
+  /** Checks one publish's routing key, body and options; throws a typed error, stores nothing. */
+  private checkPublish(routingKey: unknown, body: unknown, options: PublishOptions): CheckedPublish {
     if (typeof routingKey !== 'string') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'routing key must be a string');
     const size = typeof body === 'string' ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : -1;
     if (size < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'body must be a Buffer, Uint8Array or string');
@@ -533,21 +656,18 @@ export class Broker extends EventEmitter<BrokerEvents> {
     const id = callerId ? (options.id as string) : generateId();
     const ttl = options.ttl;
     if (ttl !== undefined && (!Number.isSafeInteger(ttl) || ttl < 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'ttl must be a non-negative integer (ms)');
-    const deliverAt = this.deliverAtOf(options);
-    if (deliverAt !== undefined && deliverAt > this.clock.now()) return this.publishDelayed(id, callerId, exchange, routingKey, body, headers, ttl, deliverAt);
-    const queues = this.route(exchange, routingKey);
-    if (queues.length === 0) {
-      this.counters.unroutable++;
-      this.emit('unroutable', { id, exchange, routingKey });
-      if (options.mandatory) this.emit('return', { id, exchange, routingKey, body, headers });
-      return Promise.resolve({ id, status: 'unroutable', queues: [] });
-    }
-    const stored = { id, callerId, exchange, routingKey, headers, body, expiresAt: ttl === undefined ? undefined : this.clock.now() + ttl };
-    return this.appendTo(queues, stored).then((status) => {
-      if (status === 'duplicate') this.counters.duplicates++;
-      else this.counters.published++;
-      return { id, status, queues: queues as string[] };
-    });
+    return { id, callerId, headers, ttl, deliverAt: this.deliverAtOf(options) };
+  }
+
+  private unroutable(id: string, exchange: string, routingKey: string, body: Body, headers: Headers | undefined, mandatory: boolean): PublishResult {
+    this.counters.unroutable++;
+    this.emit('unroutable', { id, exchange, routingKey });
+    if (mandatory) this.emit('return', { id, exchange, routingKey, body, headers });
+    return { id, status: 'unroutable', queues: [] };
+  }
+
+  private storedOf(p: CheckedPublish, exchange: string, routingKey: string, body: Body): StoredMessage {
+    return { id: p.id, callerId: p.callerId, exchange, routingKey, headers: p.headers, body, expiresAt: p.ttl === undefined ? undefined : this.clock.now() + p.ttl };
   }
 
   private deliverAtOf(options: PublishOptions): number | undefined {

@@ -5,11 +5,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { SpoolError } from '../errors.js';
-import { Log, type Clock, type LogOptions, nodeStorage } from '../log/index.js';
+import { Log, type Clock, type LogOptions, encodedRecordBytes, nodeStorage } from '../log/index.js';
 import { writeFileAtomic } from '../log/storage.js';
 import { AckStore } from './ack-store.js';
 import { ConsumerGroup, type ConsumerOptions, type DeathReason, type GroupHooks } from './group.js';
-import type { LogRecord } from '../log/index.js';
+import type { LogRecord, RecordInput } from '../log/index.js';
 import { type StoredMessage, dedupeKeyOf, expiresAtOf, toRecord } from './message.js';
 import { SizeWindow } from './size-window.js';
 
@@ -45,6 +45,9 @@ export interface QueueHooks {
   schedule(key: string, dueAt: number, fire: () => void): void;
   error(err: Error): void;
 }
+
+/** Record bytes per log append of a batch publish: well under the log's 16 MiB append limit. */
+const APPEND_CHUNK_BYTES = 4 * 1024 * 1024;
 
 export class Queue {
   readonly groups = new Map<string, ConsumerGroup>();
@@ -166,6 +169,91 @@ export class Queue {
     }
     // (The common path above costs one extra promise; everything else goes through the checks.)
     return this.appendChecked(m);
+  }
+
+  /**
+   * Appends several messages as one log append (one batch, one fdatasync at most): the batch
+   * publish path. Returns each message's status, in order. Duplicates, also within `ms`, are
+   * skipped; a failure appends none of them and releases their dedupe claims.
+   */
+  async appendMany(ms: readonly StoredMessage[]): Promise<('confirmed' | 'duplicate')[]> {
+    const now = this.clock.now();
+    const statuses: ('confirmed' | 'duplicate')[] = new Array<'confirmed' | 'duplicate'>(ms.length).fill('duplicate');
+    const taken: number[] = [];
+    const records: RecordInput[] = [];
+    const claimed: string[] = [];
+    const rejectWhenFull = this.options.overflow === 'reject-publish';
+    let full: string | null = null;
+    let evicted = false;
+    let takenBytes = 0;
+    for (let i = 0; i < ms.length; i++) {
+      const m = ms[i] as StoredMessage;
+      const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
+      if (dedupeKey !== undefined) {
+        if (!evicted) {
+          this.evictDedupe(now);
+          evicted = true;
+        }
+        const until = this.dedupe.get(dedupeKey);
+        if (until !== undefined && until > now) continue;
+      }
+      if (rejectWhenFull) {
+        // Counting this batch's earlier messages: the queue fills up within the batch too.
+        const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
+        full = this.fullReason(size, taken.length, takenBytes);
+        if (full !== null) break;
+        takenBytes += size;
+      }
+      if (dedupeKey !== undefined) {
+        this.dedupe.set(dedupeKey, now + this.dedupeWindowMs);
+        claimed.push(dedupeKey);
+      }
+      taken.push(i);
+      records.push(toRecord(m));
+    }
+    if (records.length === 0) {
+      if (full !== null) throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}`);
+      return statuses;
+    }
+    // One log append per chunk (an append has a byte limit); the chunks share fdatasyncs.
+    const chunks: { from: number; to: number }[] = [];
+    let from = 0;
+    let bytes = 0;
+    for (let j = 0; j < records.length; j++) {
+      const size = encodedRecordBytes(records[j] as RecordInput);
+      if (j > from && bytes + size > APPEND_CHUNK_BYTES) {
+        chunks.push({ from, to: j });
+        from = j;
+        bytes = 0;
+      }
+      bytes += size;
+    }
+    chunks.push({ from, to: records.length });
+    let bases: number[];
+    try {
+      bases = await Promise.all(chunks.map((c) => this.log.append(records.slice(c.from, c.to)).then((r) => r.baseOffset)));
+    } catch (err) {
+      for (const k of claimed) this.dedupe.delete(k);
+      throw err;
+    }
+    const expiries: Promise<void>[] = [];
+    for (let c = 0; c < chunks.length; c++) {
+      const { from: first, to } = chunks[c] as { from: number; to: number };
+      for (let j = first; j < to; j++) {
+        const offset = (bases[c] as number) + (j - first);
+        const i = taken[j] as number;
+        const m = ms[i] as StoredMessage;
+        statuses[i] = 'confirmed';
+        if (this.sizes !== null) this.sizes.add(offset, typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength);
+        if (m.expiresAt !== undefined) expiries.push(this.watchExpiry(offset, m.expiresAt));
+      }
+    }
+    await Promise.all(expiries);
+    if (full !== null) {
+      throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}: ${taken.length} of ${ms.length} messages were stored; retry the rest (the same ids are deduplicated)`);
+    }
+    if (!rejectWhenFull) this.dropHeadIfOver();
+    return statuses;
   }
 
   private async appendChecked(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
@@ -337,12 +425,13 @@ export class Queue {
   }
 
   /** Why a message of `size` bytes would overflow the queue, or null when it fits. */
-  private fullReason(size: number): string | null {
+  /** Why a message of `size` bytes does not fit, after `aheadCount` messages of `aheadBytes` not yet appended; null when it fits. */
+  private fullReason(size: number, aheadCount = 0, aheadBytes = 0): string | null {
     const { maxLength, maxBytes } = this.options;
-    if (maxLength !== undefined && this.depth >= maxLength) return `maxLength ${maxLength}`;
+    if (maxLength !== undefined && this.depth + aheadCount >= maxLength) return `maxLength ${maxLength}`;
     if (maxBytes !== undefined && this.sizes !== null) {
       this.sizes.advanceTo(this.head());
-      if (this.sizes.total + size > maxBytes) return `maxBytes ${maxBytes}`;
+      if (this.sizes.total + aheadBytes + size > maxBytes) return `maxBytes ${maxBytes}`;
     }
     return null;
   }
