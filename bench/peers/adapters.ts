@@ -130,27 +130,63 @@ export async function spoolDelaySupported(tempBase: string): Promise<{ supported
   }
 }
 
-export async function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
+/**
+ * Spool embedded. `batch` 1: every publish is its own `publish` call (1,000 outstanding). `batch`
+ * > 1: publishes join a `publishBatch` call of up to `batch` messages, sent when full or at the end
+ * of the tick, as the SQLite batched row does with its transactions. Both drain the same way.
+ */
+export async function runSpool(p: PeerRunParams, batch = 1): Promise<PeerOutcome> {
   const outcome: PeerOutcome = {
-    key: 'spool',
-    name: 'Spool (embedded), topic exchange',
+    key: batch > 1 ? 'spool-batch' : 'spool',
+    name: batch > 1 ? `Spool (embedded), publishBatch of ${batch.toLocaleString('en-US')}` : 'Spool (embedded), topic exchange',
     version: `spoolmq ${readVersion()}`,
-    ackMeans: 'publish resolves after the fdatasync of the queue log that holds it (group commit); manual acks resolve after the ack store is fdatasynced',
+    ackMeans: 'publish resolves after the fdatasync of the queue log that holds it (group commit); acks are durable once the ack store is fdatasynced',
     durableAtAck: true,
-    notes: ['drain: 1 consumer, ack manual, every msg.ack() promise awaited (durable acks), prefetch 1,000'],
+    notes: [
+      'drain: 1 consumer, ack auto, prefetch 1,000; timed until every ack is fdatasynced in the ack store (durable acks)',
+      ...(batch > 1
+        ? [`publish: publishBatch calls of up to ${batch.toLocaleString('en-US')} messages (one log append each), 4 calls in flight (a producer pipelines its batches, as Kafka's does)`]
+        : []),
+    ],
   };
   const body = bodies(4096, p.bodyBytes);
   const dirs: string[] = [];
   try {
-    const { figures, runs } = await figuresOf('spool', p, async (run) => {
+    const params = batch > 1 ? { ...p, window: 4 * batch } : p;
+    const { figures, runs } = await figuresOf(outcome.key, params, async (run) => {
       const dir = makeTempDir('peers-spool', p.tempBase);
       dirs.push(dir);
       const h = await openBenchBroker(path.join(dir, 'data'));
       const lat = await openBenchBroker(path.join(dir, 'lat'));
+      const pending: { body: Buffer; resolve: () => void; reject: (err: unknown) => void }[] = [];
+      let scheduled = false;
+      const sendPending = (): void => {
+        scheduled = false;
+        while (pending.length > 0) {
+          const take = pending.splice(0, batch);
+          h.broker.publishBatch(EXCHANGE, take.map((x) => ({ routingKey: ROUTING_KEY, body: x.body }))).then(
+            () => {
+              for (const x of take) x.resolve();
+            },
+            (err: unknown) => {
+              for (const x of take) x.reject(err);
+            },
+          );
+        }
+      };
+      const publishBatched = (b: Buffer): Promise<unknown> =>
+        new Promise<void>((resolve, reject) => {
+          pending.push({ body: b, resolve, reject });
+          if (pending.length >= batch) sendPending();
+          else if (!scheduled) {
+            scheduled = true;
+            setImmediate(sendPending);
+          }
+        });
       return {
-        publish: (i) => h.broker.publish(EXCHANGE, ROUTING_KEY, body[i % body.length] as Buffer),
+        publish: (i) => (batch > 1 ? publishBatched(body[i % body.length] as Buffer) : h.broker.publish(EXCHANGE, ROUTING_KEY, body[i % body.length] as Buffer)),
         drain: async (n) => {
-          const r = await drainGroup(h.broker, `drain-${run}`, n, { consumers: 1, ack: 'manual' }, 1000);
+          const r = await drainGroup(h.broker, `drain-${run}`, n, { consumers: 1, ack: 'auto' }, 1000);
           return { count: n, seconds: r.ackedSeconds, capped: false };
         },
         latency: (i) => lat.broker.publish(EXCHANGE, ROUTING_KEY, body[i % body.length] as Buffer),
@@ -166,7 +202,7 @@ export async function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
   } catch (err) {
     outcome.error = errText(err);
   }
-  if (p.delays) {
+  if (p.delays && batch === 1) {
     const probe = await spoolDelaySupported(p.tempBase).catch((err: unknown) => ({ supported: false, how: errText(err) }));
     if (!probe.supported) {
       outcome.notes.push(`delays: not yet (${probe.how})`);

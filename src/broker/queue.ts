@@ -48,6 +48,12 @@ export interface QueueHooks {
 
 /** Record bytes per log append of a batch publish: well under the log's 16 MiB append limit. */
 const APPEND_CHUNK_BYTES = 4 * 1024 * 1024;
+/** More than a record's framing and header names (the route header's value is counted apart). */
+const RECORD_BYTES_BOUND = 1024;
+
+function byteLengthOf(v: Buffer | Uint8Array | string): number {
+  return typeof v === 'string' ? Buffer.byteLength(v) : v.byteLength;
+}
 
 export class Queue {
   readonly groups = new Map<string, ConsumerGroup>();
@@ -220,7 +226,10 @@ export class Queue {
     let from = 0;
     let bytes = 0;
     for (let j = 0; j < records.length; j++) {
-      const size = encodedRecordBytes(records[j] as RecordInput);
+      const r = records[j] as RecordInput;
+      // Shared frozen headers are small (a route); otherwise count exactly. A bound, not the size.
+      const m = ms[taken[j] as number] as StoredMessage;
+      const size = Object.isFrozen(r.headers) ? RECORD_BYTES_BOUND + (m.id.length + m.exchange.length + m.routingKey.length) * 3 + byteLengthOf(r.value) : encodedRecordBytes(r);
       if (j > from && bytes + size > APPEND_CHUNK_BYTES) {
         chunks.push({ from, to: j });
         from = j;
