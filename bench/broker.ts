@@ -23,7 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { Broker } from '../src/broker/broker.js';
+import { type BatchMessage, Broker } from '../src/broker/broker.js';
 import type { Message } from '../src/broker/delivery.js';
 import { type ScenarioContext } from './lib/context.js';
 import { CountingStorage, type IoCounters, diffCounters } from './lib/counting-storage.js';
@@ -391,6 +391,25 @@ export async function publishOnce(p: PublishParams): Promise<Metrics> {
       m[`w${k}MaxUs`] = sorted[sorted.length - 1] as number;
       m[`w${k}CpuUsPerMsg`] = (cpu.user + cpu.system) / total;
     });
+    // The batch API: publishBatch calls of BATCH_SIZE, BATCH_IN_FLIGHT at a time.
+    await withBroker(p.dir, 'publish-batch', async ({ broker, storage }) => {
+      const batches = Array.from({ length: Math.ceil(bodies.length / BATCH_SIZE) }, (_, b) =>
+        bodies.slice(b * BATCH_SIZE, (b + 1) * BATCH_SIZE).map((body) => ({ routingKey: ROUTING_KEY, body })),
+      );
+      const warmBatches = Math.max(BATCH_IN_FLIGHT, Math.round(total / BATCH_SIZE / 20));
+      await pumpBatches(broker, batches, warmBatches * BATCH_SIZE);
+      const before = storage.snapshot();
+      const c0 = process.cpuUsage();
+      const t0 = process.hrtime.bigint();
+      const sent = await timed(`broker-publish-batch ${k}`, () => pumpBatches(broker, batches, total));
+      const seconds = secondsSince(t0);
+      const cpu = process.cpuUsage(c0);
+      const io = ioMetrics(diffCounters(storage.snapshot(), before), seconds);
+      m[`b${k}MsgsPerSec`] = sent / seconds;
+      m[`b${k}FsyncsPerSec`] = io.fsyncsPerSec as number;
+      m[`b${k}DiskMBps`] = io.diskMBps as number;
+      m[`b${k}CpuUsPerMsg`] = (cpu.user + cpu.system) / sent;
+    });
     await withTempDir('publish-lat', p.dir, async (tmp) => {
       const h = await openBenchBroker(path.join(tmp, 'data'));
       const raw = await RawSyncWriter.create(path.join(tmp, 'raw.dat'), size);
@@ -430,6 +449,26 @@ export async function publishOnce(p: PublishParams): Promise<Metrics> {
     });
   }
   return m;
+}
+
+/** Messages per publishBatch call in the batch figures, and calls kept in flight. */
+export const BATCH_SIZE = 1000;
+export const BATCH_IN_FLIGHT = 4;
+
+/** Publishes at least `total` messages through publishBatch, BATCH_IN_FLIGHT calls at a time; returns how many. */
+async function pumpBatches(broker: Broker, batches: readonly BatchMessage[][], total: number): Promise<number> {
+  let sent = 0;
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (sent < total) {
+      const batch = batches[next++ % batches.length] as BatchMessage[];
+      sent += batch.length;
+      const results = await broker.publishBatch(EXCHANGE, batch);
+      if (results.length !== batch.length || results[0]?.status !== 'confirmed') throw new Error(`publishBatch returned ${results.length} results, first ${results[0]?.status}`);
+    }
+  };
+  await Promise.all(Array.from({ length: BATCH_IN_FLIGHT }, lane));
+  return sent;
 }
 
 function sortedPercentile(sorted: readonly number[], p: number): number {
@@ -477,6 +516,17 @@ export async function benchBrokerPublish(ctx: ScenarioContext, p: PublishParams)
       unit: 'us',
       ...lt,
       ratios: `${fmtRatio(m[`l${k}RatioToRaw`])} paired raw ${fmt(m[`l${k}RawP50Us`])} us; p99 ${fmt(m[`l${k}P99Us`])} us, max ${fmt(m[`l${k}MaxUs`])} us; ${latencyRatio(m[`l${k}P50Us`] as number, raw)}`,
+    });
+    const batchLabel = `publishBatch of ${fmt(BATCH_SIZE)}, ${BATCH_IN_FLIGHT} in flight`;
+    labels[`b${k}MsgsPerSec`] = `${sl}, ${batchLabel}: msgs/s`;
+    labels[`b${k}FsyncsPerSec`] = `${sl}, ${batchLabel}: fsyncs/s`;
+    labels[`b${k}CpuUsPerMsg`] = `${sl}, ${batchLabel}: process CPU us per msg`;
+    rows.push({
+      scenario: name,
+      metric: `${sl} ${batchLabel}`,
+      value: m[`b${k}MsgsPerSec`] as number,
+      unit: 'msgs/s',
+      ratios: `${fmtRatio((m[`b${k}MsgsPerSec`] as number) / (m[`w${k}MsgsPerSec`] as number))} single publishes (${fmt(p.window)} outstanding, same run); ${fmt(m[`b${k}CpuUsPerMsg`])} CPU us/msg; ${raw === null ? '' : `fsync ${fmtPct((m[`b${k}FsyncsPerSec`] as number) / raw.fsyncCallsPerSec)} of raw rate`}`,
     });
     ratios.push(`${sl}, ${fmt(p.window)} outstanding: ${throughputRatio(m, `w${k}`, raw)}`);
     ratios.push(`${sl}, 1 outstanding: confirm p50 ${fmtRatio(m[`l${k}RatioToRaw`])} the paired raw write+fdatasync; ${latencyRatio(m[`l${k}P50Us`] as number, raw)}`);
