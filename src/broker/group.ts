@@ -75,7 +75,7 @@ interface InFlight {
   deadline: number;
 }
 
-const READ_BATCH_BYTES = 1024 * 1024;
+const READ_BATCH_BYTES = 256 * 1024;
 
 /** The queue-level policy a group applies. */
 export interface GroupPolicy {
