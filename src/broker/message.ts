@@ -83,7 +83,7 @@ export interface StoredMessage {
 }
 
 /** Header maps for the common case (no user headers, no expiry), shared across messages. */
-const routeHeaderCache = new Map<string, Readonly<Record<string, Buffer>>>();
+const routeHeaderCache = new Map<string, Readonly<Record<string, string>>>();
 const ROUTE_CACHE_MAX = 10_000;
 
 export function toRecord(m: StoredMessage): RecordInput {
@@ -92,10 +92,8 @@ export function toRecord(m: StoredMessage): RecordInput {
     const cacheKey = m.callerId ? 'u' + route : 'g' + route;
     let h = routeHeaderCache.get(cacheKey);
     if (h === undefined) {
-      // Frozen, so the log checks and sizes it once rather than on every record.
-      // Values as bytes: encoded once here instead of on every record.
-      const routeBytes = Buffer.from(route);
-      const fresh: Record<string, Buffer> = m.callerId ? { [META_ROUTE]: routeBytes, [META_CALLER_ID]: Buffer.alloc(0) } : { [META_ROUTE]: routeBytes };
+      // Frozen with string values, so the log checks, sizes and encodes it once, not per record.
+      const fresh: Record<string, string> = m.callerId ? { [META_ROUTE]: route, [META_CALLER_ID]: '' } : { [META_ROUTE]: route };
       h = Object.freeze(fresh);
       if (routeHeaderCache.size >= ROUTE_CACHE_MAX) routeHeaderCache.clear();
       routeHeaderCache.set(cacheKey, h);

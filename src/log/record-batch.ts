@@ -99,7 +99,10 @@ export class LogRecord {
       const nameLength = buf.readUInt16LE(q);
       const nameEnd = q + 2 + nameLength;
       const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
-      if (nameLength === nameBytes && buf.toString('utf8', q + 2, nameEnd) === name) return buf.toString('utf8', nameEnd + 4, valueEnd);
+      // An ASCII name (all of the broker's) is compared byte by byte, without decoding a string per header.
+      if (nameLength === nameBytes && (nameBytes === name.length ? asciiEquals(buf, q + 2, name) : buf.toString('utf8', q + 2, nameEnd) === name)) {
+        return buf.toString('utf8', nameEnd + 4, valueEnd);
+      }
       q = valueEnd;
     }
     return undefined;
@@ -108,6 +111,29 @@ export class LogRecord {
   get headerNames(): number {
     return this.headerCount;
   }
+
+  /**
+   * One header's value as a view (no text decoding), or undefined; `name` must be ASCII. For
+   * copying a record onward byte for byte (the server's DELIVERY frames, src/server).
+   */
+  headerBytes(name: string): Buffer | undefined {
+    const buf = this.buf;
+    let q = this.headersStart;
+    for (let j = 0; j < this.headerCount; j++) {
+      const nameLength = buf.readUInt16LE(q);
+      const nameEnd = q + 2 + nameLength;
+      const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
+      if (nameLength === name.length && asciiEquals(buf, q + 2, name)) return buf.subarray(nameEnd + 4, valueEnd);
+      q = valueEnd;
+    }
+    return undefined;
+  }
+}
+
+/** True when `buf` holds the ASCII `s` at `at` (the caller checked the length). */
+function asciiEquals(buf: Buffer, at: number, s: string): boolean {
+  for (let i = 0; i < s.length; i++) if (buf[at + i] !== s.charCodeAt(i)) return false;
+  return true;
 }
 
 const EMPTY_HEADERS: Readonly<Record<string, Buffer>> = Object.freeze({});
@@ -136,6 +162,46 @@ function headersBytes(headers: NonNullable<RecordInput['headers']>): number {
   for (const name in headers) bytes += 6 + Buffer.byteLength(name) + byteLengthOf(headers[name] as Buffer | string);
   if (Object.isFrozen(headers)) frozenHeaderBytes.set(headers, bytes);
   return bytes;
+}
+
+/** Writes a record's header count and headers at `pos`; returns the position after them. */
+function encodeHeaders(buf: Buffer, headers: RecordInput['headers'], pos: number): number {
+  let headerCount = 0;
+  const countPos = pos;
+  let p = pos + 2;
+  if (headers !== undefined) {
+    for (const name in headers) {
+      const keyPos = p;
+      p = buf.write(name, p + 2) + p + 2;
+      buf.writeUInt16LE(p - keyPos - 2, keyPos);
+      const valuePos = p;
+      p = put(buf, headers[name] as Buffer | string, p + 4);
+      buf.writeUInt32LE(p - valuePos - 4, valuePos);
+      headerCount++;
+    }
+  }
+  buf.writeUInt16LE(headerCount, countPos);
+  return p;
+}
+
+/**
+ * Encoded header blocks (count and headers) of frozen maps whose values are all strings, made
+ * once: such a map cannot change. (A Buffer value can, so maps holding one are encoded each time.)
+ */
+const frozenHeaderBlocks = new WeakMap<object, Buffer | null>();
+
+function frozenHeaderBlock(headers: NonNullable<RecordInput['headers']>): Buffer | null {
+  let block = frozenHeaderBlocks.get(headers);
+  if (block === undefined) {
+    block = null;
+    if (Object.values(headers).every((v) => typeof v === 'string')) {
+      block = Buffer.alloc(2 + headersBytes(headers));
+      const end = encodeHeaders(block, headers, 0);
+      assert.equal(end, block.length, 'a header block fills its precomputed size');
+    }
+    frozenHeaderBlocks.set(headers, block);
+  }
+  return block;
 }
 
 function put(buf: Buffer, v: Buffer | Uint8Array | string, pos: number): number {
@@ -199,21 +265,14 @@ export class BatchEncoder {
       buf.writeInt32LE(p - begin - RECORD_FIXED_BYTES, begin + 12);
     }
     const headers = record.headers;
-    let headerCount = 0;
-    const countPos = p;
-    p += 2;
-    if (headers !== undefined) {
-      for (const name in headers) {
-        const keyPos = p;
-        p = buf.write(name, p + 2) + p + 2;
-        buf.writeUInt16LE(p - keyPos - 2, keyPos);
-        const valuePos = p;
-        p = put(buf, headers[name] as Buffer | string, p + 4);
-        buf.writeUInt32LE(p - valuePos - 4, valuePos);
-        headerCount++;
-      }
+    const block = headers !== undefined && Object.isFrozen(headers) ? frozenHeaderBlock(headers) : null;
+    if (block !== null) {
+      // A shared frozen map (the broker's route header): copy its encoding made once.
+      buf.set(block, p);
+      p += block.length;
+    } else {
+      p = encodeHeaders(buf, headers, p);
     }
-    buf.writeUInt16LE(headerCount, countPos);
     const valuePos = p;
     p = put(buf, record.value, p + 4);
     buf.writeUInt32LE(p - valuePos - 4, valuePos);

@@ -198,6 +198,32 @@ describe('record batch round trip', () => {
   });
 });
 
+describe('shared frozen header maps', () => {
+  it('encode the same bytes as an equal unfrozen map, however often they are reused', () => {
+    // Proves the cached header block: a frozen string-valued map (the broker's route header) encodes byte-identical batches to a fresh map each time.
+    const frozen = Object.freeze({ '\0m': 'orders\0order.created', '\0u': '' });
+    const records = (headers: () => Record<string, string>): Timed[] =>
+      Array.from({ length: 5 }, (_, i) => ({ key: `id-${i}`, value: `body ${i} ${'x'.repeat(i * 7)}`, headers: headers(), timestamp: 1000 + i }));
+    const a = encode(records(() => frozen)).batch;
+    const again = encode(records(() => frozen)).batch;
+    const b = encode(records(() => ({ '\0m': 'orders\0order.created', '\0u': '' }))).batch;
+    expect(a.equals(b)).toBe(true);
+    expect(again.equals(b)).toBe(true);
+  });
+
+  it('encode the current content of a Buffer value, never a copy cached earlier', () => {
+    // Proves Buffer-valued frozen maps are not cached: mutating the Buffer between encodes changes the encoded bytes.
+    const value = Buffer.from('first');
+    const frozen = Object.freeze({ h: value });
+    const rec = (): Timed[] => [{ key: 'k', value: 'v', headers: frozen, timestamp: 1 }];
+    const before = encode(rec()).batch;
+    value.write('later');
+    const after = encode(rec()).batch;
+    expect(after.includes(Buffer.from('later'))).toBe(true);
+    expect(before.includes(Buffer.from('first'))).toBe(true);
+  });
+});
+
 describe('batch CRC', () => {
   function flipsAllDetected(batch: Buffer, bits: number[]): void {
     for (const bit of bits) {

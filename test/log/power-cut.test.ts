@@ -689,7 +689,7 @@ describe('power-cut oracle', () => {
       recordsPerCallMax: 8,
       faults: seed % 4 === 3,
       earlyFlushBytes: [64, 200, 600][seed % 3] as number,
-      syncTicks: [4, 12, 30][seed % 3] as number,
+      syncTicks: [8, 24, 60][seed % 3] as number,
     }));
     expect(failures, failures.join('\n\n')).toEqual([]);
     if (process.env.SPOOL_POWER_CUT_SEED) return;
