@@ -39,6 +39,10 @@ export const ERROR_CODES = {
   SPOOL_ERR_QUEUE_FULL: { retriable: true, exit: 1 },
   /** Another process holds the data directory. */
   SPOOL_ERR_LOCKED: { retriable: true, exit: 1 },
+  /** The idempotency store holds `leasesMax` live leases; a claim must wait for some to complete, be released or expire. */
+  SPOOL_ERR_TOO_MANY_LEASES: { retriable: true, exit: 1 },
+  /** Another delivery holds this message's idempotency lease and is still handling it; the message comes back later. */
+  SPOOL_ERR_IN_PROGRESS: { retriable: true, exit: 1 },
   /** A peer sent a malformed, oversized or unexpected frame (docs/protocol.md); the connection is closed. */
   SPOOL_ERR_PROTOCOL: { retriable: false, exit: 1 },
   /** A connection did not present the server's token. */

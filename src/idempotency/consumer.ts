@@ -9,7 +9,7 @@
  * - done: the message was handled before (a redelivery, or the same id published twice): the
  *   handler is skipped and counted, and the wrapper resolves, so the broker acks it;
  * - in-progress: another delivery of it is being handled right now (a lock timeout handed it out
- *   again): the wrapper throws a retriable SPOOL_ERR_LOCKED, so the broker nacks it and it comes
+ *   again): the wrapper throws a retriable SPOOL_ERR_IN_PROGRESS, so the broker nacks it and it comes
  *   back later, by which time it is done (skip) or the lease has expired (run);
  * - acquired: the handler runs. If it throws, the lease is released and the error rethrown (the
  *   broker's retry rules apply). If it resolves, the completion is made durable, and only then
@@ -70,7 +70,7 @@ export function idempotentHandler<M extends { readonly id: string }>(
     const claim = await store.claim(key, { ttlMs: leaseMs });
     if (claim === 'in-progress') {
       counters.inProgress++;
-      throw new SpoolError('SPOOL_ERR_LOCKED', `message ${msg.id} is being handled by another delivery in group ${group}; it will be redelivered`);
+      throw new SpoolError('SPOOL_ERR_IN_PROGRESS', `message ${msg.id} is being handled by another delivery in group ${group}; it will be redelivered`);
     }
     if (claim !== 'acquired') {
       counters.skipped++;

@@ -75,7 +75,7 @@ export interface IdempotencyStoreOptions {
   journalKeysMax?: number;
   /** ... or after this many bytes appended. Default 64 MiB. */
   journalBytesMax?: number;
-  /** Most live leases at once; a claim beyond it fails with SPOOL_ERR_QUEUE_FULL. Default 100,000. */
+  /** Most live leases at once; a claim beyond it fails with SPOOL_ERR_TOO_MANY_LEASES. Default 100,000. */
   leasesMax?: number;
   /** Largest stored result. Default 1 MiB. */
   resultBytesMax?: number;
@@ -432,7 +432,7 @@ export class IdempotencyStore {
       if (held !== undefined) this.leases.delete(key);
       if (this.leases.size >= this.o.leasesMax) this.sweepLeases(now);
       if (this.leases.size >= this.o.leasesMax) {
-        throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `the idempotency store holds ${this.leases.size} live leases (leasesMax ${this.o.leasesMax}); complete or release some first`);
+        throw new SpoolError('SPOOL_ERR_TOO_MANY_LEASES', `the idempotency store holds ${this.leases.size} live leases (leasesMax ${this.o.leasesMax}); complete or release some first`);
       }
       const lease: Lease = { expiresAt: now + (ttlMs as number), claimedAt: now, hi: kh.hi, lo: kh.lo, keyBytes: kh.bytes };
       this.leases.set(key, lease);

@@ -83,7 +83,7 @@ async function lockTimeoutRun(idempotent: boolean): Promise<{ effects: Map<strin
 
 describe('idempotentHandler with the broker', () => {
   it('lock-timeout redeliveries: without the wrapper some messages run twice; with it each runs once', async () => {
-    // Proves the in-progress path: the redelivered copy meets a live lease, is nacked with SPOOL_ERR_LOCKED and retried until the first copy completed, then skipped.
+    // Proves the in-progress path: the redelivered copy meets a live lease, is nacked with SPOOL_ERR_IN_PROGRESS and retried until the first copy completed, then skipped.
     const plain = await lockTimeoutRun(false);
     expect([...plain.effects.values()].some((n) => n >= 2), `without the wrapper: ${JSON.stringify([...plain.effects])}`).toBe(true);
 
@@ -189,7 +189,7 @@ describe('idempotentHandler with the broker', () => {
     await store.claim('g:x2', { ttlMs: 10_000 });
     const err = await handler({ id: 'x2' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SpoolError);
-    expect((err as SpoolError).code).toBe('SPOOL_ERR_LOCKED');
+    expect((err as SpoolError).code).toBe('SPOOL_ERR_IN_PROGRESS');
     expect((err as SpoolError).retriable).toBe(true);
     expect(() => idempotentHandler(store, 'g', async () => {}, { windowMs: 60_001 })).toThrow(SpoolError);
     expect(() => idempotentHandler(store, '', async () => {})).toThrow(SpoolError);

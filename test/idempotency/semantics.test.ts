@@ -183,7 +183,7 @@ describe('bounds and bad input', () => {
   });
 
   it('live leases are bounded by leasesMax (expired ones are swept to make room)', async () => {
-    // Proves the lease bound: the (max+1)-th live lease fails QUEUE_FULL (retriable); once leases expire, claims succeed again.
+    // Proves the lease bound: the (max+1)-th live lease fails TOO_MANY_LEASES (retriable); once leases expire, claims succeed again.
     const clock = fakeClock();
     const s = await h.openStore({ clock, leasesMax: 3 });
     for (const k of ['a', 'b', 'c']) expect(await s.claim(k, { ttlMs: 100 })).toBe('acquired');
@@ -193,7 +193,7 @@ describe('bounds and bad input', () => {
     } catch (e) {
       err = e;
     }
-    expect((err as SpoolError).code).toBe('SPOOL_ERR_QUEUE_FULL');
+    expect((err as SpoolError).code).toBe('SPOOL_ERR_TOO_MANY_LEASES');
     expect((err as SpoolError).retriable).toBe(true);
     expect(await s.complete('a')).toBe('completed');
     expect(await s.claim('d', { ttlMs: 100 })).toBe('acquired');
