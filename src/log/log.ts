@@ -54,6 +54,13 @@ export interface LogOptions {
    * made, instead of at the end of the tick: the disk then works while the CPU does. Default 64 KiB.
    */
   earlyFlushBytes?: number;
+  /**
+   * Extend the active segment this far past the end of a write that needs more room (one
+   * `ftruncate`, capped at `segmentBytesMax`), so that the flushes after it overwrite zeros and
+   * their fdatasync need not commit a new file size. 0 turns preallocation off. Default 8 MiB
+   * (docs/format.md "Preallocation").
+   */
+  preallocateBytes?: number;
   /** Create the directory when it does not exist. Default true. */
   create?: boolean;
   /**
@@ -72,6 +79,7 @@ export interface ResolvedLogOptions {
   recordBytesMax: number;
   batchBytesMax: number;
   earlyFlushBytes: number;
+  preallocateBytes: number;
   create: boolean;
   repair: boolean;
   /** The most one flush writes; a torn write can only damage this much of a segment's tail. */
@@ -115,6 +123,12 @@ const DISK_BATCH_TARGET_BYTES = 1024 * 1024;
 const FLUSH_TARGET_BYTES = 8 * 1024 * 1024;
 /** Pending bytes that start a write at once rather than at the end of the tick (see `enqueue`). */
 const EARLY_FLUSH_BYTES = 64 * 1024;
+/**
+ * docs/format.md "Preallocation": how far past a write the active segment is extended. One flush
+ * target, so an extension is a size change per 8 MiB written (invisible in the median latency),
+ * and a crash leaves at most about this much zero tail for recovery to read.
+ */
+const PREALLOCATE_BYTES = 8 * 1024 * 1024;
 const POSITION_HINTS_MAX = 64;
 const MiB = 1024 * 1024;
 
@@ -451,7 +465,26 @@ export class Log {
     const encoded = this.encodeFlush(batch, w.size, w.nextOffset, w.bytesSinceIndex, w.maxTimestamp);
     // The write is issued first; the flush before is committed as soon as its fdatasync is done,
     // even while this write is still running, so its appenders can get going again.
-    const writing = file.writev([encoded.bytes], w.size).then(
+    const writeEnd = w.size + encoded.bytes.length;
+    const active = this.active;
+    let write: Promise<void>;
+    if (writeEnd <= active.fileBytes) {
+      write = file.writev([encoded.bytes], w.size);
+    } else {
+      // Preallocate: extend the file before writing, so the flushes after this one write into
+      // zeros and their fdatasync commits no size change. This flush's fdatasync commits it.
+      const extendTo = Math.min(writeEnd + this.options.preallocateBytes, Math.max(this.options.segmentBytesMax, writeEnd));
+      write =
+        extendTo > writeEnd
+          ? file.truncate(extendTo).then(() => {
+              active.fileBytes = extendTo;
+              return file.writev([encoded.bytes], w.size);
+            })
+          : file.writev([encoded.bytes], w.size).then(() => {
+              active.fileBytes = writeEnd;
+            });
+    }
+    const writing = write.then(
       () => null,
       (err: unknown) => err,
     );
@@ -598,6 +631,7 @@ export class Log {
     try {
       const file = a.file as NonNullable<Segment['file']>;
       await file.truncate(durableSize);
+      a.fileBytes = durableSize;
       await file.sync();
     } catch (cutErr) {
       this.failure = new SpoolError(
@@ -612,8 +646,16 @@ export class Log {
   /** Seals the active segment and starts a new one at the current end offset. */
   private async roll(): Promise<void> {
     const sealed = this.active;
+    const sealedFile = sealed.file as NonNullable<Segment['file']>;
+    // A sealed segment ends at its last batch: cut the preallocated zeros. The fdatasync below
+    // makes the new size durable before the next segment exists, so no crash can leave a sealed
+    // segment with a zero tail.
+    if (sealed.fileBytes !== sealed.size) {
+      await sealedFile.truncate(sealed.size);
+      sealed.fileBytes = sealed.size;
+    }
     // Every flush was synced already; this guards the invariant that sealed segments are durable.
-    await (sealed.file as NonNullable<Segment['file']>).sync();
+    await sealedFile.sync();
     await sealed.writeIndexFiles();
     const next = new Segment(this.dir, sealed.nextOffset, this.storage);
     const file = await this.storage.open(next.logPath, 'create');
@@ -636,6 +678,7 @@ export class Log {
     }
     next.file = file;
     next.size = SEGMENT_HEADER_BYTES;
+    next.fileBytes = SEGMENT_HEADER_BYTES;
     next.index = new SegmentIndex();
     // The sealed segment keeps its handle, now only for reads.
     this.segments = [...this.segments, next];
@@ -881,6 +924,15 @@ export class Log {
 
   private closedHard = false;
 
+  /** Truncates the active segment's preallocated zeros and fdatasyncs the new size (clean close). */
+  private async cutZeroTail(): Promise<void> {
+    const a = this.active;
+    if (a.file === null || a.fileBytes === a.size) return;
+    await a.file.truncate(a.size);
+    a.fileBytes = a.size;
+    await a.file.sync();
+  }
+
   /** Waits for in-flight appends, writes the indexes and the checkpoint, and closes every file. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -889,6 +941,7 @@ export class Log {
     this.closedHard = true;
     try {
       if (this.failure === null) {
+        await this.cutZeroTail();
         await this.active.writeIndexFiles();
         await this.writeCheckpoint();
       }
@@ -905,6 +958,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
   const recordBytesMax = o.recordBytesMax ?? 4 * MiB;
   const batchBytesMax = o.batchBytesMax ?? 16 * MiB;
   const earlyFlushBytes = o.earlyFlushBytes ?? EARLY_FLUSH_BYTES;
+  const preallocateBytes = o.preallocateBytes ?? PREALLOCATE_BYTES;
   const check = (ok: boolean, what: string) => {
     if (!ok) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', what);
   };
@@ -914,6 +968,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
   check(Number.isSafeInteger(batchBytesMax) && batchBytesMax >= recordBytesMax + BATCH_HEADER_BYTES, 'batchBytesMax must be at least recordBytesMax plus a batch header');
   check(batchBytesMax <= 64 * MiB, 'batchBytesMax must be at most 64 MiB');
   check(Number.isSafeInteger(earlyFlushBytes) && earlyFlushBytes > 0, 'earlyFlushBytes must be a positive integer');
+  check(Number.isSafeInteger(preallocateBytes) && preallocateBytes >= 0 && preallocateBytes <= 1024 * MiB, 'preallocateBytes must be 0..1 GiB');
   return {
     storage: o.storage ?? nodeStorage,
     clock: o.clock ?? systemClock,
@@ -922,6 +977,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
     recordBytesMax,
     batchBytesMax,
     earlyFlushBytes,
+    preallocateBytes,
     create: o.create ?? true,
     repair: o.repair ?? false,
     // Two flushes can be unsynced at a crash (the pipeline), so a torn tail can span both.

@@ -27,7 +27,7 @@ import {
 } from './format.js';
 import type { ResolvedLogOptions } from './log.js';
 import { checkBatch } from './record-batch.js';
-import { BATCH_BYTES_LIMIT, readFully, scanBatches } from './scan.js';
+import { BATCH_BYTES_LIMIT, dataEndBefore, readFully, scanBatches } from './scan.js';
 import { Segment, emptySeed, type IndexedScanSeed } from './segment.js';
 import { SegmentIndex } from './segment-index.js';
 import { type Storage, type StorageFile, readWholeFile, writeFileAtomic } from './storage.js';
@@ -43,9 +43,17 @@ export interface RecoveryReport {
   checkpointIgnored: string | null;
   /** Bytes of the active segment that were CRC-checked. */
   scannedBytes: number;
-  /** Bytes cut from the active segment's tail (a torn write, zeroed space, or with `repair`, corruption). */
+  /**
+   * Bytes cut from the active segment's tail (a torn write, or with `repair`, corruption), up to
+   * the last non-zero byte. Zeros after that are counted in `zeroTailBytes`, whether cut or kept.
+   */
   truncatedBytes: number;
   truncatedAt: { file: string; position: number; reason: string } | null;
+  /**
+   * Zero bytes at the end of the active segment: preallocated space, the end of the log and not
+   * damage. Kept when they directly follow the last valid batch; cut with the tail otherwise.
+   */
+  zeroTailBytes: number;
   /** With `repair`: offsets of valid records that were cut because bad bytes came before them. */
   lostRange: { fromOffset: number; toOffset: number } | null;
   /** Index files that were missing and rebuilt from their segments. */
@@ -105,6 +113,7 @@ async function recoverLogUnchecked(
     scannedBytes: 0,
     truncatedBytes: 0,
     truncatedAt: null,
+    zeroTailBytes: 0,
     lostRange: null,
     rebuiltIndexes: [],
     removedFiles: [],
@@ -192,6 +201,7 @@ async function createFirstSegment(storage: Storage, dir: string): Promise<Segmen
   );
   segment.file = file;
   segment.size = SEGMENT_HEADER_BYTES;
+  segment.fileBytes = SEGMENT_HEADER_BYTES;
   segment.index = new SegmentIndex();
   return segment;
 }
@@ -224,6 +234,7 @@ async function recoverActive(
     report.truncatedBytes += fileSize;
     report.truncatedAt = { file: active.logPath, position: 0, reason: 'segment header was never written' };
     active.size = SEGMENT_HEADER_BYTES;
+    active.fileBytes = SEGMENT_HEADER_BYTES;
     active.index = new SegmentIndex();
     return 0;
   }
@@ -265,8 +276,18 @@ async function recoverActive(
   active.nextOffset = scan.nextOffset;
   active.maxTimestamp = scan.maxTimestamp;
   active.size = scan.end;
+  active.fileBytes = fileSize;
   if (scan.problem !== null) {
-    await cutTail(active, file, fileSize, scan.problem, opts, report);
+    // Rows "preallocated tail", "torn tail" and "corruption before valid data".
+    const dataEnd = await dataEndBefore(file, scan.end, fileSize);
+    if (dataEnd === scan.end) {
+      // Only zeros after the last valid batch: space the writer preallocated (or that a crash left
+      // zero-filled). It is the end of the log, and the next append overwrites it.
+      report.zeroTailBytes = fileSize - scan.end;
+    } else {
+      await cutTail(active, file, fileSize, dataEnd, scan.problem, opts, report);
+      active.fileBytes = scan.end;
+    }
   }
   // After a process crash the tail may sit in the page cache without ever having been synced:
   // sync it before serving it, or a later power cut could take back what readers already saw.
@@ -278,18 +299,21 @@ async function recoverActive(
 /**
  * Rows "torn tail" and "corruption before valid data". The last two flushes (the pipeline) write
  * at most flushBytesMax, and everything before them was fsynced, so bad bytes within that
- * distance of the end are a torn write. Further back they are a torn write only if no valid batch follows them.
+ * distance of the end of the data are a torn write. Further back they are a torn write only if no
+ * valid batch follows them. The end of the data (`dataEnd`, after the last non-zero byte) rather
+ * than the file size: a preallocated zero tail was never written, so it does not widen the window.
  */
 async function cutTail(
   active: Segment,
   file: StorageFile,
   fileSize: number,
+  dataEnd: number,
   problem: { position: number; kind: string },
   opts: ResolvedLogOptions,
   report: RecoveryReport,
 ): Promise<void> {
   const position = problem.position;
-  if (fileSize - position > opts.flushBytesMax) {
+  if (dataEnd - position > opts.flushBytesMax) {
     const next = await findNextValidBatch(file, position + 1, fileSize, active.nextOffset);
     if (next !== null) {
       if (!opts.repair) {
@@ -304,7 +328,9 @@ async function cutTail(
   }
   await file.truncate(position);
   await file.sync();
-  report.truncatedBytes += fileSize - position;
+  // The zeros after the data were never written (preallocated): counted apart from the cut data.
+  report.truncatedBytes += dataEnd - position;
+  report.zeroTailBytes = fileSize - dataEnd;
   report.truncatedAt = { file: active.logPath, position, reason: problem.kind };
 }
 
@@ -335,8 +361,12 @@ export async function findNextValidBatch(
   for (let base = from; base < end; base += chunk) {
     const got = await readFully(file, buf, Math.min(buf.length, end - base), base);
     const scanEnd = Math.min(got - BATCH_HEADER_BYTES + 1, chunk);
-    for (let i = 0; i < scanEnd; i++) {
-      if (buf[i + BATCH_OFF_MAGIC] !== FORMAT_VERSION || buf[i + BATCH_OFF_TYPE] !== BATCH_TYPE_RECORDS) continue;
+    const view = buf.subarray(0, got);
+    // Jump from one version byte to the next (memchr speed), so long zeroed or preallocated
+    // stretches cost almost nothing.
+    for (let m = view.indexOf(FORMAT_VERSION, BATCH_OFF_MAGIC); m !== -1 && m - BATCH_OFF_MAGIC < scanEnd; m = view.indexOf(FORMAT_VERSION, m + 1)) {
+      const i = m - BATCH_OFF_MAGIC;
+      if (buf[i + BATCH_OFF_TYPE] !== BATCH_TYPE_RECORDS) continue;
       const length = buf.readUInt32LE(i);
       if (length < BATCH_HEADER_BYTES || length > BATCH_BYTES_LIMIT || base + i + length > end) continue;
       // Cheap plausibility before reading and CRC-checking a whole candidate batch.

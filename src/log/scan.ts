@@ -30,6 +30,26 @@ export async function readFully(file: StorageFile, buf: Buffer, length: number, 
   return got;
 }
 
+/**
+ * The position after the last non-zero byte in `[from, end)`, or `from` when every byte there is
+ * zero. A segment's active tail may be preallocated (docs/format.md "Preallocation"): zeros after
+ * the last valid batch are unused space, anything else is a torn write or damage. Reads backwards
+ * in chunks, so garbage just before a long zero tail costs one pass over the zeros.
+ */
+export async function dataEndBefore(file: StorageFile, from: number, end: number): Promise<number> {
+  const chunk = 1024 * 1024;
+  const buf = Buffer.allocUnsafe(Math.min(chunk, Math.max(end - from, 1)));
+  let hi = end;
+  while (hi > from) {
+    const lo = Math.max(from, hi - buf.length);
+    const got = await readFully(file, buf, hi - lo, lo);
+    // Bytes the file no longer has (it shrank meanwhile) count as zeros.
+    for (let i = got - 1; i >= 0; i--) if (buf[i] !== 0) return lo + i + 1;
+    hi = lo;
+  }
+  return from;
+}
+
 export async function scanBatches(
   file: StorageFile,
   startPosition: number,

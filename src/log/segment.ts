@@ -37,6 +37,12 @@ export class Segment {
   file: StorageFile | null = null;
   /** Valid bytes: for the active segment the durable end, for a sealed one the file size. */
   size = -1;
+  /**
+   * The active segment's file size as the writer last set it: at least `size`. The bytes from the
+   * end of the last write to here are preallocated zeros (docs/format.md "Preallocation").
+   * -1 for a sealed segment, whose file ends at `size`.
+   */
+  fileBytes = -1;
   /** The offset after this segment's last record. */
   nextOffset: number;
   /** Largest record timestamp; Number.MIN_SAFE_INTEGER while unknown or empty. */

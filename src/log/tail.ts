@@ -6,7 +6,10 @@
  *
  * The follower trusts only complete, CRC-checked batches whose offsets continue where it stopped:
  * a batch still being written (short, zeroed or failing its CRC at the very end of the active
- * segment) is simply not there yet. A roll is followed once the next segment exists (the old one
+ * segment) is simply not there yet. The active segment may be preallocated (docs/format.md
+ * "Preallocation"): its file size says nothing about where the data ends. A zeroed batch header
+ * is the logical end; a batch whose bytes are only partly there (a write the reader overtook) is
+ * waited for, never reported or skipped while nothing valid follows it. A roll is followed once the next segment exists (the old one
  * was synced and sealed before the new one was created, so reading it to its end is complete).
  */
 import fs from 'node:fs';
@@ -16,7 +19,7 @@ import { SpoolError } from '../errors.js';
 import { CHECKPOINT_FILE, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SEGMENT_SUFFIX, parseSegmentFileName, readU64, segmentFileName } from './format.js';
 import { type LogRecord, decodeRecords } from './record-batch.js';
 import { findNextValidBatch } from './recovery.js';
-import { readFully, scanBatches } from './scan.js';
+import { dataEndBefore, readFully, scanBatches } from './scan.js';
 import { Segment } from './segment.js';
 import { type Storage, type StorageFile, nodeStorage } from './storage.js';
 import { type VerifyReport, verifyLog } from './verify.js';
@@ -215,6 +218,12 @@ export class LogTail {
         return out;
       }
       // Bad bytes where the next batch should be.
+      if (later === undefined && discontinuity === null && result.problem?.kind === 'zeroed') {
+        // A zeroed header in the active segment: the logical end (preallocated space, or the next
+        // batch not written yet). Nothing to wait out: the next poll reads whatever lands here.
+        this.stuck = null;
+        return out;
+      }
       if (later === undefined) {
         // The active segment: most likely a batch still being written. Wait, unless it stays bad.
         const now = Date.now();
@@ -411,7 +420,10 @@ async function verifyOnce(dir: string): Promise<ReadOnlyVerifyReport> {
       });
       active.nextOffset = next;
       const stopAt = scan.problem?.position ?? null;
-      if (stopAt !== null) {
+      if (stopAt !== null && (await dataEndBefore(file, stopAt, fileSize)) === stopAt) {
+        // Only zeros after the last valid batch: preallocated space, the end of the log.
+        size = stopAt;
+      } else if (stopAt !== null) {
         // Bad bytes at the end with nothing valid after them are a torn (or in-flight) write.
         const after = await findNextValidBatch(file, stopAt + 1, fileSize, next);
         if (after === null) {

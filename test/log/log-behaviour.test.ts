@@ -394,8 +394,9 @@ describe('retention', () => {
 
   it('deleteToSize deletes the fewest oldest segments that bring the log under the size', async () => {
     // Proves size retention against a model computed from the files' sizes; the active segment always stays.
+    // The active segment counts with its logical size: its preallocated zero tail holds no records.
     const { dir, opts, log, bases } = await populated();
-    const sizes = bases.map((b) => fs.statSync(segFile(dir, b)).size);
+    const sizes = bases.map((b, i) => (i === bases.length - 1 ? log.stats().activeSegmentBytes : fs.statSync(segFile(dir, b)).size));
     const total = sizes.reduce((a, b) => a + b, 0);
     const limit = total - (sizes[0] as number) - (sizes[1] as number); // exactly two segments must go
     expect(await log.deleteToSize(limit)).toBe(2);
@@ -441,13 +442,16 @@ describe('recovery', () => {
     await fill(first.log, 150);
     const bases = segmentBases(dir);
     expect(bases.length).toBeGreaterThan(3);
-    const activeSize = fs.statSync(segFile(dir, bases[bases.length - 1] as number)).size;
+    const activeSize = first.log.stats().activeSegmentBytes;
+    const fileSize = fs.statSync(segFile(dir, bases[bases.length - 1] as number)).size;
     expect(activeSize).toBeGreaterThan(SEGMENT_HEADER_BYTES);
     // `first` is abandoned: never closed, so neither its checkpoint nor the active segment's indexes were written.
     const { log, recovery } = await Log.open(dir, opts);
     // The roll's checkpoint (at the active segment's header) may be used; either way the scan covers exactly the active segment.
     expect(recovery.scannedBytes).toBe(activeSize - SEGMENT_HEADER_BYTES);
     expect(recovery.truncatedBytes).toBe(0);
+    // The preallocated zeros after the last batch are kept as the end of the log, not cut.
+    expect(recovery.zeroTailBytes).toBe(fileSize - activeSize);
     expect(recovery.rebuiltIndexes).toEqual([]);
     expect(log.endOffset).toBe(150);
     expectValues(await readAll(log), 0);
@@ -465,13 +469,15 @@ describe('recovery', () => {
     const b = await Log.open(dir, opts);
     expect(b.recovery.checkpointUsed).toBe(true);
     const sizeAtCheckpoint = fs.statSync(segFile(dir, 0)).size;
+    expect(sizeAtCheckpoint, 'close() cut the preallocated tail').toBe(b.log.stats().activeSegmentBytes);
     await fill(b.log, 30, 50);
     const copy = path.join(path.dirname(dir), 'copy');
     fs.cpSync(dir, copy, { recursive: true });
-    const sizeNow = fs.statSync(segFile(copy, 0)).size;
+    const sizeNow = b.log.stats().activeSegmentBytes;
     const c = await Log.open(copy, opts);
     expect(c.recovery.checkpointUsed).toBe(true);
     expect(c.recovery.scannedBytes).toBe(sizeNow - sizeAtCheckpoint);
+    expect(c.recovery.zeroTailBytes).toBe(fs.statSync(segFile(copy, 0)).size - sizeNow);
     expect(c.log.endOffset).toBe(80);
     expectValues(await readAll(c.log), 0);
     await c.log.close();

@@ -9,6 +9,10 @@
  * - Every directory has a *durable* map of names (as of its last `syncDir`) and a *current* one.
  *   Creating, renaming and unlinking change only the current map. Name durability and content
  *   durability are independent, as in POSIX.
+ * - `truncate` both shrinks and extends. Extending is sparse, as `ftruncate` is on ext4: the new
+ *   bytes read as zeros and take no space (`totalBytes`, `diskLimitBytes`) until written, so a
+ *   write into preallocated space can still fail with ENOSPC. The new size, like every size
+ *   change, is volatile until `sync`: a crash may leave either size.
  * - `crash(rng)` is a power cut: each pending write is applied, dropped or torn at a 512-byte sector
  *   boundary (the last applied sector possibly garbled), each pending truncate applied or dropped,
  *   every directory reverts to its durable names, and every open handle goes dead (EBADF).
@@ -137,10 +141,16 @@ class Inode {
   pending: PendingOp[] = [];
   /** Number of current directory entries naming this inode. */
   links = 0;
+  /**
+   * Bytes of the current image that take disk space: everything up to the end of the furthest
+   * write. A `truncate` that extends the file leaves a sparse zero tail beyond this.
+   */
+  backed: number;
 
   constructor(content?: Buffer) {
     this.cur = content ? ByteBuf.from(content) : new ByteBuf();
     this.durable = content ? ByteBuf.from(content) : new ByteBuf();
+    this.backed = this.cur.len;
   }
 }
 
@@ -212,14 +222,16 @@ class FaultyFile implements StorageFile {
     let total = 0;
     for (const b of buffers) total += b.length;
     const inode = this.inode;
-    const grow = Math.max(0, position + total - inode.cur.len);
-    if (grow > 0 && inode.links > 0 && this.fs.totalBytes + grow > this.fs.diskLimitBytes) {
+    // Writing into a sparse (preallocated) tail takes space just like growing the file.
+    const grow = Math.max(0, position + total - inode.backed);
+    if (grow > 0 && total > 0 && inode.links > 0 && this.fs.totalBytes + grow > this.fs.diskLimitBytes) {
       throw errnoError('ENOSPC', 'write', this.path);
     }
     if (total > 0) {
       const data = buffers.length === 1 ? Buffer.from(buffers[0]!) : Buffer.concat(buffers as Buffer[], total);
       inode.cur.write(position, data);
       inode.pending.push({ kind: 'write', position, data });
+      inode.backed += grow;
       if (inode.links > 0) this.fs.totalBytes += grow;
     }
     this.fs.writeCount++;
@@ -249,10 +261,12 @@ class FaultyFile implements StorageFile {
     if (!this.writable) throw errnoError('EINVAL', 'ftruncate', this.path, 'file opened read-only');
     if (length < 0) throw errnoError('EINVAL', 'ftruncate', this.path);
     const inode = this.inode;
-    const delta = length - inode.cur.len;
+    // Extending is sparse: only shrinking below the written end changes the space used.
+    const backed = Math.min(inode.backed, length);
     inode.cur.setLength(length);
     inode.pending.push({ kind: 'truncate', length });
-    if (inode.links > 0) this.fs.totalBytes += delta;
+    if (inode.links > 0) this.fs.totalBytes += backed - inode.backed;
+    inode.backed = backed;
   }
 
   async size(): Promise<number> {
@@ -286,7 +300,7 @@ export class FaultyStorage implements Storage {
   bytesWritten = 0;
   /** Number of crashes so far; handles from an earlier epoch are dead. */
   epoch = 0;
-  /** Sum of current sizes of all linked files (what `diskLimitBytes` is checked against). */
+  /** Space used by all linked files: their sizes, less sparse (preallocated, never written) tails. What `diskLimitBytes` is checked against. */
   totalBytes = 0;
 
   private root = new Dir();
@@ -367,7 +381,7 @@ export class FaultyStorage implements Storage {
   private unlinkNode(node: Node): void {
     if (node instanceof Inode) {
       node.links--;
-      if (node.links === 0) this.totalBytes -= node.cur.len;
+      if (node.links === 0) this.totalBytes -= node.backed;
     }
   }
 
@@ -512,7 +526,9 @@ export class FaultyStorage implements Storage {
           seenInodes.add(child);
           child.links = 0;
           if (child.pending.length > 0) settleInode(child, settle);
-          this.totalBytes += child.cur.len;
+          // What survived may be shorter; a sparse tail that survived stays sparse.
+          child.backed = Math.min(child.backed, child.cur.len);
+          this.totalBytes += child.backed;
         }
         child.links++;
       }
@@ -570,10 +586,11 @@ export class FaultyStorage implements Storage {
       this.totalBytes += data.length;
     } else {
       inode = existing;
-      this.totalBytes += data.length - inode.cur.len;
+      this.totalBytes += data.length - inode.backed;
       inode.cur = ByteBuf.from(data);
       inode.durable = ByteBuf.from(data);
       inode.pending = [];
+      inode.backed = data.length;
     }
     dir.cur.set(name, inode);
     dir.durable.set(name, inode);
