@@ -7,7 +7,7 @@ import path from 'node:path';
 import { SpoolError } from '../errors.js';
 import { Log, type Clock, type LogOptions, encodedRecordBytes, nodeStorage } from '../log/index.js';
 import { writeFileAtomic } from '../log/storage.js';
-import { AckStore } from './ack-store.js';
+import { AckStore, ackInto } from './ack-store.js';
 import { ConsumerGroup, type ConsumerOptions, type DeathReason, type GroupHooks } from './group.js';
 import type { LogRecord, RecordInput } from '../log/index.js';
 import { type StoredMessage, dedupeKeyOf, expiresAtOf, toRecord } from './message.js';
@@ -35,6 +35,11 @@ const confirmed = (): 'confirmed' => 'confirmed';
 const TTL_MARKER = 'has-message-ttl';
 /** The saved floor of a queue without groups whose head expired (decimal text). */
 const FLOOR_FILE = 'floor';
+/**
+ * Offsets that expired (their own ttl) and were dead-lettered while the queue had no group, kept
+ * as an ack log: groups created later skip them. An AckStore, so it is durable and compact.
+ */
+const EXPIRED_DIR = 'expired-unconsumed';
 /** The dedupe map is bounded: past this many ids the oldest are forgotten early. */
 const DEDUPE_ENTRIES_MAX = 1_000_000;
 
@@ -77,6 +82,8 @@ export class Queue {
   private headExpiresAt = 0;
   /** No length or byte limit: appends need no bookkeeping. */
   private readonly plain: boolean;
+  /** See EXPIRED_DIR; opened when first needed (or at open when it exists). */
+  private expiredAlone: AckStore | null = null;
 
   private constructor(
     readonly name: string,
@@ -98,6 +105,7 @@ export class Queue {
     const q = new Queue(name, dir, options, log, clock, logOptions, hooks);
     await q.rebuildDedupe();
     await q.loadFloor();
+    if (fs.existsSync(path.join(dir, EXPIRED_DIR))) await q.openExpiredAlone();
     for (const g of await listDirs(path.join(dir, 'groups'))) await q.group(g, {});
     if (options.maxBytes !== undefined) await q.loadSizes();
     if (q.groups.size > 0 && (options.overflow ?? 'drop-head') === 'drop-head') {
@@ -146,11 +154,14 @@ export class Queue {
 
   /** Messages waiting: not yet acked by the slowest group (or all retained ones without groups). */
   get depth(): number {
-    return this.log.endOffset - this.head();
+    const head = this.head();
+    let gone = 0;
+    if (this.groups.size === 0 && this.expiredAlone !== null) for (const o of this.expiredAlone.state.acked) if (o >= head) gone++;
+    return this.log.endOffset - head - gone;
   }
 
   private head(): number {
-    if (this.groups.size === 0) return Math.max(this.floor, this.dropHeadTarget, this.log.startOffset);
+    if (this.groups.size === 0) return Math.max(this.floor, this.dropHeadTarget, this.log.startOffset, this.expiredAlone?.state.committed ?? 0);
     let min = Number.MAX_SAFE_INTEGER;
     for (const g of this.groups.values()) min = Math.min(min, g.committed);
     return min;
@@ -331,7 +342,8 @@ export class Queue {
       while (this.dueExpiries.size > 0) {
         const offsets = [...this.dueExpiries].sort((a, b) => a - b);
         const first = offsets[0] as number;
-        if (first < this.log.startOffset || this.groups.size === 0) {
+        const alone = this.groups.size === 0 && this.groupOpening.size === 0;
+        if (first < this.log.startOffset || (alone && first < this.head())) {
           this.dueExpiries.delete(first);
           continue;
         }
@@ -342,7 +354,11 @@ export class Queue {
         }
         for (const r of records) {
           if (!this.dueExpiries.delete(r.offset)) continue;
-          for (const g of this.groups.values()) g.expireOffset(r);
+          if (this.groups.size > 0) {
+            for (const g of this.groups.values()) g.expireOffset(r);
+          } else {
+            await this.expireAlone(r);
+          }
         }
         this.dueExpiries.delete(first);
       }
@@ -352,6 +368,36 @@ export class Queue {
     } finally {
       this.expiring = false;
     }
+  }
+
+  /**
+   * A message with its own ttl expired while no group reads the queue: dead-letter it now (on
+   * time, also behind a head that lives on), then record it so groups created later skip it. A
+   * crash in between dead-letters it again at restart; the dead-letter copy's dedupe key makes
+   * that land once.
+   */
+  private async expireAlone(r: LogRecord): Promise<void> {
+    if (this.groups.size > 0 || this.groupOpening.size > 0) {
+      for (const g of this.groups.values()) g.expireOffset(r);
+      return;
+    }
+    if (r.offset < this.head()) return;
+    const store = this.expiredAlone ?? (await this.openExpiredAlone());
+    if (store.state.acked.has(r.offset)) return;
+    await this.hooks.deadLetter(this, r, '', 'expired', undefined, null);
+    ackInto(store.state, r.offset);
+    await store.persistOne(r.offset, true);
+  }
+
+  private async openExpiredAlone(): Promise<AckStore> {
+    this.expiredAlone ??= await AckStore.open(path.join(this.dir, EXPIRED_DIR), Math.max(this.floor, this.log.startOffset), this.log.startOffset, this.logOptions);
+    return this.expiredAlone;
+  }
+
+  /** True when the message at `offset` expired while the queue had no group (a new group skips it). */
+  private expiredWhileAlone(offset: number): boolean {
+    const s = this.expiredAlone?.state;
+    return s !== undefined && (s.acked.has(offset) || (offset < s.committed && offset >= this.floor));
   }
 
   /** At open: re-arms the expiry of messages with their own TTL (only when the queue ever had one). */
@@ -380,9 +426,9 @@ export class Queue {
   /**
    * A queue no group reads yet (the "TTL + dead-letter exchange" wait-queue pattern) still
    * expires its messages on time: from the head, each expired message is dead-lettered and the
-   * floor moves past it, so groups created later never see it. Without groups there is no
-   * per-group state, so only the head-contiguous run expires (with one messageTtl that is all
-   * of them); the floor is saved so a restart does not expire them again.
+   * floor moves past it, so groups created later never see it (with one messageTtl that is all
+   * of them); the floor is saved so a restart does not expire them again. Messages with their
+   * own ttl behind a live head expire apart (`expireAlone`); this run steps over them.
    */
   private async expireUnconsumedHead(): Promise<void> {
     if (this.expiringHead || (this.options.messageTtl === undefined && !this.ttlMarked)) return;
@@ -398,6 +444,11 @@ export class Queue {
         if (records.length === 0) break;
         let stop = false;
         for (const r of records) {
+          if (this.expiredWhileAlone(r.offset)) {
+            // Dead-lettered already, off the head: the floor just moves past it.
+            this.floor = r.offset + 1;
+            continue;
+          }
           const own = expiresAtOf(r);
           const byQueue = this.options.messageTtl === undefined ? undefined : r.timestamp + this.options.messageTtl;
           const at = own === undefined ? byQueue : byQueue === undefined ? own : Math.min(own, byQueue);
@@ -532,6 +583,7 @@ export class Queue {
     const start = await this.startOffset(options.from);
     await fs.promises.mkdir(path.join(this.dir, 'groups'), { recursive: true });
     const acks = await AckStore.open(dir, start, this.log.startOffset, this.logOptions);
+    await this.skipExpiredAlone(acks, start);
     const hooks: GroupHooks = {
       deadLetter: (record, group, reason, error, errorExchange) => this.hooks.deadLetter(this, record, group, reason, error, errorExchange),
       scheduleRetry: (key, dueAt, fire) => this.hooks.schedule(key, dueAt, fire),
@@ -542,6 +594,16 @@ export class Queue {
     const g = new ConsumerGroup(name, this.name, this.log, acks, this.clock, policy, hooks);
     this.groups.set(name, g);
     return g;
+  }
+
+  /** A new group starts with the messages that expired while the queue had no group acked, durably. */
+  private async skipExpiredAlone(acks: AckStore, start: number): Promise<void> {
+    const s = this.expiredAlone?.state;
+    if (s === undefined) return;
+    const skipped: number[] = [];
+    for (let o = Math.max(start, this.floor); o < s.committed; o++) if (ackInto(acks.state, o)) skipped.push(o);
+    for (const o of s.acked) if (o >= start && ackInto(acks.state, o)) skipped.push(o);
+    if (skipped.length > 0) await acks.persist(skipped, true);
   }
 
   /** Retention: drop log segments every group has acked past. */
@@ -562,6 +624,7 @@ export class Queue {
   async close(): Promise<void> {
     this.unsubscribe();
     for (const g of this.groups.values()) await g.close();
+    await this.expiredAlone?.close();
     await this.log.close();
   }
 
