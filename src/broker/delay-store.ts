@@ -5,7 +5,8 @@
  * minute, each a message log plus a "done" set (fired or cancelled offsets, kept like a group's
  * acks). Only buckets due within the lookahead are loaded into the timing wheel; the far future
  * waits on disk, so memory holds the near future plus one compact index entry per pending id
- * (for cancel). A bucket whose every message is done is deleted. RocketMQ's timer log and
+ * (for cancel and duplicate ids; `delay-index.ts`: 16-byte slots, no ids on the JS heap). A bucket
+ * whose every message is done is deleted. RocketMQ's timer log and
  * Pulsar's bucketed delayed-delivery index are the models.
  *
  * Exactly once per queue: firing publishes with a dedupe key derived from the id and due time,
@@ -18,6 +19,7 @@ import path from 'node:path';
 import { SpoolError } from '../errors.js';
 import { Log, type Clock, type LogOptions, type LogRecord } from '../log/index.js';
 import { AckStore, ackInto } from './ack-store.js';
+import { DelayIndex, type IdHash, idHashing } from './delay-index.js';
 import { TimingWheel } from './timing-wheel.js';
 
 export const BUCKET_MS = 60_000;
@@ -29,6 +31,20 @@ const OFFSET_BITS = 2 ** 28;
 /** Fires in flight at once, at most (a bound on memory and on concurrent appends). */
 const FIRE_IN_FLIGHT_MAX = 4096;
 const DIGITS = 15;
+/**
+ * Bytes per read when scanning a bucket (index rebuild, loading into the wheel). Small enough that
+ * decoding one chunk holds the event loop only a few ms and little garbage is live at once.
+ */
+const SCAN_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Fired messages are marked done in batches, every DONE_FLUSH_MS or once DONE_BATCH_MAX wait, not
+ * one group commit per fire: tens of fsyncs a second instead of hundreds, so the target queues'
+ * fsyncs (which a fire waits for) share the disk with fewer. A crash before a mark is written
+ * fires that message again at startup, into the target queues' dedupe window (which covers any
+ * crash between routing and marking done anyway).
+ */
+const DONE_FLUSH_MS = 50;
+const DONE_BATCH_MAX = 4096;
 
 interface Bucket {
   start: number;
@@ -41,6 +57,8 @@ interface Bucket {
   opening: Promise<void> | null;
   /** Operations using the bucket's files right now: it is not closed while any runs. */
   users: number;
+  /** Offsets fired and done in memory, not yet written to `done` (see `flushDone`). */
+  doneQueue: number[];
 }
 
 /** Where a pending message is: bucket number (start / BUCKET_MS) and offset, packed in one number. */
@@ -81,12 +99,23 @@ export type FireFn = (record: DelayedRecord) => Promise<void>;
 
 export class DelayStore {
   private readonly buckets = new Map<number, Bucket>();
-  private readonly index = new Map<string, number>();
+  private readonly index = new DelayIndex();
+  /** Caller ids being scheduled right now: a second publish of one waits for the first (see `schedule`). */
+  private readonly callerIdsInFlight = new Map<string, Promise<unknown>>();
   /** The records of loaded (near-future) buckets, so firing reads nothing from disk. */
   private readonly near = new Map<number, DelayedRecord>();
   private readonly wheel: TimingWheel<number>;
   private firing = false;
   private firesInFlight = 0;
+  /** Buckets being loaded into the wheel (in the background; see `advance`). */
+  private readonly loads = new Map<Bucket, Promise<void>>();
+  /** A load finished after the last `advance` looked at the wheel: what it placed may be due. */
+  private loadedSinceAdvance = false;
+  /** Done marks queued in all buckets, the done writes in flight, and when the last batch went. */
+  private doneQueued = 0;
+  private doneFlushes = 0;
+  private doneFlushedAt = 0;
+  private doneFlushFailed = false;
   private readonly fireSlots: (() => void)[] = [];
   onError: (err: Error) => void = () => {};
 
@@ -119,7 +148,7 @@ export class DelayStore {
   private async openBucket(start: number): Promise<Bucket> {
     let b = this.buckets.get(start);
     if (b === undefined) {
-      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0, opening: null, users: 0 };
+      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0, opening: null, users: 0, doneQueue: [] };
       this.buckets.set(start, b);
     }
     b.lastUsed = this.clock.now();
@@ -172,8 +201,11 @@ export class DelayStore {
   /** At startup: learns a bucket's pending ids (for cancel and counting) without keeping bodies. */
   private async loadIndex(start: number): Promise<void> {
     const b = await this.withBucket(start, async (b) => {
+      const h: IdHash = { h1: 0, h2: 0 };
+      const log = b.log as Log;
+      this.index.reserve(this.index.size + (log.endOffset - log.startOffset));
       await this.eachPending(b, (r) => {
-        this.index.set(r.keyText(), pack(start, r.offset));
+        this.index.add(idHashing.hashBytes(r.key ?? EMPTY_KEY, h), start / BUCKET_MS, r.offset);
         b.pending++;
       });
       return b;
@@ -198,7 +230,7 @@ export class DelayStore {
     const done = (b.done as AckStore).state;
     let next = log.startOffset;
     while (next < log.endOffset) {
-      const records = await log.read(next, { maxBytes: 4 * 1024 * 1024 });
+      const records = await log.read(next, { maxBytes: SCAN_CHUNK_BYTES });
       if (records.length === 0) break;
       for (const r of records) if (r.offset >= done.committed && !done.acked.has(r.offset)) visit(r);
       next = records[records.length - 1]!.offset + 1;
@@ -210,32 +242,72 @@ export class DelayStore {
    * is already pending is a duplicate.
    */
   async schedule(id: string, callerId: boolean, deliverAt: number, record: { value: Buffer | Uint8Array | string; headers: Record<string, string> }): Promise<'scheduled' | 'duplicate'> {
-    if (callerId && this.index.has(id)) return 'duplicate';
+    if (!callerId) return this.store(id, idHashing.hashId(id), deliverAt, record);
+    // One schedule per caller id at a time: the duplicate check and the append of one id never
+    // interleave with another's, so two concurrent publishes of an id store it once.
+    const before = this.callerIdsInFlight.get(id);
+    const mine = (async () => {
+      if (before !== undefined) await before.catch(() => {});
+      const h = idHashing.hashId(id);
+      if ((await this.pendingLocation(id, h)) !== null) return 'duplicate' as const;
+      return this.store(id, h, deliverAt, record);
+    })();
+    this.callerIdsInFlight.set(id, mine);
+    try {
+      return await mine;
+    } finally {
+      if (this.callerIdsInFlight.get(id) === mine) this.callerIdsInFlight.delete(id);
+    }
+  }
+
+  private store(id: string, h: IdHash, deliverAt: number, record: { value: Buffer | Uint8Array | string; headers: Record<string, string> }): Promise<'scheduled'> {
     const start = Math.floor(deliverAt / BUCKET_MS) * BUCKET_MS;
     return this.withBucket(start, async (b) => {
-      if (callerId && this.index.has(id)) return 'duplicate';
       const offset = await (b.log as Log).appendOne({ key: id, value: record.value, headers: record.headers, timestamp: this.clock.now() });
-      const key = pack(start, offset);
-      this.index.set(id, key);
+      this.index.add(h, start / BUCKET_MS, offset);
       b.pending++;
       if (b.loaded) {
         // Near future: keep what was stored (a copy of the body) for the fire.
+        const key = pack(start, offset);
         const value = typeof record.value === 'string' ? Buffer.from(record.value) : Buffer.from(record.value);
         this.near.set(key, new HeldRecord(id, value, record.headers));
         this.wheel.schedule(key, deliverAt);
       }
-      return 'scheduled';
+      return 'scheduled' as const;
     });
+  }
+
+  /** The location of the pending message with this id, or null. Candidates of the hash are confirmed by their stored key. */
+  private async pendingLocation(id: string, h: IdHash): Promise<number | null> {
+    for (const loc of this.index.find(h)) {
+      if (!this.index.has(h, loc.bucket, loc.offset)) continue; // fired or cancelled while we read another
+      const key = pack(loc.bucket * BUCKET_MS, loc.offset);
+      if ((await this.idAt(key)) === id && this.index.has(h, loc.bucket, loc.offset)) return key;
+    }
+    return null;
+  }
+
+  /** The id of the pending message at `key`: from memory when it is near, else read from its bucket. */
+  private async idAt(key: number): Promise<string | null> {
+    const near = this.near.get(key);
+    if (near !== undefined) return near.keyText();
+    const { bucketStart, offset } = unpack(key);
+    // The caller found it pending just now, so its bucket exists and, while we use it, stays.
+    assert(this.buckets.has(bucketStart), 'a pending message has its bucket');
+    const r = await this.withBucket(bucketStart, (b) => readAt(b, offset));
+    return r.keyText();
   }
 
   /** Cancels a pending delayed message; false when no pending message has this id. */
   async cancel(id: string): Promise<boolean> {
-    const key = this.index.get(id);
-    if (key === undefined) return false;
-    this.index.delete(id);
+    const h = idHashing.hashId(id);
+    const key = await this.pendingLocation(id, h);
+    if (key === null) return false;
+    const { bucketStart, offset } = unpack(key);
+    // Claimed, with no await since it was confirmed: a fire that comes now finds it gone.
+    if (!this.index.remove(h, bucketStart / BUCKET_MS, offset)) return false;
     this.wheel.cancel(key);
     this.near.delete(key);
-    const { bucketStart, offset } = unpack(key);
     await this.withBucket(bucketStart, (b) => this.markDone(b, offset));
     return true;
   }
@@ -257,16 +329,20 @@ export class DelayStore {
     await fs.promises.rm(dir, { recursive: true, force: true });
   }
 
-  /** Loads buckets coming due and fires every message due by now. Resolves when those fires settle. */
+  /**
+   * Loads buckets coming due and starts the fires of every message due by now; writes the done
+   * marks that are due. Neither the loads nor the fires are awaited (see `settled`).
+   */
   async advance(): Promise<void> {
     if (this.firing) return;
     this.firing = true;
     try {
       const now = this.clock.now();
-      for (const b of [...this.buckets.values()]) {
-        if (!b.loaded && b.start < now + LOOKAHEAD_MS) await this.loadIntoWheel(b);
-      }
-      const due = this.wheel.advance(this.clock.now());
+      // A bucket coming due loads in the background, a chunk per read: a big one takes a while,
+      // and messages of buckets loaded earlier must not wait for it. Two minutes ahead is plenty.
+      for (const b of this.buckets.values()) if (!b.loaded && b.start < now + LOOKAHEAD_MS) this.startLoading(b);
+      this.loadedSinceAdvance = false;
+      const due = this.wheel.advance(now);
       // Fires run without holding up the next tick, so one slow fsync does not make later
       // messages late; at most FIRE_IN_FLIGHT_MAX run at once (their fsyncs are shared).
       for (const key of due) {
@@ -277,54 +353,119 @@ export class DelayStore {
           this.fireSlots.shift()?.();
         });
       }
-      // A bucket whose minute has passed and whose messages are all done goes away.
+      if (this.doneQueued >= DONE_BATCH_MAX || (this.doneQueued > 0 && now - this.doneFlushedAt >= DONE_FLUSH_MS)) this.flushDone();
+      // A bucket whose minute has passed and whose messages are all durably done goes away.
       for (const b of [...this.buckets.values()]) {
-        if (b.pending === 0 && b.start + BUCKET_MS <= now && b.opening === null && b.users === 0) await this.destroyBucket(b);
+        if (b.pending === 0 && b.start + BUCKET_MS <= now && b.opening === null && b.users === 0 && !this.loads.has(b)) await this.destroyBucket(b);
       }
     } finally {
       this.firing = false;
     }
   }
 
+  private startLoading(b: Bucket): void {
+    const load = this.loadIntoWheel(b)
+      .catch((err: Error) => {
+        this.onError(err);
+        b.loaded = false; // tried again on the next advance; entries already placed are placed again, harmlessly
+      })
+      .finally(() => {
+        this.loads.delete(b);
+        this.loadedSinceAdvance = true;
+      });
+    this.loads.set(b, load);
+  }
+
   private async fireOne(key: number): Promise<void> {
     const { bucketStart, offset } = unpack(key);
     if (!this.buckets.has(bucketStart)) return;
-    let claimed: string | null = null;
+    let claimed: IdHash | null = null;
     try {
       await this.withBucket(bucketStart, async (b) => {
         let r = this.near.get(key);
-        if (r === undefined) {
-          const [read] = await (b.log as Log).read(offset, { maxRecords: 1, maxBytes: 64 * 1024 });
-          if (read === undefined || read.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${bucketStart} is missing`);
-          r = read;
-        }
+        if (r === undefined) r = await readAt(b, offset);
         this.near.delete(key);
-        const id = r.keyText();
-        if (this.index.get(id) !== key) return; // cancelled meanwhile
+        const h = idHashing.hashId(r.keyText());
         // Claimed: from here a cancel finds nothing and says so, since the message is on its way.
-        this.index.delete(id);
-        claimed = id;
+        if (!this.index.remove(h, bucketStart / BUCKET_MS, offset)) return; // cancelled meanwhile
+        claimed = h;
         await this.fire(r);
-        await this.markDone(b, offset);
         claimed = null;
+        // Routed and confirmed: done in memory now (so nothing loads it again), on disk with the next batch.
+        if (ackInto((b.done as AckStore).state, offset)) {
+          b.doneQueue.push(offset);
+          this.doneQueued++;
+        }
       });
     } catch (err) {
       // Not fired: put it back and try again shortly rather than lose it.
       this.onError(err as Error);
-      if (claimed !== null) this.index.set(claimed, key);
+      if (claimed !== null) this.index.add(claimed, bucketStart / BUCKET_MS, offset);
       this.wheel.schedule(key, this.clock.now() + 1000);
     }
   }
 
-  /** Resolves once every fire started so far has settled. */
+  /**
+   * Writes the queued done marks, one group-committed write per bucket. A bucket's `pending`
+   * drops only once its marks are durable, so it is never deleted with a mark unwritten. A failed
+   * write is queued again: until a mark is durable, a restart fires that message again, into the
+   * target queues' dedupe window.
+   */
+  private flushDone(): void {
+    this.doneFlushedAt = this.clock.now();
+    for (const b of this.buckets.values()) {
+      if (b.doneQueue.length === 0) continue;
+      const offsets = b.doneQueue;
+      b.doneQueue = [];
+      this.doneQueued -= offsets.length;
+      this.doneFlushes++;
+      void this.withBucket(b.start, async (open) => {
+        await (open.done as AckStore).persist(offsets, true);
+        open.pending -= offsets.length;
+      })
+        .then(() => {
+          this.doneFlushFailed = false;
+        })
+        .catch((err: Error) => {
+          this.onError(err);
+          this.doneFlushFailed = true;
+          for (const o of offsets) b.doneQueue.push(o);
+          this.doneQueued += offsets.length;
+        })
+        .finally(() => this.doneFlushes--);
+    }
+  }
+
+  /**
+   * Resolves once everything started so far has settled: bucket loads (and the fires of what they
+   * found due), fires, and the done marks, which it writes at once. Tests with a fake clock rely on it.
+   */
   async settled(): Promise<void> {
-    while (this.firing || this.firesInFlight > 0) await new Promise((r) => setTimeout(r, 1));
+    for (;;) {
+      if (this.loads.size > 0) await Promise.all([...this.loads.values()]);
+      else if (this.firing || this.firesInFlight > 0 || this.doneFlushes > 0) await new Promise((r) => setTimeout(r, 1));
+      else if (this.loadedSinceAdvance) await this.advance(); // fires what the loads found due
+      else if (this.doneQueued > 0 && !this.doneFlushFailed) this.flushDone(); // a failing disk is retried by `advance`, not here
+      else return;
+    }
   }
 
   async close(): Promise<void> {
     await this.settled();
     for (const b of this.buckets.values()) await this.closeBucket(b);
+    // A closed store may stay referenced (a reopen often runs before the old broker is dropped).
+    this.index.clear();
+    this.near.clear();
   }
+}
+
+const EMPTY_KEY = Buffer.alloc(0);
+
+/** Reads the record at `offset` of an open bucket; a pending message that is missing is corruption. */
+async function readAt(b: Bucket, offset: number): Promise<LogRecord> {
+  const [r] = await (b.log as Log).read(offset, { maxRecords: 1, maxBytes: 64 * 1024 });
+  if (r === undefined || r.offset !== offset) throw new SpoolError('SPOOL_ERR_CORRUPT', `delayed message ${offset} of bucket ${b.start} is missing`);
+  return r;
 }
 
 export function deliverAtOf(r: LogRecord | DelayedRecord): number {

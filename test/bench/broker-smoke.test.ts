@@ -64,10 +64,12 @@ afterAll(() => {
 });
 
 describe('broker bench smoke', () => {
-  it('broker-publish: 3 body sizes, windowed and lone publishes, with ratios to the raw limits', async () => {
+  it('broker-publish: 3 body sizes, windowed, batched and lone publishes, with ratios to the raw limits', async () => {
     const r = await benchBrokerPublish(ctx, { messages: { 100: 2000, 1024: 1000, 4096: 500 }, latencyIterations: 10, window: 100, sizes: [100, 1024, 4096] });
     expectWellFormed(r);
-    expect(r.rows.filter((x) => x.unit === 'msgs/s')).toHaveLength(3);
+    expect(r.rows.filter((x) => x.unit === 'msgs/s')).toHaveLength(6);
+    for (const k of ['100B', '1KiB', '4KiB']) positive(r.median[`b${k}MsgsPerSec`], `publishBatch ${k}`);
+    expect(r.rows.find((x) => x.metric.startsWith('100 B publishBatch'))?.ratios).toContain('single publishes');
     expect(r.rows.find((x) => x.metric.startsWith('100 B publish'))?.target?.value).toBe(BROKER_TARGETS.publishMsgsPerSec);
     expect(r.rows.find((x) => x.metric === '100 B confirm p50, 1 outstanding')?.judged).toBeGreaterThan(0);
     expect(r.ratios.join('\n')).toContain('of raw rate');
