@@ -135,11 +135,12 @@ describe('SIGKILL crash loop', () => {
             const o = orphans.get(key);
             if (o === undefined) break;
             probesChecked++;
-            const before = Number(b);
-            // Before its expiry a dead holder's lease must still be there (or, if the holder was
-            // completing, its completion may have become durable; if releasing, the release).
-            const ok = before >= o.notBefore || a === 'in-progress' || (a === 'done' && o.intent === 'complete') || o.intent === 'release';
-            if (!ok) violations.push(`cycle ${cycle}: lease of killed holder on ${key} (intent ${o.intent}) reads ${a} ${o.notBefore - before} ms before its expiry`);
+            // The lookup read its clock at or before `after`: if even that is before the lease's
+            // earliest possible expiry, a dead holder's lease must still be there (or, if the holder
+            // was completing, its completion may have become durable; if releasing, the release).
+            const after = Number(b);
+            const ok = after >= o.notBefore || a === 'in-progress' || (a === 'done' && o.intent === 'complete') || o.intent === 'release';
+            if (!ok) violations.push(`cycle ${cycle}: lease of killed holder on ${key} (intent ${o.intent}) reads ${a} ${o.notBefore - after} ms before its expiry`);
             if (a === 'done') confirmed.add(key);
             break;
           }

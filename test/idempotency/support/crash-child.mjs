@@ -13,7 +13,7 @@
 //   R <key>                                   release resolved
 //   D <key> <result>                          claim answered done with this result
 //   P <key>                                   claim answered in-progress
-//   PROBE <key> <answer> <now>                the answer for a key whose lease a dead child held
+//   PROBE <key> <answer> <after>              the answer for a key whose lease a dead child held, and the time just after the lookup
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -63,9 +63,10 @@ async function main() {
   line(`O ${store.recovery.leasesRestored} ${store.recovery.truncatedBytes}`);
   // Keys whose lease a killed child held: in-progress until the lease ends, never lost.
   for (const [key] of cfg.probes) {
-    const before = Date.now();
     const r = await store.lookup(key);
-    line(`PROBE ${key} ${typeof r === 'object' ? 'done' : r} ${before}`);
+    // Taken after the lookup: the lookup's own clock read was at or before it.
+    const after = Date.now();
+    line(`PROBE ${key} ${typeof r === 'object' ? 'done' : r} ${after}`);
   }
   let n = 0;
   const worker = async (w) => {
