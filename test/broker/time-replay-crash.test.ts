@@ -43,8 +43,9 @@ describe('replay: SIGKILL mid-way', () => {
     b = await h.openBroker({ dataDir });
     const rest = await b.replay('dlq', { to: { queue: 'target' } });
     expect(rest.remaining).toBe(0);
-    // The children finished (appended and acked) at most ~200 each before being killed.
-    expect(rest.replayed).toBeGreaterThanOrEqual(N - 4 * 205);
+    // The children finished (appended and acked) about 200 each before being killed; a loaded
+    // machine delivers the SIGKILL later, so allow each up to 300.
+    expect(rest.replayed).toBeGreaterThanOrEqual(N - 4 * 300);
     expect(await b.replay('dlq', { to: { queue: 'target' } })).toEqual({ replayed: 0, remaining: 0 });
     const got = await readAll(b, 'target', 'audit', N, 10_000);
     const counts = new Map<string, number>();
