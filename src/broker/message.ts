@@ -88,24 +88,34 @@ export interface StoredMessage {
   expiresAt: number | undefined;
 }
 
-/** Header maps for the common case (no user headers, no expiry), shared across messages. */
-const routeHeaderCache = new Map<string, Readonly<Record<string, string>>>();
+/** Header maps for the common case (no user headers, no expiry), shared across messages: per exchange, per routing key. */
+const routeHeaders = { generated: new Map<string, Map<string, Readonly<Record<string, string>>>>(), caller: new Map<string, Map<string, Readonly<Record<string, string>>>>() };
+let routeHeadersSize = 0;
 const ROUTE_CACHE_MAX = 10_000;
 
 export function toRecord(m: StoredMessage): RecordInput {
-  const route = m.exchange + '\0' + m.routingKey;
   if (m.headers === undefined && m.expiresAt === undefined && m.dedupeKey === undefined) {
-    const cacheKey = m.callerId ? 'u' + route : 'g' + route;
-    let h = routeHeaderCache.get(cacheKey);
+    const byExchange = m.callerId ? routeHeaders.caller : routeHeaders.generated;
+    let byKey = byExchange.get(m.exchange);
+    let h = byKey?.get(m.routingKey);
     if (h === undefined) {
       // Frozen with string values, so the log checks, sizes and encodes it once, not per record.
+      const route = m.exchange + '\0' + m.routingKey;
       const fresh: Record<string, string> = m.callerId ? { [META_ROUTE]: route, [META_CALLER_ID]: '' } : { [META_ROUTE]: route };
       h = Object.freeze(fresh);
-      if (routeHeaderCache.size >= ROUTE_CACHE_MAX) routeHeaderCache.clear();
-      routeHeaderCache.set(cacheKey, h);
+      if (routeHeadersSize >= ROUTE_CACHE_MAX) {
+        routeHeaders.generated.clear();
+        routeHeaders.caller.clear();
+        routeHeadersSize = 0;
+        byKey = undefined;
+      }
+      if (byKey === undefined) byExchange.set(m.exchange, (byKey = new Map()));
+      byKey.set(m.routingKey, h);
+      routeHeadersSize++;
     }
     return { key: m.id, value: m.body, headers: h };
   }
+  const route = m.exchange + '\0' + m.routingKey;
   const h: Record<string, string> = { [META_ROUTE]: route };
   if (m.dedupeKey !== undefined) h[META_CALLER_ID] = m.dedupeKey;
   else if (m.callerId) h[META_CALLER_ID] = '';
