@@ -32,7 +32,7 @@ import { SpoolError, isSpoolError } from '../errors.js';
 import {
   type DoneEntry,
   decodeConfirm,
-  decodeDelivery,
+  type DeliveryLayout,
   deliveryConsumerId,
   decodeError,
   decodeResponse,
@@ -43,6 +43,7 @@ import {
   encodePublish,
   encodeRequest,
   requestJson,
+  scanDelivery,
 } from '../server/wire/codec.js';
 import { FRAME_TYPE_IGNORABLE, FrameType, MAX_FRAME_BYTES_DEFAULT, PUBLISH_MANDATORY, PUBLISH_TO_QUEUE } from '../server/wire/constants.js';
 import type { FrameWriter } from '../server/wire/frame-writer.js';
@@ -148,6 +149,22 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private doneEntries: DoneEntry[] = [];
   private readonly creditOwed = new Map<number, number>();
   private consumerIdNext = 1;
+  /** Filled by each DELIVERY as it arrives (one object, reused). */
+  private readonly layout: DeliveryLayout = {
+    tag: 0,
+    offset: 0,
+    timestamp: 0,
+    deliveryId: 0,
+    deliveryCount: 0,
+    idStart: 0,
+    idEnd: 0,
+    exchangeStart: 0,
+    exchangeEnd: 0,
+    keyStart: 0,
+    keyEnd: 0,
+    headers: undefined,
+    bodyStart: 0,
+  };
   private serverMaxFrameBytes: number;
   private readonly sweeper: NodeJS.Timeout;
   private reconnectTimer: NodeJS.Timeout | null = null;
@@ -415,15 +432,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
       case FrameType.DELIVERY: {
         const c = this.consumers.get(deliveryConsumerId(payload));
         if (c === undefined) return; // closed here; the server takes it back when the close arrives
-        const session = this.sessionSeq;
-        const none = c.ackMode === 'none';
-        c.push(
-          decodeDelivery(
-            payload,
-            (tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers, body) =>
-              new RemoteMessage(tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers, body, c.queue, session, none, this),
-          ),
-        );
+        c.push(new RemoteMessage(payload, scanDelivery(payload, this.layout), c.queue, this.sessionSeq, c.ackMode === 'none', this));
         return;
       }
       default:
@@ -502,30 +511,13 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
       if (options.mandatory) flags |= PUBLISH_MANDATORY;
       this.checkFrameFits(body, target, routingKey, id, optionsJson);
       const timeoutMs = options.timeoutMs === undefined ? this.timeoutMs : positiveInt(options.timeoutMs, 0, 'timeoutMs');
-      const publishFlags = flags;
-      const call: Call = {
-        rid: this.newRid(),
-        kind: 'publish',
-        resend: true,
-        deadline: Date.now() + timeoutMs,
-        what: `publish of id ${id}`,
-        onWire: false,
-        done: false,
-        attempts: 0,
-        write: (w, rid) => encodePublish(w, rid, publishFlags, target, routingKey, id, optionsJson, body),
-        complete: (_type, payload) => {
-          const { status, queues, extra } = decodeConfirm(payload);
-          if (status === 'unroutable' && options.mandatory && this.listenerCount('return') > 0) {
-            const toQueue = (publishFlags & PUBLISH_TO_QUEUE) !== 0;
-            this.emit('return', { id, exchange: toQueue ? '' : target, routingKey: toQueue ? target : routingKey, body, headers });
-          }
-          // A resend that finds the id stored means its first attempt landed: the message is there, once.
-          resolve({ id, status: status === 'duplicate' && call.attempts > 1 ? 'confirmed' : status, queues, ...extra });
-        },
-        fail: reject,
-      };
-      this.submit(call);
+      this.submit(new PublishCall(this, this.newRid(), Date.now() + timeoutMs, flags, target, routingKey, id, !callerId, optionsJson, body, headers, options.mandatory === true, resolve, reject));
     });
+  }
+
+  /** @internal PublishCall: a mandatory message came back unroutable. */
+  returned(r: RemoteBrokerEvents['return'][0]): void {
+    if (this.listenerCount('return') > 0) this.emit('return', r);
   }
 
   private checkFrameFits(body: Body, target: string, routingKey: string, id: string, optionsJson: string): void {
@@ -787,4 +779,53 @@ function resolveConsumerOptions(o: RemoteConsumeOptions, defaultAck: AckMode): {
   };
   const prefetch = int(o.prefetch, DEFAULT_PREFETCH, 'prefetch');
   return { ack, prefetch, concurrency: Math.min(int(o.concurrency, 1, 'concurrency'), prefetch) };
+}
+
+/** A publish from its submission to its CONFIRM: one object with its fields, no closures per message. */
+class PublishCall implements Call {
+  readonly kind = 'publish';
+  readonly resend = true;
+  onWire = false;
+  done = false;
+  attempts = 0;
+
+  constructor(
+    private readonly broker: RemoteBroker,
+    readonly rid: number,
+    readonly deadline: number,
+    private readonly flags: number,
+    private readonly target: string,
+    private readonly routingKey: string,
+    /** Fixed before the first attempt, so every resend carries the same one. */
+    private readonly id: string,
+    /** The id is this client's (a fresh ULID), so no other publish can have stored it before. */
+    private readonly idGenerated: boolean,
+    private readonly optionsJson: string,
+    private readonly body: Body,
+    private readonly headers: Headers | undefined,
+    private readonly mandatory: boolean,
+    private readonly resolve: (r: PublishResult) => void,
+    readonly fail: (err: Error) => void,
+  ) {}
+
+  get what(): string {
+    return `publish of id ${this.id}`;
+  }
+
+  write(w: FrameWriter, rid: number): void {
+    encodePublish(w, rid, this.flags, this.target, this.routingKey, this.id, this.optionsJson, this.body);
+  }
+
+  complete(_type: number, payload: Buffer): void {
+    const { status, queues, extra } = decodeConfirm(payload);
+    if (status === 'unroutable' && this.mandatory) {
+      const toQueue = (this.flags & PUBLISH_TO_QUEUE) !== 0;
+      this.broker.returned({ id: this.id, exchange: toQueue ? '' : this.target, routingKey: toQueue ? this.target : this.routingKey, body: this.body, headers: this.headers });
+    }
+    // A resend that finds the id stored means its first attempt landed: the message is there, once.
+    // So does any 'duplicate' of an id this client made (the server retried it after a batch failed).
+    const landedBefore = status === 'duplicate' && (this.attempts > 1 || this.idGenerated);
+    const result: PublishResult = { id: this.id, status: landedBefore ? 'confirmed' : status, queues };
+    this.resolve(extra === undefined ? result : { ...result, ...extra });
+  }
 }

@@ -4,6 +4,8 @@
  */
 import type { NackOptions, SettleStatus } from '../broker/delivery.js';
 import type { Headers } from '../broker/message.js';
+import { readText } from '../server/wire/bytes.js';
+import { type DeliveryLayout, deliveryExchange, deliveryRoutingKey } from '../server/wire/codec.js';
 
 /** How a RemoteMessage reaches the server to settle; implemented by the RemoteBroker. */
 export interface RemoteSettler {
@@ -11,54 +13,80 @@ export interface RemoteSettler {
   settle(msg: RemoteMessage, ack: boolean, requeue: boolean): Promise<SettleStatus>;
 }
 
+/**
+ * The text fields and the body are decoded from the frame on first access, as the embedded
+ * `Message` decodes them from the log: a handler that reads only some of them pays for those.
+ * The frame was checked when it arrived (codec `scanDelivery`), so decoding cannot fail.
+ */
 export class RemoteMessage {
-  readonly id: string;
   readonly queue: string;
-  readonly exchange: string;
-  readonly routingKey: string;
   readonly offset: number;
   readonly timestamp: number;
   /** The broker's id of this delivery (a redelivery gets a new one). */
   readonly deliveryId: number;
   readonly deliveryCount: number;
-  readonly body: Buffer;
-  readonly headers: Headers;
   /** @internal The connection-scoped delivery tag (0: nothing to settle, ack 'none'). */
   readonly tag: number;
   /** @internal Which connection delivered it: a tag means nothing on another. */
   readonly session: number;
   /** @internal Set once acked, nacked or reported DONE. */
   settled: boolean;
+  private readonly frame: Buffer;
+  private readonly idStart: number;
+  private readonly idEnd: number;
+  private readonly exchangeStart: number;
+  private readonly exchangeEnd: number;
+  private readonly keyStart: number;
+  private readonly keyEnd: number;
+  private readonly bodyStart: number;
+  private idCache: string | undefined;
+  private exchangeCache: string | undefined;
+  private keyCache: string | undefined;
+  private bodyCache: Buffer | undefined;
+  private headersCache: Headers | undefined;
 
   constructor(
-    tag: number,
-    offset: number,
-    timestamp: number,
-    deliveryId: number,
-    deliveryCount: number,
-    id: string,
-    exchange: string,
-    routingKey: string,
-    headers: Record<string, unknown> | undefined,
-    body: Buffer,
+    /** The DELIVERY payload (a view the message keeps) and where its fields lie. */
+    frame: Buffer,
+    layout: DeliveryLayout,
     queue: string,
     session: number,
     settledAlready: boolean,
     private readonly settler: RemoteSettler,
   ) {
-    this.id = id;
+    this.frame = frame;
+    this.tag = layout.tag;
+    this.offset = layout.offset;
+    this.timestamp = layout.timestamp;
+    this.deliveryId = layout.deliveryId;
+    this.deliveryCount = layout.deliveryCount;
+    this.idStart = layout.idStart;
+    this.idEnd = layout.idEnd;
+    this.exchangeStart = layout.exchangeStart;
+    this.exchangeEnd = layout.exchangeEnd;
+    this.keyStart = layout.keyStart;
+    this.keyEnd = layout.keyEnd;
+    this.bodyStart = layout.bodyStart;
+    this.headersCache = layout.headers as Headers | undefined;
     this.queue = queue;
-    this.exchange = exchange;
-    this.routingKey = routingKey;
-    this.offset = offset;
-    this.timestamp = timestamp;
-    this.deliveryId = deliveryId;
-    this.deliveryCount = deliveryCount;
-    this.body = body;
-    this.headers = (headers ?? {}) as Headers;
-    this.tag = tag;
     this.session = session;
     this.settled = settledAlready;
+  }
+
+  get id(): string {
+    return (this.idCache ??= readText(this.frame, this.idStart, this.idEnd));
+  }
+  get exchange(): string {
+    return (this.exchangeCache ??= deliveryExchange(this.frame, this.exchangeStart, this.exchangeEnd));
+  }
+  get routingKey(): string {
+    return (this.keyCache ??= deliveryRoutingKey(this.frame, this.keyStart, this.keyEnd));
+  }
+  get body(): Buffer {
+    return (this.bodyCache ??= this.frame.subarray(this.bodyStart));
+  }
+  get headers(): Headers {
+    return (this.headersCache ??= {});
   }
 
   /** True when this message was delivered before (to this group). */

@@ -16,7 +16,8 @@ import assert from 'node:assert/strict';
 import type { Message } from '../broker/delivery.js';
 import type { Consumer } from '../broker/group.js';
 import { SpoolError } from '../errors.js';
-import { encodeDelivery } from './wire/codec.js';
+import { META_HEADERS, META_ROUTE } from '../broker/message.js';
+import { encodeDeliveryBytes } from './wire/codec.js';
 import type { FrameWriter } from './wire/frame-writer.js';
 import type { ServedBroker } from './served-broker.js';
 
@@ -39,7 +40,9 @@ interface RemoteConsumer {
 class Delivery {
   private ok: (() => void) | null = null;
   private fail: ((err: unknown) => void) | null = null;
-  private outcome: { ok: boolean; err: unknown } | null = null;
+  /** 0 running, 1 ended well, 2 ended with `err` (fields, not an object: one allocation per message is enough). */
+  private state = 0;
+  private err: unknown = undefined;
 
   constructor(
     readonly msg: Message,
@@ -47,19 +50,17 @@ class Delivery {
   ) {}
 
   then(ok: () => void, fail: (err: unknown) => void): void {
-    if (this.outcome !== null) {
-      if (this.outcome.ok) ok();
-      else fail(this.outcome.err);
-      return;
-    }
+    if (this.state === 1) return ok();
+    if (this.state === 2) return fail(this.err);
     this.ok = ok;
     this.fail = fail;
   }
 
   /** Ends the handler call: resolved (ack in 'auto'), or rejected (nack or retry in 'auto'). Idempotent. */
   finish(ok: boolean, err?: unknown): void {
-    if (this.outcome !== null) return;
-    this.outcome = { ok, err };
+    if (this.state !== 0) return;
+    this.state = ok ? 1 : 2;
+    this.err = err;
     const cb = ok ? this.ok : this.fail;
     this.ok = null;
     this.fail = null;
@@ -79,6 +80,7 @@ export class ConnectionConsumers {
   private readonly consumers = new Map<number, RemoteConsumer>();
   private readonly deliveries = new Map<number, Delivery>();
   private tagNext = 1;
+  private tagsWrapped = false;
 
   constructor(
     private readonly broker: ServedBroker,
@@ -124,13 +126,10 @@ export class ConnectionConsumers {
       return d;
     }
     const tag = rc.ack === 'none' ? 0 : this.newTag();
-    const headers = msg.headers;
-    let headersJson = '';
-    for (const _ in headers) {
-      headersJson = JSON.stringify(headers);
-      break;
-    }
-    encodeDelivery(this.writer, rc.id, tag, msg.offset, msg.timestamp, msg.deliveryId, msg.deliveryCount, msg.id, msg.exchange, msg.routingKey, headersJson, msg.body);
+    // Straight from the stored bytes: the id, route and headers are never decoded here.
+    const r = msg.record;
+    const headersJson = r.headerNames < 2 ? undefined : r.headerBytes(META_HEADERS);
+    encodeDeliveryBytes(this.writer, rc.id, tag, r.offset, r.timestamp, msg.deliveryId, msg.deliveryCount, r.key, r.headerBytes(META_ROUTE), headersJson, r.value);
     const d = new Delivery(msg, rc.id);
     if (rc.ack === 'none') {
       rc.creditWaiters.push(d);
@@ -143,10 +142,16 @@ export class ConnectionConsumers {
 
   private newTag(): number {
     // Tags wrap at 2^32; the live ones are bounded by the prefetch of this connection's consumers.
+    // Before the first wrap every tag is new, so only a wrapped counter checks for a live one.
     for (;;) {
       const tag = this.tagNext;
-      this.tagNext = tag >= 0xffff_fffe ? 1 : tag + 1;
-      if (!this.deliveries.has(tag)) return tag;
+      if (tag >= 0xffff_fffe) {
+        this.tagNext = 1;
+        this.tagsWrapped = true;
+      } else {
+        this.tagNext = tag + 1;
+      }
+      if (!this.tagsWrapped || !this.deliveries.has(tag)) return tag;
     }
   }
 

@@ -9,6 +9,7 @@
  */
 import crypto from 'node:crypto';
 import type { Socket } from 'node:net';
+import type { PublishResult } from '../broker/broker.js';
 import { SpoolError, isSpoolError } from '../errors.js';
 import {
   decodeAck,
@@ -25,6 +26,7 @@ import {
   encodeWelcome,
   frameTypeName,
   decodeCredit,
+  type PublishFrame,
   type Request,
 } from './wire/codec.js';
 import {
@@ -38,6 +40,7 @@ import {
 import { FrameReader } from './wire/frame-reader.js';
 import { FrameWriter } from './wire/frame-writer.js';
 import { ConnectionConsumers } from './connection-consumers.js';
+import { type BatchedPublish, PublishBatcher } from './publish-batch.js';
 import { toWireJson } from './wire/wire-json.js';
 import { type SerialQueue, type ServedBroker, TOPOLOGY_OPS, brokerMethod } from './served-broker.js';
 
@@ -65,6 +68,10 @@ export class ServerConnection {
   private readonly reader: FrameReader;
   private readonly writer: FrameWriter;
   private readonly consumers: ConnectionConsumers;
+  /** Each PUBLISH is decoded into this one object (its fields are copied out at once). */
+  private readonly publishFrame: PublishFrame = { toQueue: false, mandatory: false, target: '', routingKey: '', id: '', options: undefined, body: Buffer.alloc(0) };
+  /** Publishes of the chunk being parsed, handed to the broker together (publish-batch.ts). */
+  private readonly publishes: PublishBatcher;
   private readonly openedAt = Date.now();
   private lastHeardAt = Date.now();
   /** Requests (publishes included) handed to the broker and not yet answered. */
@@ -80,6 +87,7 @@ export class ServerConnection {
     this.writer = new FrameWriter(socket);
     this.reader = new FrameReader(options.maxFrameBytes, (type, requestId, payload) => this.onFrame(type, requestId, payload));
     this.consumers = new ConnectionConsumers(broker, this.writer);
+    this.publishes = new PublishBatcher(broker, (requestId, r, err) => this.published(requestId, r, err));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => {
       // The peer took our bytes: it is alive, even if what it sent is still unread (paused).
@@ -120,9 +128,12 @@ export class ServerConnection {
     try {
       this.reader.push(chunk);
     } catch (err) {
+      // The publishes before the bad frame were accepted, as they would be one frame at a time.
+      this.publishes.flush();
       this.fail(err);
       return;
     }
+    this.publishes.flush();
     if (this.inflight >= SERVER_INFLIGHT_MAX || this.writer.backlogBytes >= SERVER_OUTPUT_BYTES_HIGH) {
       // Backpressure (docs/protocol.md §4): stop reading until the broker and the socket catch up.
       this.readingPaused = true;
@@ -145,6 +156,9 @@ export class ServerConnection {
       return;
     }
     if (this.state !== 'open') return;
+    // Only consecutive publishes are gathered: any other frame sees them handed over first, so
+    // the broker gets every frame's work in frame order, as if nothing were gathered.
+    if (type !== FrameType.PUBLISH) this.publishes.flush();
     switch (type) {
       case FrameType.PUBLISH:
         return this.onPublish(requestId, payload);
@@ -185,28 +199,37 @@ export class ServerConnection {
 
   private onPublish(requestId: number, payload: Buffer): void {
     if (requestId === 0) throw new SpoolError('SPOOL_ERR_PROTOCOL', 'a PUBLISH needs a non-zero request id');
-    const f = decodePublish(payload);
-    const options: Record<string, unknown> = { ...f.options, id: f.id };
-    if (f.mandatory) options.mandatory = true;
-    // Called synchronously in frame order, so pipelined publishes keep their order in the queue.
-    let result: ReturnType<ServedBroker['publish']>;
-    try {
-      result = f.toQueue ? this.broker.sendToQueue(f.target, f.body, options) : this.broker.publish(f.target, f.routingKey, f.body, options);
-    } catch (err) {
-      this.replyError(requestId, err);
+    const f = decodePublish(payload, this.publishFrame);
+    this.inflight++;
+    if (f.toQueue) {
+      // sendToQueue checks that the queue exists; publishes gathered before it go first, keeping frame order.
+      this.publishes.flush();
+      const options: Record<string, unknown> = f.options === undefined ? { id: f.id } : { ...f.options, id: f.id };
+      if (f.mandatory) options.mandatory = true;
+      let result: ReturnType<ServedBroker['sendToQueue']>;
+      try {
+        result = this.broker.sendToQueue(f.target, f.body, options);
+      } catch (err) {
+        result = Promise.reject(err);
+      }
+      result.then(
+        (r) => this.published(requestId, r, null),
+        (err: unknown) => this.published(requestId, null, err),
+      );
       return;
     }
-    this.inflight++;
-    result.then(
-      (r) => {
-        this.finished();
-        if (this.state !== 'closed') encodeConfirm(this.writer, requestId, r.status, r.queues, publishExtraJson(r));
-      },
-      (err: unknown) => {
-        this.finished();
-        this.replyError(requestId, err);
-      },
-    );
+    // The routing key and body last: option names from a newer client never replace them.
+    const message: BatchedPublish =
+      f.options === undefined ? { id: f.id, routingKey: f.routingKey, body: f.body } : { ...f.options, id: f.id, routingKey: f.routingKey, body: f.body };
+    if (f.mandatory) message.mandatory = true;
+    this.publishes.add(requestId, f.target, message);
+  }
+
+  /** A publish's outcome: CONFIRM once the broker has it durable, or ERROR. */
+  private published(requestId: number, r: PublishResult | null, err: unknown): void {
+    this.finished();
+    if (r === null) this.replyError(requestId, err);
+    else if (this.state !== 'closed') encodeConfirm(this.writer, requestId, r.status, r.queues, publishExtraJson(r));
   }
 
   private onRequest(requestId: number, payload: Buffer): void {

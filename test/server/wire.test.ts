@@ -140,6 +140,40 @@ describe('codec', () => {
   });
 });
 
+describe('codec: hot paths', () => {
+  it('DELIVERY from stored bytes is byte for byte the DELIVERY from decoded fields', () => {
+    const cases = [
+      { id: 'm-1', exchange: 'orders', routingKey: 'order.créé', headers: '{"h":[1],"ü":"✓"}', body: Buffer.from('body') },
+      { id: '', exchange: '', routingKey: 'q', headers: '', body: Buffer.alloc(0) },
+      { id: 'x'.repeat(100), exchange: 'e'.repeat(80), routingKey: 'k'.repeat(90), headers: '', body: Buffer.alloc(ZERO_COPY_BODY_BYTES + 3, 9) },
+    ];
+    for (const c of cases) {
+      const fromText = one((w) => codec.encodeDelivery(w, 7, 9, 2 ** 40 + 3, 1_700_000_000_123, 99, 2, c.id, c.exchange, c.routingKey, c.headers, c.body));
+      const route = Buffer.from(`${c.exchange}\0${c.routingKey}`);
+      const fromBytes = one((w) =>
+        codec.encodeDeliveryBytes(w, 7, 9, 2 ** 40 + 3, 1_700_000_000_123, 99, 2, c.id === '' ? null : Buffer.from(c.id), route, c.headers === '' ? undefined : Buffer.from(c.headers), c.body),
+      );
+      expect(fromBytes.payload.equals(fromText.payload), c.id).toBe(true);
+    }
+    // No stored route: both names empty.
+    const bare = one((w) => codec.encodeDeliveryBytes(w, 1, 1, 0, 0, 1, 1, Buffer.from('i'), undefined, undefined, Buffer.from('b')));
+    expect(codec.decodeDelivery(bare.payload, (_t, _o, _ts, _d, _c, id, exchange, routingKey) => [id, exchange, routingKey])).toEqual(['i', '', '']);
+  });
+
+  it('CONFIRM queue lists stay right when the same array changes and when lists alternate', () => {
+    const queues = ['a', 'b'];
+    const decode = (qs: readonly string[]) => codec.decodeConfirm(one((w) => codec.encodeConfirm(w, 1, 'confirmed', qs, '')).payload).queues;
+    expect(decode(queues)).toEqual(['a', 'b']);
+    queues[1] = 'c'; // same array, new contents: the encoder must not reuse its bytes
+    expect(decode(queues)).toEqual(['a', 'c']);
+    queues.push('dé');
+    expect(decode(queues)).toEqual(['a', 'c', 'dé']);
+    for (const qs of [['x'], ['y'], ['x'], [], ['x', 'y']]) expect(decode(qs)).toEqual(qs);
+    // Publishes with the same route share one array, as embedded (the broker's route cache).
+    expect(decode(['s'])).toBe(decode(['s']));
+  });
+});
+
 describe('FrameReader', () => {
   it('reassembles frames split at every byte boundary, and in one chunk', () => {
     const { socket, writes } = fakeSocket();
@@ -201,6 +235,79 @@ describe('FrameWriter', () => {
     expect(corks()).toBe(1);
     expect(writes.length).toBe(4); // head bytes, the body itself, the rest
     expect(writes[2]?.length).toBe(big.length);
+  });
+});
+
+describe('FrameWriter timing', () => {
+  it('writes the frames of one task together, at the end of that task, not a loop turn later', async () => {
+    const { socket, writes } = fakeSocket();
+    const w = new FrameWriter(socket);
+    codec.encodeAck(w, 0, 1);
+    codec.encodeAck(w, 0, 2);
+    expect(writes.length).toBe(0); // nothing while the task runs
+    await Promise.resolve();
+    expect(writes.length).toBe(1); // flushed as a microtask: a lone publish does not wait for setImmediate
+    expect(writes[0]?.length).toBe(2 * 13);
+  });
+});
+
+describe('FrameWriter chunk reuse', () => {
+  /** A socket that keeps the views it is given (as a real one does while bytes wait in its buffer). */
+  function holdingSocket(pending: () => number) {
+    const held: Buffer[] = [];
+    const s = {
+      destroyed: false,
+      get writableLength() {
+        return pending();
+      },
+      write(b: Buffer) {
+        held.push(b);
+        return true;
+      },
+      cork() {},
+      uncork() {},
+    };
+    return { socket: s as unknown as Socket, held };
+  }
+
+  it('never writes over bytes the socket still holds, and reuses the chunk once it took them', () => {
+    let pending = 1; // the kernel has not taken the first write yet
+    const { socket, held } = holdingSocket(() => pending);
+    const w = new FrameWriter(socket);
+    codec.encodeAck(w, 0, 1);
+    w.flush();
+    const first = Buffer.from(held[0] as Buffer);
+    codec.encodeAck(w, 0, 2);
+    w.flush();
+    expect((held[0] as Buffer).equals(first)).toBe(true);
+    expect(held[1]?.buffer).toBe(held[0]?.buffer); // appended after it in the same chunk
+    expect(held[1]?.byteOffset).toBe((held[0]?.byteOffset ?? 0) + first.length);
+    pending = 0; // everything taken: the next frames start the chunk again
+    codec.encodeAck(w, 0, 3);
+    w.flush();
+    codec.encodeAck(w, 0, 4);
+    w.flush();
+    expect(held[3]?.buffer).toBe(held[2]?.buffer);
+    expect(held[3]?.byteOffset).toBe(0);
+    expect(codec.decodeAck((held[3] as Buffer).subarray(9))).toBe(4);
+  });
+
+  it('grows its chunk for a big turn, so the next one is a single write', () => {
+    const { socket, held } = holdingSocket(() => 0);
+    const w = new FrameWriter(socket);
+    const turn = () => {
+      for (let i = 0; i < 1500; i++) codec.encodeDelivery(w, 1, i + 1, i, 0, i, 1, `id-${i}`, 'ex', 'rk', '', Buffer.alloc(100));
+      w.flush();
+    };
+    turn();
+    const writesFirst = held.length;
+    expect(writesFirst).toBeGreaterThan(1); // 1500 x ~170 B spans several 64 KiB chunks
+    turn();
+    expect(held.length - writesFirst).toBe(1);
+    const frames: number[] = [];
+    const r = new FrameReader(MAX_FRAME_BYTES_DEFAULT, (t) => frames.push(t));
+    r.push(held[held.length - 1] as Buffer);
+    expect(frames.length).toBe(1500);
   });
 });
 

@@ -65,6 +65,11 @@ export function readText(b: Buffer, start: number, end: number): string {
   return (b as unknown as FastBuffer).utf8Slice(start, end);
 }
 
+/** `b[start, end)` as latin1: one char per byte, so it keys a map by the bytes themselves. */
+export function readLatin1(b: Buffer, start: number, end: number): string {
+  return (b as unknown as FastBuffer).latin1Slice(start, end);
+}
+
 /**
  * Decodes text that usually repeats from one frame to the next (exchange names, routing keys):
  * when the bytes equal the previous ones, the previous string is returned and nothing is allocated.

@@ -3,6 +3,7 @@
  * side by side so they stay mirror images. Encoders write through a FrameWriter; decoders read a
  * payload view with bounds checks and throw SPOOL_ERR_PROTOCOL on anything malformed.
  */
+import assert from 'node:assert/strict';
 import { SpoolError } from '../../errors.js';
 import {
   CONFIRM_STATUSES,
@@ -14,7 +15,7 @@ import {
   PUBLISH_TO_QUEUE,
   STR16_MAX,
 } from './constants.js';
-import { TextCache, r16, r32, readText, w16, w32, writeText } from './bytes.js';
+import { TextCache, r16, r32, readLatin1, readText, w16, w32, writeText } from './bytes.js';
 import type { FrameWriter } from './frame-writer.js';
 import { fromWireJson, toWireJson } from './wire-json.js';
 
@@ -85,6 +86,23 @@ export class PayloadCursor {
     const at = this.need(n);
     return cache.read(this.buf, at, at + n);
   }
+  /** Length of the field `skip16`/`skip32` passed last. */
+  lastLength = 0;
+  /** Where the next field starts. */
+  get position(): number {
+    return this.pos;
+  }
+  /** Passes over a str16 without decoding it; returns where its bytes start (length in `lastLength`). */
+  skip16(): number {
+    const n = this.u16();
+    this.lastLength = n;
+    return this.need(n);
+  }
+  skip32(): number {
+    const n = this.u32();
+    this.lastLength = n;
+    return this.need(n);
+  }
   /** A u32-prefixed wire JSON value, or undefined when the length is 0. */
   json32(): unknown {
     const n = this.u32();
@@ -122,9 +140,10 @@ function parseJson(text: string, what: string): unknown {
   }
 }
 
+/** `v` is a safe non-negative integer: `>>> 0` takes it modulo 2^32 (no division for the low word). */
 function writeU64(buf: Buffer, at: number, v: number): void {
-  w32(buf, at, v % 0x1_0000_0000);
-  w32(buf, at + 4, Math.floor(v / 0x1_0000_0000));
+  w32(buf, at, v >>> 0);
+  w32(buf, at + 4, (v / 0x1_0000_0000) >>> 0);
 }
 
 /** Writes a str16/str32 body whose byte length the caller measured; returns the next offset. */
@@ -310,7 +329,11 @@ export function encodePublish(
 const publishTargets = new TextCache();
 const publishKeys = new TextCache();
 
-export function decodePublish(payload: Buffer): PublishFrame {
+/**
+ * Decodes a PUBLISH, into `into` when given: the server reuses one object, since it reads the
+ * fields at once (no allocation per publish besides the strings and the body view).
+ */
+export function decodePublish(payload: Buffer, into?: PublishFrame): PublishFrame {
   const c = cursor(payload, 'PUBLISH');
   const flags = c.u8();
   if ((flags & ~(PUBLISH_TO_QUEUE | PUBLISH_MANDATORY)) !== 0) throw protocolError(`PUBLISH has unknown flags ${flags}`);
@@ -320,49 +343,118 @@ export function decodePublish(payload: Buffer): PublishFrame {
   if (id.length === 0) throw protocolError('PUBLISH has an empty id');
   const options = c.json32();
   if (options !== undefined && (options === null || typeof options !== 'object' || Array.isArray(options))) throw protocolError('PUBLISH options must be an object');
-  return {
-    toQueue: (flags & PUBLISH_TO_QUEUE) !== 0,
-    mandatory: (flags & PUBLISH_MANDATORY) !== 0,
-    target,
-    routingKey,
-    id,
-    options: options as Record<string, unknown> | undefined,
-    body: c.rest(),
-  };
+  const f = into ?? ({} as PublishFrame);
+  f.toQueue = (flags & PUBLISH_TO_QUEUE) !== 0;
+  f.mandatory = (flags & PUBLISH_MANDATORY) !== 0;
+  f.target = target;
+  f.routingKey = routingKey;
+  f.id = id;
+  f.options = options as Record<string, unknown> | undefined;
+  f.body = c.rest();
+  return f;
+}
+
+/**
+ * The queue list of the previous CONFIRM, encoded. The broker hands out the same route array for
+ * every publish with the same route, so consecutive confirms usually repeat it: it is encoded once.
+ */
+let confirmQueues: readonly string[] = [];
+let confirmQueueNames: string[] = [];
+let confirmQueueBytes: Buffer = Buffer.alloc(0);
+
+/** The encoded queue list (u16 count, then str16 names), from the cache when `queues` holds the same names. */
+function queueListBytes(queues: readonly string[]): Buffer {
+  if (queues === confirmQueues && sameNames(queues, confirmQueueNames)) return confirmQueueBytes;
+  let bytes = 2;
+  for (const q of queues) bytes += 2 + byteLength16(q, 'queue name');
+  const b = Buffer.allocUnsafe(bytes);
+  w16(b, 0, queues.length);
+  let p = 2;
+  for (const q of queues) p = writeStr(b, p, q, Buffer.byteLength(q), 2);
+  confirmQueues = queues;
+  confirmQueueNames = [...queues];
+  confirmQueueBytes = b;
+  return b;
+}
+
+/** True when `a` still holds the names `b` recorded (an array may change after it was cached). */
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** `extraJson`: wire JSON of the result's fields besides id, status and queues (e.g. `deliverAt`), or '' for none. */
 export function encodeConfirm(w: FrameWriter, requestId: number, status: ConfirmStatus, queues: readonly string[], extraJson: string): void {
-  let bytes = 3 + 4;
-  for (const q of queues) bytes += 2 + Buffer.byteLength(q);
+  const list = queueListBytes(queues);
   const extraBytes = extraJson.length === 0 ? 0 : Buffer.byteLength(extraJson);
-  const at = w.begin(FrameType.CONFIRM, requestId, bytes + extraBytes);
+  const at = w.begin(FrameType.CONFIRM, requestId, 1 + list.length + 4 + extraBytes);
   const b = w.buf;
   b[at] = CONFIRM_STATUSES.indexOf(status);
-  w16(b, at + 1, queues.length);
-  let p = at + 3;
-  for (const q of queues) p = writeStr(b, p, q, Buffer.byteLength(q), 2);
-  writeStr(b, p, extraJson, extraBytes, 4);
+  copyBytes(list, 0, list.length, b, at + 1);
+  writeStr(b, at + 1 + list.length, extraJson, extraBytes, 4);
 }
+
+/**
+ * The queue arrays of recent CONFIRMs, by their bytes. As the embedded broker does, publishes with
+ * the same route share one array (callers must not change it), so a confirm allocates nothing
+ * for its queues in the common case.
+ */
+const confirmQueueArrays = new Map<string, string[]>();
+const CONFIRM_QUEUE_ARRAYS_MAX = 1024;
+/** The previous confirm's queue list bytes and array: compared first, byte for byte. */
+let lastQueueList: Buffer = Buffer.alloc(0);
+let lastQueueArray: string[] = [];
 
 export function decodeConfirm(payload: Buffer): { status: ConfirmStatus; queues: string[]; extra: Record<string, unknown> | undefined } {
   const c = cursor(payload, 'CONFIRM');
   const status = CONFIRM_STATUSES[c.u8()];
   if (status === undefined) throw protocolError('CONFIRM has an unknown status');
+  const listStart = c.position;
   const n = c.u16();
-  const queues = new Array<string>(n);
-  for (let i = 0; i < n; i++) queues[i] = c.str16();
+  for (let i = 0; i < n; i++) c.skip16();
+  const listEnd = c.position;
   const extra = c.json32();
   c.end();
   if (extra !== undefined && (extra === null || typeof extra !== 'object' || Array.isArray(extra))) throw protocolError('CONFIRM extra fields must be an object');
-  return { status, queues, extra: extra as Record<string, unknown> | undefined };
+  return { status, queues: queueArrayOf(payload, listStart, listEnd, n), extra: extra as Record<string, unknown> | undefined };
+}
+
+/** The queue names of a checked queue list `payload[start, end)` holding `n` names. */
+function queueArrayOf(payload: Buffer, start: number, end: number, n: number): string[] {
+  if (n === 0) return [];
+  const last = lastQueueList;
+  if (end - start === last.length) {
+    let same = true;
+    for (let i = 0; i < last.length; i++) {
+      if (last[i] !== payload[start + i]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return lastQueueArray;
+  }
+  // latin1 keeps every byte, so equal keys mean equal bytes.
+  const key = readLatin1(payload, start, end);
+  let queues = confirmQueueArrays.get(key);
+  if (queues === undefined) {
+    queues = new Array<string>(n);
+    const c = new PayloadCursor().reset(payload.subarray(start + 2, end), 'CONFIRM');
+    for (let i = 0; i < n; i++) queues[i] = c.str16();
+    if (confirmQueueArrays.size >= CONFIRM_QUEUE_ARRAYS_MAX) confirmQueueArrays.clear();
+    confirmQueueArrays.set(key, queues);
+  }
+  lastQueueList = Buffer.from(payload.subarray(start, end));
+  lastQueueArray = queues;
+  return queues;
 }
 
 // --- DELIVERY ---
 
 /**
- * Encodes a DELIVERY (fields as arguments: no object per message). `headersJson` is '' when the
- * message has no user headers.
+ * Encodes a DELIVERY from decoded fields (fields as arguments: no object per message).
+ * `headersJson` is '' when the message has no user headers. The server sends stored messages
+ * with `encodeDeliveryBytes`, which must produce the same bytes (test/server/wire.test.ts).
  */
 export function encodeDelivery(
   w: FrameWriter,
@@ -397,10 +489,119 @@ export function encodeDelivery(
   writeStr(b, p, headersJson, hBytes, 4);
 }
 
+/**
+ * Encodes a DELIVERY from a stored record's bytes, the layout of `encodeDelivery`: the id, the
+ * route and the headers are copied as they lie in the log, never decoded to text and encoded
+ * again (that decoding was most of a delivery's cost on the server). `route` is the broker's
+ * stored `exchange NUL routingKey` (undefined: both empty); `headersJson` the stored JSON text of
+ * the user headers, or undefined.
+ */
+export function encodeDeliveryBytes(
+  w: FrameWriter,
+  consumerId: number,
+  tag: number,
+  offset: number,
+  timestamp: number,
+  deliveryId: number,
+  deliveryCount: number,
+  id: Buffer | null,
+  route: Buffer | undefined,
+  headersJson: Buffer | undefined,
+  body: Buffer,
+): void {
+  const idBytes = id === null ? 0 : id.length;
+  let exBytes = 0;
+  let keyStart = 0;
+  if (route !== undefined) {
+    exBytes = route.length;
+    for (let i = 0; i < route.length; i++) {
+      if (route[i] === 0) {
+        exBytes = i;
+        keyStart = i + 1;
+        break;
+      }
+    }
+    if (keyStart === 0) keyStart = route.length;
+  }
+  const keyBytes = route === undefined ? 0 : route.length - keyStart;
+  const hBytes = headersJson === undefined ? 0 : headersJson.length;
+  assert(idBytes <= STR16_MAX && exBytes <= STR16_MAX, 'a stored id and exchange name fit their str16 fields');
+  const head = 36 + 2 + idBytes + 2 + exBytes + 4 + keyBytes + 4 + hBytes;
+  const at = w.beginWithBody(FrameType.DELIVERY, 0, head, body);
+  const b = w.buf;
+  w32(b, at, consumerId);
+  w32(b, at + 4, tag);
+  writeU64(b, at + 8, offset);
+  writeU64(b, at + 16, timestamp);
+  writeU64(b, at + 24, deliveryId);
+  w32(b, at + 32, deliveryCount);
+  let p = at + 36;
+  w16(b, p, idBytes);
+  if (id !== null) copyBytes(id, 0, idBytes, b, p + 2);
+  p += 2 + idBytes;
+  w16(b, p, exBytes);
+  if (route !== undefined) copyBytes(route, 0, exBytes, b, p + 2);
+  p += 2 + exBytes;
+  w32(b, p, keyBytes);
+  if (route !== undefined) copyBytes(route, keyStart, keyBytes, b, p + 4);
+  p += 4 + keyBytes;
+  w32(b, p, hBytes);
+  if (headersJson !== undefined) copyBytes(headersJson, 0, hBytes, b, p + 4);
+}
+
+/** Copies `n` bytes; a loop for the short fields frames mostly carry (cheaper than a native call). */
+function copyBytes(src: Buffer, from: number, n: number, dst: Buffer, at: number): void {
+  if (n > 64) {
+    src.copy(dst, at, from, from + n);
+    return;
+  }
+  for (let i = 0; i < n; i++) dst[at + i] = src[from + i] as number;
+}
+
 /** The consumer a DELIVERY is for, read before decoding the rest (the consumer decides what to build). */
 export function deliveryConsumerId(payload: Buffer): number {
   if (payload.length < 4) throw protocolError('DELIVERY payload is truncated');
   return r32(payload, 0);
+}
+
+/**
+ * Where the fields of a DELIVERY lie in its payload: found (and every length checked) when the
+ * frame arrives; the text fields are decoded only when asked for (`deliveryText`).
+ */
+export interface DeliveryLayout {
+  tag: number;
+  offset: number;
+  timestamp: number;
+  deliveryId: number;
+  deliveryCount: number;
+  idStart: number;
+  idEnd: number;
+  exchangeStart: number;
+  exchangeEnd: number;
+  keyStart: number;
+  keyEnd: number;
+  /** Parsed at once, so malformed JSON fails the frame; undefined when the message has none. */
+  headers: Record<string, unknown> | undefined;
+  bodyStart: number;
+}
+
+/** Checks a DELIVERY payload and fills `out` with its layout (reused by the caller: no allocation). */
+export function scanDelivery(payload: Buffer, out: DeliveryLayout): DeliveryLayout {
+  const c = cursor(payload, 'DELIVERY');
+  c.u32(); // consumer id: deliveryConsumerId
+  out.tag = c.u32();
+  out.offset = c.u64();
+  out.timestamp = c.u64();
+  out.deliveryId = c.u64();
+  out.deliveryCount = c.u32();
+  out.idEnd = (out.idStart = c.skip16()) + c.lastLength;
+  out.exchangeEnd = (out.exchangeStart = c.skip16()) + c.lastLength;
+  out.keyEnd = (out.keyStart = c.skip32()) + c.lastLength;
+  const headers = c.json32();
+  if (headers !== undefined && (headers === null || typeof headers !== 'object' || Array.isArray(headers))) throw protocolError('DELIVERY headers must be an object');
+  out.headers = headers as Record<string, unknown> | undefined;
+  out.bodyStart = c.position;
+  return out;
 }
 
 export type DeliveryBuilder<T> = (
@@ -419,21 +620,47 @@ export type DeliveryBuilder<T> = (
 const deliveryExchanges = new TextCache();
 const deliveryKeys = new TextCache();
 
-/** Decodes a DELIVERY straight into what `build` makes of its fields. */
+/** The exchange of a scanned DELIVERY (usually the previous one's: decoded through a cache). */
+export function deliveryExchange(payload: Buffer, start: number, end: number): string {
+  return deliveryExchanges.read(payload, start, end);
+}
+
+/** The routing key of a scanned DELIVERY, through a cache likewise. */
+export function deliveryRoutingKey(payload: Buffer, start: number, end: number): string {
+  return deliveryKeys.read(payload, start, end);
+}
+
+const scratch: DeliveryLayout = {
+  tag: 0,
+  offset: 0,
+  timestamp: 0,
+  deliveryId: 0,
+  deliveryCount: 0,
+  idStart: 0,
+  idEnd: 0,
+  exchangeStart: 0,
+  exchangeEnd: 0,
+  keyStart: 0,
+  keyEnd: 0,
+  headers: undefined,
+  bodyStart: 0,
+};
+
+/** Decodes a DELIVERY straight into what `build` makes of its fields (every field decoded now). */
 export function decodeDelivery<T>(payload: Buffer, build: DeliveryBuilder<T>): T {
-  const c = cursor(payload, 'DELIVERY');
-  c.u32(); // consumer id: deliveryConsumerId
-  const tag = c.u32();
-  const offset = c.u64();
-  const timestamp = c.u64();
-  const deliveryId = c.u64();
-  const deliveryCount = c.u32();
-  const id = c.str16();
-  const exchange = c.str16Cached(deliveryExchanges);
-  const routingKey = c.str32Cached(deliveryKeys);
-  const headers = c.json32();
-  if (headers !== undefined && (headers === null || typeof headers !== 'object' || Array.isArray(headers))) throw protocolError('DELIVERY headers must be an object');
-  return build(tag, offset, timestamp, deliveryId, deliveryCount, id, exchange, routingKey, headers as Record<string, unknown> | undefined, c.rest());
+  const l = scanDelivery(payload, scratch);
+  return build(
+    l.tag,
+    l.offset,
+    l.timestamp,
+    l.deliveryId,
+    l.deliveryCount,
+    readText(payload, l.idStart, l.idEnd),
+    deliveryExchange(payload, l.exchangeStart, l.exchangeEnd),
+    deliveryRoutingKey(payload, l.keyStart, l.keyEnd),
+    l.headers,
+    payload.subarray(l.bodyStart),
+  );
 }
 
 // --- ACK / NACK / DONE / CREDIT ---
