@@ -50,6 +50,7 @@ export type {
   RemoteConsumeOptions,
   RemoteHandler,
   RemotePublishOptions,
+  RemoteBatchMessage,
   ReplayOptions,
   ReplayResult,
 } from './client/index.js';

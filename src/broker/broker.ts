@@ -24,7 +24,7 @@ import { type DelayedRecord, DelayStore, deliverAtOf } from './delay-store.js';
 import { TimingWheel } from './timing-wheel.js';
 import { DirLock } from './lock.js';
 import type { LogRecord } from '../log/index.js';
-import { type Body, type Headers, type StoredMessage, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, routeOf, userHeadersOf } from './message.js';
+import { BATCH_MESSAGES_MAX, type Body, type Headers, type StoredMessage, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, routeOf, userHeadersOf } from './message.js';
 import { checkExchangeName, checkName } from './names.js';
 import { Queue, type QueueOptions } from './queue.js';
 import { EXCHANGE_TYPES, ExchangeRouter, type ExchangeType } from './routing.js';
@@ -73,8 +73,7 @@ export interface BatchMessage extends PublishOptions {
   body: Body;
 }
 
-/** The most messages one `publishBatch` call takes. */
-export const BATCH_MESSAGES_MAX = 100_000;
+export { BATCH_MESSAGES_MAX } from './message.js';
 
 /** A publish whose arguments were checked: what storing or scheduling it needs. */
 interface CheckedPublish {

@@ -55,6 +55,9 @@ export function generateId(): string {
 /** Every 10-bit value as two base32hex digits. */
 const BASE32_PAIRS: readonly string[] = Array.from({ length: 1024 }, (_, i) => (i >> 5).toString(32) + (i & 31).toString(32));
 
+/** The most messages one `publishBatch` call takes (embedded or remote). */
+export const BATCH_MESSAGES_MAX = 100_000;
+
 export function checkHeaders(headers: unknown): Headers | undefined {
   if (headers === undefined) return undefined;
   if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) {

@@ -32,6 +32,7 @@ export interface QueueOptions {
 
 export const DEDUPE_WINDOW_MS_DEFAULT = 120_000;
 const confirmed = (): 'confirmed' => 'confirmed';
+const DUPLICATE: Promise<'duplicate'> = Promise.resolve('duplicate');
 const TTL_MARKER = 'has-message-ttl';
 /** The saved floor of a queue without groups whose head expired (decimal text). */
 const FLOOR_FILE = 'floor';
@@ -180,12 +181,27 @@ export class Queue {
    * Resolves after the message is fsynced.
    */
   append(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
-    // The common case (no dedupe key, no limits, no TTL) is one log append and nothing else.
-    if (!m.callerId && m.dedupeKey === undefined && m.expiresAt === undefined && this.plain) {
-      return this.log.appendOne(toRecord(m)).then(confirmed);
+    if (m.expiresAt === undefined && this.plain) {
+      // The common cases (no limits, no TTL): one log append, after the dedupe check when the
+      // message has a key. (One extra promise; everything else goes through the full checks.)
+      const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
+      if (dedupeKey === undefined) return this.log.appendOne(toRecord(m)).then(confirmed);
+      return this.appendDeduped(m, dedupeKey);
     }
-    // (The common path above costs one extra promise; everything else goes through the checks.)
     return this.appendChecked(m);
+  }
+
+  private appendDeduped(m: StoredMessage, dedupeKey: string): Promise<'confirmed' | 'duplicate'> {
+    const now = this.clock.now();
+    this.evictDedupe(now);
+    const until = this.dedupe.get(dedupeKey);
+    if (until !== undefined && until > now) return DUPLICATE;
+    // Claimed before the append, so a concurrent publish of the same key sees it.
+    this.dedupe.set(dedupeKey, now + this.dedupeWindowMs);
+    return this.log.appendOne(toRecord(m)).then(confirmed, (err: unknown) => {
+      this.dedupe.delete(dedupeKey);
+      throw err;
+    });
   }
 
   /**
@@ -504,6 +520,7 @@ export class Queue {
   }
 
   private dropHeadIfOver(): void {
+    if (this.plain) return;
     const { maxLength, maxBytes } = this.options;
     let newHead = -1;
     if (maxLength !== undefined && this.depth > maxLength) newHead = this.log.endOffset - maxLength;

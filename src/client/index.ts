@@ -6,6 +6,7 @@ export type {
   RemoteBrokerEvents,
   RemoteConsumeOptions,
   RemotePublishOptions,
+  RemoteBatchMessage,
   ReplayOptions,
   ReplayResult,
 } from './remote-broker.js';

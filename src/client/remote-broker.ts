@@ -24,7 +24,7 @@ import { EventEmitter } from 'node:events';
 import type { Broker, ConsumeOptions, ExchangeOptions, PublishOptions, PublishResult, ReplayOptions } from '../broker/broker.js';
 import type { SettleStatus } from '../broker/delivery.js';
 import type { AckMode } from '../broker/group.js';
-import { type Body, type Headers, checkHeaders, generateId } from '../broker/message.js';
+import { BATCH_MESSAGES_MAX, type Body, type Headers, checkHeaders, generateId } from '../broker/message.js';
 import { checkExchangeName, checkName } from '../broker/names.js';
 import type { QueueOptions } from '../broker/queue.js';
 import type { ExchangeType } from '../broker/routing.js';
@@ -84,6 +84,26 @@ export interface ConnectOptions {
 export interface RemotePublishOptions extends PublishOptions {
   /** This call's deadline in ms (default: the connection's `timeoutMs`). Not sent to the server. */
   timeoutMs?: number;
+}
+
+/** One message of `publishBatch`: its routing key and body, and the options of `publish`. */
+export interface RemoteBatchMessage extends RemotePublishOptions {
+  routingKey: string;
+  body: Body;
+}
+
+/** A publish whose arguments were checked and whose id is fixed (resends carry the same one). */
+interface PreparedPublish {
+  flags: number;
+  target: string;
+  routingKey: string;
+  id: string;
+  callerId: boolean;
+  optionsJson: string;
+  body: Body;
+  headers: Headers | undefined;
+  mandatory: boolean;
+  timeoutMs: number;
 }
 
 export type RemoteConsumeOptions = Omit<ConsumeOptions, 'workers'>;
@@ -490,9 +510,54 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     return this.sendPublish(PUBLISH_TO_QUEUE, queue, '', body, options);
   }
 
+  /**
+   * Publishes many messages to one exchange, as the embedded `publishBatch` does: each message is
+   * checked here before any is sent, so one bad message rejects the call (naming its index) and
+   * nothing is published. Then they are pipelined; the server hands the publishes of one socket
+   * read to the broker's `publishBatch` together. Resolves with one result per message, in order,
+   * once the server confirmed them all; rejects with the first failure (the others may have been
+   * stored: retry with the same ids, as with the embedded call).
+   * @example
+   *   const results = await remote.publishBatch('orders', [
+   *     { routingKey: 'order.created', body: '{"id":1}', id: 'order-1' },
+   *     { routingKey: 'order.created', body: '{"id":2}', id: 'order-2' },
+   *   ]);
+   */
+  publishBatch(exchange: string, messages: readonly RemoteBatchMessage[]): Promise<PublishResult[]> {
+    try {
+      this.checkOpen();
+      if (!Array.isArray(messages)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'messages must be an array of { routingKey, body, ...options }');
+      if (messages.length > BATCH_MESSAGES_MAX) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `a batch holds at most ${BATCH_MESSAGES_MAX} messages, got ${messages.length}`);
+      const prepared = messages.map((m, i) => {
+        try {
+          if (m === null || typeof m !== 'object') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'a message must be an object { routingKey, body, ...options }');
+          return this.preparePublish(0, exchange, m.routingKey, m.body, m);
+        } catch (err) {
+          if (err instanceof SpoolError) throw new SpoolError(err.code, `messages[${i}]: ${err.message}`, { cause: err });
+          throw err;
+        }
+      });
+      return Promise.all(prepared.map((p) => new Promise<PublishResult>((resolve, reject) => this.submitPublish(p, resolve, reject))));
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  }
+
   private sendPublish(flags: number, target: string, routingKey: string, body: Body, options: RemotePublishOptions): Promise<PublishResult> {
     return new Promise<PublishResult>((resolve, reject) => {
       this.checkOpen();
+      this.submitPublish(this.preparePublish(flags, target, routingKey, body, options), resolve, reject);
+    });
+  }
+
+  private submitPublish(p: PreparedPublish, resolve: (r: PublishResult) => void, reject: (err: Error) => void): void {
+    const { flags, target, routingKey, id, callerId, optionsJson, body, headers, mandatory } = p;
+    this.submit(new PublishCall(this, this.newRid(), Date.now() + p.timeoutMs, flags, target, routingKey, id, !callerId, optionsJson, body, headers, mandatory, resolve, reject));
+  }
+
+  /** Checks one publish's arguments (throwing a typed error) and fixes its id: everything a send needs. */
+  private preparePublish(flags: number, target: string, routingKey: string, body: Body, options: RemotePublishOptions): PreparedPublish {
+    {
       if (flags & PUBLISH_TO_QUEUE) checkName('queue', target);
       else {
         checkExchangeName(target);
@@ -511,8 +576,8 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
       if (options.mandatory) flags |= PUBLISH_MANDATORY;
       this.checkFrameFits(body, target, routingKey, id, optionsJson);
       const timeoutMs = options.timeoutMs === undefined ? this.timeoutMs : positiveInt(options.timeoutMs, 0, 'timeoutMs');
-      this.submit(new PublishCall(this, this.newRid(), Date.now() + timeoutMs, flags, target, routingKey, id, !callerId, optionsJson, body, headers, options.mandatory === true, resolve, reject));
-    });
+      return { flags, target, routingKey, id, callerId, optionsJson, body, headers, mandatory: options.mandatory === true, timeoutMs };
+    }
   }
 
   /** @internal PublishCall: a mandatory message came back unroutable. */

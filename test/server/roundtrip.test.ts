@@ -250,6 +250,45 @@ describe('embedded and remote give the same results', () => {
     for (let i = 0; i < embedded.log.length; i++) expect(remote.log[i], `record ${i}: ${JSON.stringify((embedded.log[i] as unknown[])[0])}`).toEqual(embedded.log[i]);
   });
 
+  it('publishBatch: the same results, the same stored messages and the same refusals, embedded and remote', async () => {
+    // Proves publishBatch parity: routing per key, dedupe within and across batches, unroutable + mandatory, a delayed message, and all-or-nothing refusal of a batch with one bad message.
+    const run = async (b: AnyBroker, r: Recorder): Promise<void> => {
+      await b.assertExchange('orders', 'topic');
+      await b.assertQueue('billing');
+      await b.assertQueue('audit');
+      await b.bindQueue('billing', 'orders', 'order.*');
+      await b.bindQueue('audit', 'orders', '#');
+      await r.call('batch', () =>
+        b.publishBatch('orders', [
+          { routingKey: 'order.created', body: 'a', id: 'b-1', headers: { n: 1 } },
+          { routingKey: 'shipment.sent', body: Buffer.from([1, 2]), id: 'b-2' },
+          { routingKey: 'order.created', body: 'again', id: 'b-1' },
+          { routingKey: 'order.paid', body: 'later', id: 'b-3', delay: 60_000 },
+        ]),
+      );
+      await r.call('batch repeated', () => b.publishBatch('orders', [{ routingKey: 'order.created', body: 'x', id: 'b-2' }]));
+      await r.call('batch with a bad message', () =>
+        b.publishBatch('orders', [
+          { routingKey: 'order.created', body: 'fine', id: 'b-4' },
+          { routingKey: 'order.created', body: 42 as unknown as string, id: 'b-5' },
+        ]),
+      );
+      await r.call('batch to a missing exchange', () => b.publishBatch('nope', [{ routingKey: 'k', body: 'x', id: 'b-6' }]));
+      await r.call('batch not an array', () => b.publishBatch('orders', {} as unknown as []));
+      await r.call('empty batch', () => b.publishBatch('orders', []));
+      const stats = await Promise.all(['billing', 'audit'].map((q) => b.queueStats(q)));
+      r.note('depths', stats.map((s) => s.endOffset));
+    };
+    const embedded = new Recorder();
+    await run(await h.broker(), embedded);
+    const { server } = await h.served();
+    const remote = new Recorder();
+    await run(await h.client(server.url), remote);
+    expect(embedded.log.find((x) => (x as unknown[])[0] === 'batch with a bad message')).toEqual(['batch with a bad message', 'error', 'SPOOL_ERR_INVALID_ARGUMENT']);
+    expect(embedded.log.at(-1)).toEqual(['depths', 'note', [2, 2]]);
+    expect(remote.log).toEqual(embedded.log);
+  });
+
   it('refuses what cannot cross the wire, before sending anything', async () => {
     const { broker, server } = await h.served();
     const c = await h.client(server.url);
