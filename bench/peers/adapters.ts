@@ -21,6 +21,8 @@ import {
   delayFigures,
   loneLatencies,
   medianFigures,
+  BATCH_SIZE,
+  pumpBatches,
   pumpWindow,
   randomDelays,
   sleep,
@@ -62,6 +64,8 @@ async function figuresOf(
     publish: (i: number) => Promise<unknown>;
     drain: (n: number, maxSeconds: number) => Promise<{ count: number; seconds: number; capped: boolean }>;
     latency: (i: number) => Promise<unknown>;
+    /** The peer's batch API: publish messages first..first+count-1 in one call. */
+    publishBatch?: { call: (first: number, count: number) => Promise<unknown>; inFlight: number };
     cleanup?: () => Promise<void>;
   }>,
 ): Promise<{ figures: Figures; runs: Figures[] }> {
@@ -79,6 +83,13 @@ async function figuresOf(
       const dr = await o.drain(pub.count, p.maxSeconds * 2);
       progress(`${label}: ${Math.round(dr.count / dr.seconds)} msgs/s drained; ${p.latencyIterations} lone publishes`);
       const lat = await loneLatencies(p.latencyIterations, p.maxSeconds, o.latency);
+      let batchPublishPerSec: number | undefined;
+      if (o.publishBatch !== undefined) {
+        progress(`${label}: batch API, ${p.messages} messages in calls of ${BATCH_SIZE}, ${o.publishBatch.inFlight} in flight`);
+        const b = await pumpBatches(p.messages, o.publishBatch.inFlight, p.maxSeconds, o.publishBatch.call);
+        batchPublishPerSec = b.count / b.seconds;
+        progress(`${label}: ${Math.round(batchPublishPerSec)} msgs/s through the batch API`);
+      }
       runs.push({
         publishPerSec: pub.count / pub.seconds,
         published: pub.count,
@@ -91,6 +102,7 @@ async function figuresOf(
         confirmP50Us: median(lat),
         confirmP99Us: percentile(lat, 99),
         latencyIterations: lat.length,
+        ...(batchPublishPerSec === undefined ? {} : { batchPublishPerSec }),
       });
     } finally {
       await o.cleanup?.();
@@ -100,6 +112,9 @@ async function figuresOf(
 }
 
 // --- Spool (embedded, same process) ---
+
+/** publishBatch calls kept in flight in the batch-API workload. */
+const SPOOL_BATCHES_IN_FLIGHT = 4;
 
 /** Whether `publish(..., { delay })` delays delivery in this build of src/broker (checked by trying it). */
 export async function spoolDelaySupported(tempBase: string): Promise<{ supported: boolean; how: string }> {
@@ -130,64 +145,36 @@ export async function spoolDelaySupported(tempBase: string): Promise<{ supported
   }
 }
 
-/**
- * Spool embedded. `batch` 1: every publish is its own `publish` call (1,000 outstanding). `batch`
- * > 1: publishes join a `publishBatch` call of up to `batch` messages, sent when full or at the end
- * of the tick, as the SQLite batched row does with its transactions. Both drain the same way.
- */
-export async function runSpool(p: PeerRunParams, batch = 1): Promise<PeerOutcome> {
+/** Spool embedded: single publishes with 1,000 outstanding, and its batch API (`publishBatch`). */
+export async function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
   const outcome: PeerOutcome = {
-    key: batch > 1 ? 'spool-batch' : 'spool',
-    name: batch > 1 ? `Spool (embedded), publishBatch of ${batch.toLocaleString('en-US')}` : 'Spool (embedded), topic exchange',
+    key: 'spool',
+    name: 'Spool (embedded), topic exchange',
     version: `spoolmq ${readVersion()}`,
     ackMeans: 'publish resolves after the fdatasync of the queue log that holds it (group commit); acks are durable once the ack store is fdatasynced',
     durableAtAck: true,
     notes: [
       'drain: 1 consumer, ack auto, prefetch 1,000; timed until every ack is fdatasynced in the ack store (durable acks)',
-      ...(batch > 1
-        ? [`publish: publishBatch calls of up to ${batch.toLocaleString('en-US')} messages (one log append each), 4 calls in flight (a producer pipelines its batches, as Kafka's does)`]
-        : []),
+      `batch API: publishBatch calls of ${BATCH_SIZE.toLocaleString('en-US')} messages (one log append each), ${SPOOL_BATCHES_IN_FLIGHT} calls in flight (a producer pipelines its batches, as Kafka's does)`,
     ],
   };
   const body = bodies(4096, p.bodyBytes);
   const dirs: string[] = [];
   try {
-    const params = batch > 1 ? { ...p, window: 4 * batch } : p;
-    const { figures, runs } = await figuresOf(outcome.key, params, async (run) => {
+    const { figures, runs } = await figuresOf(outcome.key, p, async (run) => {
       const dir = makeTempDir('peers-spool', p.tempBase);
       dirs.push(dir);
       const h = await openBenchBroker(path.join(dir, 'data'));
       const lat = await openBenchBroker(path.join(dir, 'lat'));
-      const pending: { body: Buffer; resolve: () => void; reject: (err: unknown) => void }[] = [];
-      let scheduled = false;
-      const sendPending = (): void => {
-        scheduled = false;
-        while (pending.length > 0) {
-          const take = pending.splice(0, batch);
-          h.broker.publishBatch(EXCHANGE, take.map((x) => ({ routingKey: ROUTING_KEY, body: x.body }))).then(
-            () => {
-              for (const x of take) x.resolve();
-            },
-            (err: unknown) => {
-              for (const x of take) x.reject(err);
-            },
-          );
-        }
-      };
-      const publishBatched = (b: Buffer): Promise<unknown> =>
-        new Promise<void>((resolve, reject) => {
-          pending.push({ body: b, resolve, reject });
-          if (pending.length >= batch) sendPending();
-          else if (!scheduled) {
-            scheduled = true;
-            setImmediate(sendPending);
-          }
-        });
       return {
-        publish: (i) => (batch > 1 ? publishBatched(body[i % body.length] as Buffer) : h.broker.publish(EXCHANGE, ROUTING_KEY, body[i % body.length] as Buffer)),
+        publish: (i) => h.broker.publish(EXCHANGE, ROUTING_KEY, body[i % body.length] as Buffer),
         drain: async (n) => {
           const r = await drainGroup(h.broker, `drain-${run}`, n, { consumers: 1, ack: 'auto' }, 1000);
           return { count: n, seconds: r.ackedSeconds, capped: false };
+        },
+        publishBatch: {
+          inFlight: SPOOL_BATCHES_IN_FLIGHT,
+          call: (first, count) => h.broker.publishBatch(EXCHANGE, Array.from({ length: count }, (_, j) => ({ routingKey: ROUTING_KEY, body: body[(first + j) % body.length] as Buffer }))),
         },
         latency: (i) => lat.broker.publish(EXCHANGE, ROUTING_KEY, body[i % body.length] as Buffer),
         cleanup: async () => {
@@ -202,7 +189,7 @@ export async function runSpool(p: PeerRunParams, batch = 1): Promise<PeerOutcome
   } catch (err) {
     outcome.error = errText(err);
   }
-  if (p.delays && batch === 1) {
+  if (p.delays) {
     const probe = await spoolDelaySupported(p.tempBase).catch((err: unknown) => ({ supported: false, how: errText(err) }));
     if (!probe.supported) {
       outcome.notes.push(`delays: not yet (${probe.how})`);
@@ -378,6 +365,18 @@ export async function runSqlite(p: PeerRunParams, batch: number): Promise<PeerOu
           insLat.run(body[i % body.length] as Buffer);
           return Promise.resolve();
         },
+        // The batch API of SQLite: one transaction of BATCH_SIZE INSERTs per call (synchronous, so one at a time).
+        ...(batch > 1
+          ? {
+              publishBatch: {
+                inFlight: 1,
+                call: (first: number, count: number) => {
+                  insMany(Array.from({ length: count }, (_, j) => body[(first + j) % body.length] as Buffer));
+                  return Promise.resolve();
+                },
+              },
+            }
+          : {}),
         cleanup: async () => {
           pending = [];
           db.close();

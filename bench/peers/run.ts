@@ -25,7 +25,7 @@ import { measureRawLimits, type RawLimits } from '../lib/raw-limits.js';
 import { type SummaryRow, fmt, fmtRatio, installSignalCleanup, machineInfo, out, progress, sourceFingerprint, summaryTable, table, verdict } from '../lib/report.js';
 import { type ChartBar, renderChart, writeChart } from '../chart.js';
 import { type PeerRunParams, runBullmq, runNats, runRabbit, runSpool, runSqlite } from './adapters.js';
-import type { PeerOutcome } from './workloads.js';
+import { BATCH_SIZE, type PeerOutcome } from './workloads.js';
 
 export const PEERS = ['spool', 'sqlite', 'rabbitmq', 'nats', 'bullmq'] as const;
 export type PeerName = (typeof PEERS)[number];
@@ -138,7 +138,6 @@ export async function runPeers(o: PeersCli): Promise<PeerOutcome[]> {
       switch (peer) {
         case 'spool':
           outcomes.push(await runSpool(o));
-          outcomes.push(await runSpool(o, 1000));
           break;
         case 'sqlite':
           outcomes.push(await runSqlite(o, 1000));
@@ -189,7 +188,7 @@ export function peerTargets(outcomes: readonly PeerOutcome[], raw: RawLimits | n
   const sb = by('sqlite-batch')?.figures;
   const ss = by('sqlite-single')?.figures;
   ratioRow('confirmed publish vs RabbitMQ quorum', s?.publishPerSec, q?.publishPerSec, 10, 'RabbitMQ quorum');
-  ratioRow('confirmed publish, batch API, vs SQLite batched', by('spool-batch')?.figures?.publishPerSec, sb?.publishPerSec, 2, 'SQLite batched');
+  ratioRow('confirmed publish, batch API, vs SQLite batched', s?.batchPublishPerSec, sb?.batchPublishPerSec, 2, 'SQLite batched');
   ratioRow('confirmed publish (1,000 outstanding) vs SQLite single', s?.publishPerSec, ss?.publishPerSec, 1.3, 'SQLite single');
   ratioRow('drain with acks vs SQLite batched', s?.drainPerSec, sb?.drainPerSec, 3, 'SQLite batched');
   ratioRow('drain with acks vs RabbitMQ quorum', s?.drainPerSec, q?.drainPerSec, 10, 'RabbitMQ quorum');
@@ -248,6 +247,10 @@ export function printPeers(o: PeersCli, outcomes: readonly PeerOutcome[], raw: R
     ),
   );
   out('   (for latency, Spool/peer < 1 means Spool confirms faster)');
+  for (const x of withFigures) {
+    const b = x.figures?.batchPublishPerSec;
+    if (b !== undefined) out(`   batch API, calls of ${fmt(BATCH_SIZE)}: ${x.name} ${fmt(b)} msgs/s${x.key === 'spool' ? '' : `; Spool/peer ${ratioCell(spool?.batchPublishPerSec, b)}`}`);
+  }
   if (raw !== null) {
     out(`   raw limits, same run: write 100 B + fdatasync ${fmt(raw.fsyncCallsPerSec)}/s (median ${fmt(raw.fsyncMedianUs)} us); sequential write ${fmt(raw.seqWriteMBps)} MB/s`);
     for (const x of withFigures) {

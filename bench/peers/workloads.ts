@@ -37,6 +37,38 @@ export interface Figures {
   confirmP50Us: number;
   confirmP99Us: number;
   latencyIterations: number;
+  /** Publishing through the peer's batch API, BATCH_SIZE messages a call (only peers that have one). */
+  batchPublishPerSec?: number;
+}
+
+/** Messages per call in the batch-API workload. */
+export const BATCH_SIZE = 1000;
+
+/**
+ * The batch-API workload: `total` messages in calls of BATCH_SIZE, `inFlight` calls at a time (1
+ * for a synchronous API). The caller hands whole batches, so no per-message promise is involved.
+ */
+export async function pumpBatches(total: number, inFlight: number, maxSeconds: number, publishBatch: (first: number, count: number) => Promise<unknown>): Promise<{ count: number; seconds: number; capped: boolean }> {
+  const t0 = performance.now();
+  const deadline = t0 + maxSeconds * 1000;
+  let next = 0;
+  let done = 0;
+  let capped = false;
+  const lane = async (): Promise<void> => {
+    while (next < total) {
+      if (performance.now() > deadline) {
+        capped = true;
+        return;
+      }
+      const first = next;
+      const count = Math.min(BATCH_SIZE, total - first);
+      next += count;
+      await publishBatch(first, count);
+      done += count;
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, lane));
+  return { count: done, seconds: (performance.now() - t0) / 1000, capped };
 }
 
 export interface DelayFigures {
@@ -177,6 +209,7 @@ export function medianFigures(runs: readonly Figures[]): Figures {
     confirmP50Us: m('confirmP50Us'),
     confirmP99Us: m('confirmP99Us'),
     latencyIterations: first.latencyIterations,
+    ...(first.batchPublishPerSec === undefined ? {} : { batchPublishPerSec: m('batchPublishPerSec') }),
   };
 }
 

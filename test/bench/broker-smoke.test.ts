@@ -163,6 +163,7 @@ describe('peers bench smoke (no servers)', () => {
     positive(o.figures?.publishPerSec, 'publish');
     positive(o.figures?.drainPerSec, 'drain');
     positive(o.figures?.confirmP50Us, 'p50');
+    positive(o.figures?.batchPublishPerSec, 'batch API');
     expect(o.figures?.drained).toBe(300);
     expect(fs.readdirSync(base)).toEqual([]);
   });
@@ -182,6 +183,8 @@ describe('peers bench smoke (no servers)', () => {
         continue;
       }
       positive(o.figures?.publishPerSec, 'sqlite publish');
+      if (batch > 1) positive(o.figures?.batchPublishPerSec, 'sqlite batch API');
+      else expect(o.figures?.batchPublishPerSec).toBeUndefined();
       expect(o.figures?.drained).toBe(300);
       expect(o.durableAtAck).toBe(true);
     }
@@ -189,11 +192,11 @@ describe('peers bench smoke (no servers)', () => {
   });
 
   it('judges the targets of issue 6 from outcomes, leaving out what was not measured', () => {
-    const f = (publish: number, drain: number, p50: number) => ({ publishPerSec: publish, published: 1, publishSeconds: 1, publishCapped: false, drainPerSec: drain, drained: 1, drainSeconds: 1, drainCapped: false, confirmP50Us: p50, confirmP99Us: p50, latencyIterations: 1 });
+    const f = (publish: number, drain: number, p50: number, batch?: number) => ({ publishPerSec: publish, published: 1, publishSeconds: 1, publishCapped: false, drainPerSec: drain, drained: 1, drainSeconds: 1, drainCapped: false, confirmP50Us: p50, confirmP99Us: p50, latencyIterations: 1, ...(batch === undefined ? {} : { batchPublishPerSec: batch }) });
     const outcomes: PeerOutcome[] = [
-      { key: 'spool', name: 'Spool', version: '', ackMeans: '', durableAtAck: true, notes: [], figures: f(500_000, 1_000_000, 300) },
+      { key: 'spool', name: 'Spool', version: '', ackMeans: '', durableAtAck: true, notes: [], figures: f(500_000, 1_000_000, 300, 900_000) },
       { key: 'rabbitmq-quorum', name: 'q', version: '', ackMeans: '', durableAtAck: true, notes: [], figures: f(40_000, 80_000, 600) },
-      { key: 'sqlite-batch', name: 'b', version: '', ackMeans: '', durableAtAck: true, notes: [], figures: f(300_000, 300_000, 150) },
+      { key: 'sqlite-batch', name: 'b', version: '', ackMeans: '', durableAtAck: true, notes: [], figures: f(300_000, 300_000, 150, 400_000) },
       { key: 'nats', name: 'n', version: '', ackMeans: '', durableAtAck: false, notes: [], figures: f(20_000, 50_000, 250) },
       { key: 'bullmq', name: 'bq', version: '', ackMeans: '', durableAtAck: true, notes: [], error: 'not installed' },
     ];
@@ -202,6 +205,8 @@ describe('peers bench smoke (no servers)', () => {
     expect(verdict(get('confirmed publish vs RabbitMQ quorum')!)).toBe('PASS');
     expect(get('confirmed publish vs RabbitMQ quorum')?.value).toBeCloseTo(12.5);
     expect(verdict(get('drain with acks vs SQLite batched')!)).toBe('PASS');
+    expect(get('confirmed publish, batch API, vs SQLite batched')?.value).toBeCloseTo(2.25);
+    expect(verdict(get('confirmed publish, batch API, vs SQLite batched')!)).toBe('PASS');
     expect(verdict(get('confirm p50: SQLite / Spool (>= 1 = no worse)')!)).toBe('MISS');
     expect(verdict(get('confirmed publish (1,000 outstanding) vs SQLite single')!)).toBe('-');
     expect(verdict(get('delay lateness p99')!)).toBe('-');
