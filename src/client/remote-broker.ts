@@ -33,6 +33,7 @@ import {
   type DoneEntry,
   decodeConfirm,
   type DeliveryLayout,
+  newDeliveryLayout,
   deliveryConsumerId,
   decodeError,
   decodeResponse,
@@ -170,21 +171,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private readonly creditOwed = new Map<number, number>();
   private consumerIdNext = 1;
   /** Filled by each DELIVERY as it arrives (one object, reused). */
-  private readonly layout: DeliveryLayout = {
-    tag: 0,
-    offset: 0,
-    timestamp: 0,
-    deliveryId: 0,
-    deliveryCount: 0,
-    idStart: 0,
-    idEnd: 0,
-    exchangeStart: 0,
-    exchangeEnd: 0,
-    keyStart: 0,
-    keyEnd: 0,
-    headers: undefined,
-    bodyStart: 0,
-  };
+  private readonly layout: DeliveryLayout = newDeliveryLayout();
   private serverMaxFrameBytes: number;
   private readonly sweeper: NodeJS.Timeout;
   private reconnectTimer: NodeJS.Timeout | null = null;

@@ -475,6 +475,16 @@ export function encodeDelivery(
   const keyBytes = Buffer.byteLength(routingKey);
   const hBytes = headersJson.length === 0 ? 0 : Buffer.byteLength(headersJson);
   const head = 36 + 2 + idBytes + 2 + exBytes + 4 + keyBytes + 4 + hBytes;
+  const at = beginDelivery(w, head, body, consumerId, tag, offset, timestamp, deliveryId, deliveryCount);
+  const b = w.buf;
+  let p = writeStr(b, at + 36, id, idBytes, 2);
+  p = writeStr(b, p, exchange, exBytes, 2);
+  p = writeStr(b, p, routingKey, keyBytes, 4);
+  writeStr(b, p, headersJson, hBytes, 4);
+}
+
+/** Starts a DELIVERY frame of `head` bytes before `body` and writes its fixed 36 bytes; returns where they start. */
+function beginDelivery(w: FrameWriter, head: number, body: Buffer, consumerId: number, tag: number, offset: number, timestamp: number, deliveryId: number, deliveryCount: number): number {
   const at = w.beginWithBody(FrameType.DELIVERY, 0, head, body);
   const b = w.buf;
   w32(b, at, consumerId);
@@ -483,10 +493,7 @@ export function encodeDelivery(
   writeU64(b, at + 16, timestamp);
   writeU64(b, at + 24, deliveryId);
   w32(b, at + 32, deliveryCount);
-  let p = writeStr(b, at + 36, id, idBytes, 2);
-  p = writeStr(b, p, exchange, exBytes, 2);
-  p = writeStr(b, p, routingKey, keyBytes, 4);
-  writeStr(b, p, headersJson, hBytes, 4);
+  return at;
 }
 
 /**
@@ -527,14 +534,8 @@ export function encodeDeliveryBytes(
   const hBytes = headersJson === undefined ? 0 : headersJson.length;
   assert(idBytes <= STR16_MAX && exBytes <= STR16_MAX, 'a stored id and exchange name fit their str16 fields');
   const head = 36 + 2 + idBytes + 2 + exBytes + 4 + keyBytes + 4 + hBytes;
-  const at = w.beginWithBody(FrameType.DELIVERY, 0, head, body);
+  const at = beginDelivery(w, head, body, consumerId, tag, offset, timestamp, deliveryId, deliveryCount);
   const b = w.buf;
-  w32(b, at, consumerId);
-  w32(b, at + 4, tag);
-  writeU64(b, at + 8, offset);
-  writeU64(b, at + 16, timestamp);
-  writeU64(b, at + 24, deliveryId);
-  w32(b, at + 32, deliveryCount);
   let p = at + 36;
   w16(b, p, idBytes);
   if (id !== null) copyBytes(id, 0, idBytes, b, p + 2);
@@ -630,21 +631,12 @@ export function deliveryRoutingKey(payload: Buffer, start: number, end: number):
   return deliveryKeys.read(payload, start, end);
 }
 
-const scratch: DeliveryLayout = {
-  tag: 0,
-  offset: 0,
-  timestamp: 0,
-  deliveryId: 0,
-  deliveryCount: 0,
-  idStart: 0,
-  idEnd: 0,
-  exchangeStart: 0,
-  exchangeEnd: 0,
-  keyStart: 0,
-  keyEnd: 0,
-  headers: undefined,
-  bodyStart: 0,
-};
+/** An empty layout for `scanDelivery` to fill (one per reader, reused for every frame). */
+export function newDeliveryLayout(): DeliveryLayout {
+  return { tag: 0, offset: 0, timestamp: 0, deliveryId: 0, deliveryCount: 0, idStart: 0, idEnd: 0, exchangeStart: 0, exchangeEnd: 0, keyStart: 0, keyEnd: 0, headers: undefined, bodyStart: 0 };
+}
+
+const scratch = newDeliveryLayout();
 
 /** Decodes a DELIVERY straight into what `build` makes of its fields (every field decoded now). */
 export function decodeDelivery<T>(payload: Buffer, build: DeliveryBuilder<T>): T {
