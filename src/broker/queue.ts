@@ -12,6 +12,7 @@ import { ConsumerGroup, type ConsumerOptions, type DeathReason, type GroupHooks 
 import type { LogRecord, RecordInput } from '../log/index.js';
 import { type StoredMessage, dedupeKeyOf, expiresAtOf, toRecord } from './message.js';
 import { SizeWindow } from './size-window.js';
+import { DedupeWindow } from './dedupe-window.js';
 
 export type Overflow = 'drop-head' | 'reject-publish';
 
@@ -41,7 +42,7 @@ const FLOOR_FILE = 'floor';
  * as an ack log: groups created later skip them. An AckStore, so it is durable and compact.
  */
 const EXPIRED_DIR = 'expired-unconsumed';
-/** The dedupe map is bounded: past this many ids the oldest are forgotten early. */
+/** The dedupe window is bounded: past this many keys the oldest are forgotten early. */
 const DEDUPE_ENTRIES_MAX = 1_000_000;
 
 export interface QueueHooks {
@@ -63,7 +64,7 @@ function byteLengthOf(v: Buffer | Uint8Array | string): number {
 
 export class Queue {
   readonly groups = new Map<string, ConsumerGroup>();
-  private readonly dedupe = new Map<string, number>();
+  private readonly dedupe: DedupeWindow;
   private readonly groupOpening = new Map<string, Promise<ConsumerGroup>>();
   /** Offsets below this were dropped by drop-head overflow; new groups start at or after it. */
   private floor = 0;
@@ -96,6 +97,7 @@ export class Queue {
     private readonly hooks: QueueHooks,
   ) {
     this.plain = options.maxLength === undefined && options.maxBytes === undefined;
+    this.dedupe = new DedupeWindow(this.dedupeWindowMs, DEDUPE_ENTRIES_MAX, (offset) => this.dedupeKeyAt(offset));
     this.unsubscribe = log.onAppend(() => {
       for (const g of this.groups.values()) if (g.consumerCount > 0) g.schedulePump();
     });
@@ -137,6 +139,14 @@ export class Queue {
     return this.options.dedupeWindowMs ?? DEDUPE_WINDOW_MS_DEFAULT;
   }
 
+  /** The dedupe key stored at `offset` ('' when it has none), or null when the record is gone. */
+  private async dedupeKeyAt(offset: number): Promise<string | null> {
+    if (offset < this.log.startOffset || offset >= this.log.endOffset) return null;
+    const [r] = await this.log.read(offset, { maxRecords: 1 });
+    if (r === undefined || r.offset !== offset) return null;
+    return dedupeKeyOf(r) ?? '';
+  }
+
   /** Reloads the publisher-chosen ids of the last dedupe window from the log, so the window survives restart. */
   private async rebuildDedupe(): Promise<void> {
     const since = this.clock.now() - this.dedupeWindowMs;
@@ -147,7 +157,7 @@ export class Queue {
       for (const r of records) {
         if (r.timestamp < since) continue;
         const key = dedupeKeyOf(r);
-        if (key !== undefined) this.dedupe.set(key, r.timestamp + this.dedupeWindowMs);
+        if (key !== undefined) this.dedupe.restore(key, r.offset, r.timestamp + this.dedupeWindowMs);
       }
       next = records[records.length - 1]!.offset + 1;
     }
@@ -192,16 +202,24 @@ export class Queue {
   }
 
   private appendDeduped(m: StoredMessage, dedupeKey: string): Promise<'confirmed' | 'duplicate'> {
-    const now = this.clock.now();
-    this.evictDedupe(now);
-    const until = this.dedupe.get(dedupeKey);
-    if (until !== undefined && until > now) return DUPLICATE;
     // Claimed before the append, so a concurrent publish of the same key sees it.
-    this.dedupe.set(dedupeKey, now + this.dedupeWindowMs);
-    return this.log.appendOne(toRecord(m)).then(confirmed, (err: unknown) => {
-      this.dedupe.delete(dedupeKey);
-      throw err;
-    });
+    const claim = this.dedupe.claim(dedupeKey, this.clock.now());
+    if (claim === 'duplicate') return DUPLICATE;
+    if (claim === 'claimed') return this.appendClaimed(m, dedupeKey);
+    return claim.then((c) => (c === 'duplicate' ? 'duplicate' : this.appendClaimed(m, dedupeKey)));
+  }
+
+  private appendClaimed(m: StoredMessage, dedupeKey: string): Promise<'confirmed'> {
+    return this.log.appendOne(toRecord(m)).then(
+      (offset) => {
+        this.dedupe.stored(dedupeKey, offset);
+        return 'confirmed' as const;
+      },
+      (err: unknown) => {
+        this.dedupe.release(dedupeKey);
+        throw err;
+      },
+    );
   }
 
   /**
@@ -214,35 +232,31 @@ export class Queue {
     const statuses: ('confirmed' | 'duplicate')[] = new Array<'confirmed' | 'duplicate'>(ms.length).fill('duplicate');
     const taken: number[] = [];
     const records: RecordInput[] = [];
-    const claimed: string[] = [];
+    /** The dedupe key each taken record claimed, if any (parallel to `records`). */
+    const keys: (string | undefined)[] = [];
     const rejectWhenFull = this.options.overflow === 'reject-publish';
     let full: string | null = null;
-    let evicted = false;
     let takenBytes = 0;
     for (let i = 0; i < ms.length; i++) {
       const m = ms[i] as StoredMessage;
       const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
       if (dedupeKey !== undefined) {
-        if (!evicted) {
-          this.evictDedupe(now);
-          evicted = true;
-        }
-        const until = this.dedupe.get(dedupeKey);
-        if (until !== undefined && until > now) continue;
+        const claim = this.dedupe.claim(dedupeKey, now);
+        if ((typeof claim === 'string' ? claim : await claim) === 'duplicate') continue;
       }
       if (rejectWhenFull) {
         // Counting this batch's earlier messages: the queue fills up within the batch too.
         const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
         full = this.fullReason(size, taken.length, takenBytes);
-        if (full !== null) break;
+        if (full !== null) {
+          if (dedupeKey !== undefined) this.dedupe.release(dedupeKey);
+          break;
+        }
         takenBytes += size;
-      }
-      if (dedupeKey !== undefined) {
-        this.dedupe.set(dedupeKey, now + this.dedupeWindowMs);
-        claimed.push(dedupeKey);
       }
       taken.push(i);
       records.push(toRecord(m));
+      keys.push(dedupeKey);
     }
     if (records.length === 0) {
       if (full !== null) throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}`);
@@ -265,13 +279,21 @@ export class Queue {
       bytes += size;
     }
     chunks.push({ from, to: records.length });
-    let bases: number[];
-    try {
-      bases = await Promise.all(chunks.map((c) => this.log.append(records.slice(c.from, c.to)).then((r) => r.baseOffset)));
-    } catch (err) {
-      for (const k of claimed) this.dedupe.delete(k);
-      throw err;
+    const appended = await Promise.allSettled(chunks.map((c) => this.log.append(records.slice(c.from, c.to)).then((r) => r.baseOffset)));
+    // Each chunk's keys are remembered when it is stored, and released when it failed (so a retry stores them).
+    for (let c = 0; c < chunks.length; c++) {
+      const a = appended[c] as PromiseSettledResult<number>;
+      const { from: first, to } = chunks[c] as { from: number; to: number };
+      for (let j = first; j < to; j++) {
+        const key = keys[j];
+        if (key === undefined) continue;
+        if (a.status === 'fulfilled') this.dedupe.stored(key, a.value + (j - first));
+        else this.dedupe.release(key);
+      }
     }
+    const failed = appended.find((a) => a.status === 'rejected');
+    if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+    const bases = appended.map((a) => (a as PromiseFulfilledResult<number>).value);
     const expiries: Promise<void>[] = [];
     for (let c = 0; c < chunks.length; c++) {
       const { from: first, to } = chunks[c] as { from: number; to: number };
@@ -293,21 +315,18 @@ export class Queue {
   }
 
   private async appendChecked(m: StoredMessage): Promise<'confirmed' | 'duplicate'> {
-    const now = this.clock.now();
     const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
     if (dedupeKey !== undefined) {
-      this.evictDedupe(now);
-      const until = this.dedupe.get(dedupeKey);
-      if (until !== undefined && until > now) return 'duplicate';
       // Claimed before the append, so a concurrent publish of the same key sees it.
-      this.dedupe.set(dedupeKey, now + this.dedupeWindowMs);
+      const claim = this.dedupe.claim(dedupeKey, this.clock.now());
+      if ((typeof claim === 'string' ? claim : await claim) === 'duplicate') return 'duplicate';
     }
     const overflow = this.options.overflow ?? 'drop-head';
     const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
     if (overflow === 'reject-publish') {
       const full = this.fullReason(size);
       if (full !== null) {
-        if (dedupeKey !== undefined) this.dedupe.delete(dedupeKey);
+        if (dedupeKey !== undefined) this.dedupe.release(dedupeKey);
         throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}`);
       }
     }
@@ -315,9 +334,10 @@ export class Queue {
     try {
       offset = await this.log.appendOne(toRecord(m));
     } catch (err) {
-      if (dedupeKey !== undefined) this.dedupe.delete(dedupeKey);
+      if (dedupeKey !== undefined) this.dedupe.release(dedupeKey);
       throw err;
     }
+    if (dedupeKey !== undefined) this.dedupe.stored(dedupeKey, offset);
     this.sizes?.add(offset, size);
     if (m.expiresAt !== undefined) await this.watchExpiry(offset, m.expiresAt);
     if (overflow === 'drop-head') this.dropHeadIfOver();
@@ -510,13 +530,6 @@ export class Queue {
       if (this.sizes.total + aheadBytes + size > maxBytes) return `maxBytes ${maxBytes}`;
     }
     return null;
-  }
-
-  private evictDedupe(now: number): void {
-    for (const [id, until] of this.dedupe) {
-      if (until > now && this.dedupe.size < DEDUPE_ENTRIES_MAX) break;
-      this.dedupe.delete(id);
-    }
   }
 
   private dropHeadIfOver(): void {

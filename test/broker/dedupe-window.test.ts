@@ -1,0 +1,127 @@
+// The dedupe window without stored keys: against a Map of exact keys on random operations, with
+// forced hash collisions (a match is confirmed by reading the record), expiry, the entry bound,
+// claims of appends in flight, and through a broker whose every id shares one hash.
+import { afterEach, describe, expect, it } from 'vitest';
+import { hashBytes, hashId, idHashing } from '../../src/broker/delay-index.js';
+import { type Claim, DedupeWindow } from '../../src/broker/dedupe-window.js';
+import { BrokerHarness, fakeClock } from '../support/broker-helpers.js';
+import { seededRandom } from '../support/faulty-storage.js';
+
+const h = new BrokerHarness();
+afterEach(async () => {
+  idHashing.hashId = hashId;
+  idHashing.hashBytes = hashBytes;
+  await h.cleanup();
+});
+
+/** A fake log: offset → stored key; `gone` offsets were deleted by retention. */
+class FakeLog {
+  readonly keys: string[] = [];
+  readonly gone = new Set<number>();
+  reads = 0;
+  append(key: string): number {
+    this.keys.push(key);
+    return this.keys.length - 1;
+  }
+  keyAt = async (offset: number): Promise<string | null> => {
+    this.reads++;
+    await Promise.resolve();
+    return this.gone.has(offset) ? null : (this.keys[offset] ?? null);
+  };
+}
+
+async function settle(c: Claim | Promise<Claim>): Promise<Claim> {
+  return typeof c === 'string' ? c : await c;
+}
+
+describe('DedupeWindow', () => {
+  it('agrees with a Map of exact keys over random claims, stores, releases and time (collisions forced on half the keys)', async () => {
+    // Proves exactness: a reference Map<key, until> and the window must give the same answer to every claim; keys 'c*' all share one hash.
+    idHashing.hashId = (id, out = { h1: 0, h2: 0 }) => (id.startsWith('c') ? Object.assign(out, { h1: 7, h2: 9 }) : hashId(id, out));
+    const log = new FakeLog();
+    const w = new DedupeWindow(1000, 1_000_000, log.keyAt);
+    const ref = new Map<string, number>();
+    const rnd = seededRandom(42);
+    let now = 1_000_000;
+    for (let step = 0; step < 4000; step++) {
+      now += Math.floor(rnd() * 5);
+      const key = `${rnd() < 0.5 ? 'c' : 'k'}${Math.floor(rnd() * 300)}`;
+      const until = ref.get(key);
+      const expected: Claim = until !== undefined && until > now ? 'duplicate' : 'claimed';
+      const got = await settle(w.claim(key, now));
+      expect(got, `step ${step}: ${key}`).toBe(expected);
+      if (got === 'duplicate') continue;
+      if (rnd() < 0.1) {
+        w.release(key);
+      } else {
+        ref.set(key, now + 1000);
+        w.stored(key, log.append(key));
+      }
+    }
+    expect(log.reads).toBeGreaterThan(100);
+  });
+
+  it('a concurrent claim of a key in flight is a duplicate; a released claim frees the key', async () => {
+    // Proves claims: two claims of one key before its append resolves give claimed then duplicate; release lets the next claim through.
+    const log = new FakeLog();
+    const w = new DedupeWindow(1000, 100, log.keyAt);
+    expect(await settle(w.claim('a', 0))).toBe('claimed');
+    expect(await settle(w.claim('a', 1))).toBe('duplicate');
+    w.release('a');
+    expect(await settle(w.claim('a', 2))).toBe('claimed');
+    w.stored('a', log.append('a'));
+    expect(await settle(w.claim('a', 999))).toBe('duplicate');
+    expect(await settle(w.claim('a', 1002))).toBe('claimed');
+    expect(w.claimed).toBe(1);
+  });
+
+  it('forgets keys whose window ended and keeps at most entriesMax', async () => {
+    // Proves eviction: entries leave at their expiry and beyond the bound, oldest first.
+    const log = new FakeLog();
+    const w = new DedupeWindow(100, 3, log.keyAt);
+    for (const [i, k] of ['a', 'b', 'c', 'd'].entries()) {
+      expect(await settle(w.claim(k, i))).toBe('claimed');
+      w.stored(k, log.append(k));
+    }
+    expect(w.size).toBe(3);
+    expect(await settle(w.claim('a', 10))).toBe('claimed'); // dropped by the bound
+    w.release('a');
+    expect(await settle(w.claim('d', 10))).toBe('duplicate');
+    expect(await settle(w.claim('d', 103))).toBe('claimed'); // its window ended at 103
+  });
+
+  it('a hash match whose record is gone counts as a duplicate; one whose record holds another key does not', async () => {
+    // Proves confirmation: with every key hashed alike, a readable record with a different key lets the claim through, a deleted one blocks it.
+    idHashing.hashId = (_id, out = { h1: 0, h2: 0 }) => Object.assign(out, { h1: 1, h2: 2 });
+    const log = new FakeLog();
+    const w = new DedupeWindow(1000, 100, log.keyAt);
+    expect(await settle(w.claim('x', 0))).toBe('claimed');
+    w.stored('x', log.append('x'));
+    expect(await settle(w.claim('y', 1))).toBe('claimed');
+    w.stored('y', log.append('y'));
+    log.gone.add(0);
+    expect(await settle(w.claim('z', 2))).toBe('duplicate');
+  });
+});
+
+describe('the broker with every id hashed alike', () => {
+  it('stores distinct ids and drops repeated ones, also after a restart', async () => {
+    // Proves the queue's use: 200 distinct ids all collide; each stores once, a repeat of each is a duplicate before and after reopening, and new ids still store.
+    idHashing.hashId = (_id, out = { h1: 0, h2: 0 }) => Object.assign(out, { h1: 5, h2: 5 });
+    const clock = fakeClock();
+    let b = await h.openBroker({ clock });
+    await b.assertQueue('q');
+    const ids = Array.from({ length: 200 }, (_, i) => `id-${i}`);
+    const first = await Promise.all(ids.map((id) => b.sendToQueue('q', id, { id })));
+    expect(first.every((r) => r.status === 'confirmed')).toBe(true);
+    const again = await b.publishBatch('', ids.map((id) => ({ routingKey: 'q', body: 'again', id })));
+    expect(again.every((r) => r.status === 'duplicate')).toBe(true);
+    // New ids after the first are stored: each matches 200 stored hashes and must still be stored.
+    for (let i = 0; i < 10; i++) expect((await b.sendToQueue('q', 'new', { id: `new-${i}` })).status).toBe('confirmed');
+    b = await h.restart(b, { clock });
+    const third = await Promise.all(ids.slice(0, 20).map((id) => b.sendToQueue('q', 'third', { id })));
+    expect(third.every((r) => r.status === 'duplicate')).toBe(true);
+    expect((await b.sendToQueue('q', 'new after restart', { id: 'new-after' })).status).toBe('confirmed');
+    expect(b.queueStats('q').endOffset).toBe(211);
+  });
+});
