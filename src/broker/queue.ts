@@ -84,6 +84,9 @@ export class Queue {
   private headExpiresAt = 0;
   /** No length or byte limit: appends need no bookkeeping. */
   private readonly plain: boolean;
+  /** With reject-publish: messages (and their bytes) whose appends are in flight, counted as queued. */
+  private reservedCount = 0;
+  private reservedBytes = 0;
   /** See EXPIRED_DIR; opened when first needed (or at open when it exists). */
   private expiredAlone: AckStore | null = null;
 
@@ -245,19 +248,39 @@ export class Queue {
         if ((typeof claim === 'string' ? claim : await claim) === 'duplicate') continue;
       }
       if (rejectWhenFull) {
-        // Counting this batch's earlier messages: the queue fills up within the batch too.
+        // Reserved as taken, so this batch's earlier messages and other appends in flight count.
         const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
-        full = this.fullReason(size, taken.length, takenBytes);
+        full = this.fullReason(size, this.reservedCount, this.reservedBytes);
         if (full !== null) {
           if (dedupeKey !== undefined) this.dedupe.release(dedupeKey);
           break;
         }
+        this.reservedCount++;
+        this.reservedBytes += size;
         takenBytes += size;
       }
       taken.push(i);
       records.push(toRecord(m));
       keys.push(dedupeKey);
     }
+    try {
+      return await this.appendTaken(ms, statuses, taken, records, keys, full);
+    } finally {
+      if (rejectWhenFull) {
+        this.reservedCount -= taken.length;
+        this.reservedBytes -= takenBytes;
+      }
+    }
+  }
+
+  private async appendTaken(
+    ms: readonly StoredMessage[],
+    statuses: ('confirmed' | 'duplicate')[],
+    taken: readonly number[],
+    records: readonly RecordInput[],
+    keys: readonly (string | undefined)[],
+    full: string | null,
+  ): Promise<('confirmed' | 'duplicate')[]> {
     if (records.length === 0) {
       if (full !== null) throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}`);
       return statuses;
@@ -310,7 +333,7 @@ export class Queue {
     if (full !== null) {
       throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}: ${taken.length} of ${ms.length} messages were stored; retry the rest (the same ids are deduplicated)`);
     }
-    if (!rejectWhenFull) this.dropHeadIfOver();
+    if (this.options.overflow !== 'reject-publish') this.dropHeadIfOver();
     return statuses;
   }
 
@@ -323,12 +346,16 @@ export class Queue {
     }
     const overflow = this.options.overflow ?? 'drop-head';
     const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
-    if (overflow === 'reject-publish') {
-      const full = this.fullReason(size);
+    const reserved = overflow === 'reject-publish';
+    if (reserved) {
+      // Appends still in flight count too, so a burst of concurrent publishes cannot overshoot.
+      const full = this.fullReason(size, this.reservedCount, this.reservedBytes);
       if (full !== null) {
         if (dedupeKey !== undefined) this.dedupe.release(dedupeKey);
         throw new SpoolError('SPOOL_ERR_QUEUE_FULL', `queue ${this.name} is at ${full}`);
       }
+      this.reservedCount++;
+      this.reservedBytes += size;
     }
     let offset: number;
     try {
@@ -336,6 +363,11 @@ export class Queue {
     } catch (err) {
       if (dedupeKey !== undefined) this.dedupe.release(dedupeKey);
       throw err;
+    } finally {
+      if (reserved) {
+        this.reservedCount--;
+        this.reservedBytes -= size;
+      }
     }
     if (dedupeKey !== undefined) this.dedupe.stored(dedupeKey, offset);
     this.sizes?.add(offset, size);

@@ -33,6 +33,27 @@ describe('maxLength', () => {
     expect(inbox.bodies()).toEqual(['m0', 'm1', 'm2', 'over']);
   });
 
+  it("overflow 'reject-publish' holds under a burst: concurrent publishes and batches never overshoot maxLength or maxBytes", async () => {
+    // Proves appends in flight count: 40 concurrent sendToQueue + 2 concurrent batches of 10 to maxLength 7 store exactly 7; the same with maxBytes 500 and 100 B bodies stores exactly 5.
+    const b = await h.openBroker();
+    await b.assertQueue('len', { maxLength: 7, overflow: 'reject-publish' });
+    const batch = (tag: string) => Array.from({ length: 10 }, (_, i) => ({ routingKey: 'len', body: `${tag}${i}` }));
+    const results = await Promise.allSettled([
+      ...Array.from({ length: 40 }, (_, i) => b.sendToQueue('len', `m${i}`)),
+      b.publishBatch('', batch('a')),
+      b.publishBatch('', batch('b')),
+    ]);
+    const refused = results.filter((r) => r.status === 'rejected');
+    expect(refused.length).toBeGreaterThan(0);
+    for (const r of refused) expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'SPOOL_ERR_QUEUE_FULL' });
+    expect(b.queueStats('len').endOffset).toBe(7);
+
+    await b.assertQueue('bytes', { maxBytes: 500, overflow: 'reject-publish' });
+    const body = Buffer.alloc(100, 1);
+    await Promise.allSettled(Array.from({ length: 30 }, () => b.sendToQueue('bytes', body)));
+    expect(b.queueStats('bytes').endOffset).toBe(5);
+  });
+
   it("overflow 'drop-head' (the default): a new group sees only the newest maxLength messages", async () => {
     // Proves drop-head with no group yet: 10 published to maxLength 3, all confirmed; a new group (from earliest) gets m7..m9, also after a restart.
     let b = await h.openBroker();
