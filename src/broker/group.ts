@@ -204,6 +204,8 @@ export class ConsumerGroup implements Settler {
       return;
     }
     this.pumping = true;
+    /** The clock, read once per run of the loop between awaits (the lock deadlines need no more). */
+    let now: number | undefined;
     try {
       do {
         this.pumpAgain = false;
@@ -217,7 +219,13 @@ export class ConsumerGroup implements Settler {
             consumer = this.pickConsumer(consumer) ?? consumer;
           }
           if (entry === null) {
-            const record = this.bufferHead < this.buffer.length ? this.takeBuffered() : await this.fill();
+            let record: LogRecord | null;
+            if (this.bufferHead < this.buffer.length) {
+              record = this.takeBuffered();
+            } else {
+              record = await this.fill();
+              now = undefined;
+            }
             if (record === null) break;
             consumer = consumer.closed ? this.pickConsumer(null) : consumer;
             if (consumer === null) {
@@ -228,7 +236,8 @@ export class ConsumerGroup implements Settler {
             entry = { record, deliveryId: 0, deliveryCount: count, consumer: null, lastConsumer: null, deadline: 0 };
           }
           if (this.leavesInstead(entry)) continue;
-          this.deliver(consumer, entry);
+          now ??= this.clock.now();
+          this.deliver(consumer, entry, now);
         }
       } while (this.pumpAgain);
     } catch (err) {
@@ -333,7 +342,7 @@ export class ConsumerGroup implements Settler {
     }
   }
 
-  private deliver(consumer: Consumer, entry: InFlight): void {
+  private deliver(consumer: Consumer, entry: InFlight, now: number): void {
     entry.deliveryId = ++this.deliverySeq;
     entry.deliveryCount++;
     const msg = new Message(entry.record, this.queue, entry.deliveryId, entry.deliveryCount, this);
@@ -346,7 +355,7 @@ export class ConsumerGroup implements Settler {
       return;
     }
     entry.consumer = consumer;
-    entry.deadline = this.clock.now() + consumer.lockTimeoutMs;
+    entry.deadline = now + consumer.lockTimeoutMs;
     this.inflight.set(entry.record.offset, entry);
     if (this.policy.deliveryLimit === undefined) {
       consumer.push(msg);
