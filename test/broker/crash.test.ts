@@ -5,12 +5,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { assertDistFreshFor } from '../support/dist-fresh.js';
+import { seededRandom } from '../support/faulty-storage.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO_ROOT = path.resolve(here, '..', '..');
 const PRODUCER = path.join(REPO_ROOT, 'test', 'support', 'crash-producer.mjs');
 const CONSUMER = path.join(REPO_ROOT, 'test', 'support', 'crash-consumer.mjs');
-const DIST_BROKER = path.join(REPO_ROOT, 'dist', 'src', 'broker', 'broker.js');
 
 const CYCLES = Number(process.env.SPOOL_CRASH_CYCLES ?? 24);
 const SEED = Number(process.env.SPOOL_CRASH_SEED ?? Math.floor(Math.random() * 0x7fffffff));
@@ -23,31 +24,9 @@ type Group = (typeof GROUPS)[number];
 
 /** The children run the compiled library: fail clearly when it is missing or older than src/. */
 function assertDistFresh(): void {
-  const build = 'run `npx tsc -p tsconfig.json` first (npm test does this before vitest)';
-  if (!fs.existsSync(DIST_BROKER)) {
-    throw new Error(`${path.relative(REPO_ROOT, DIST_BROKER)} is missing: the crash test's child processes import the compiled library; ${build}`);
-  }
-  const sources = ['broker', 'log'].flatMap((d) => fs.readdirSync(path.join(REPO_ROOT, 'src', d)).map((n) => path.join('src', d, n)));
-  sources.push(path.join('src', 'errors.ts'));
-  for (const src of sources.filter((p) => p.endsWith('.ts') && !p.endsWith('.d.ts'))) {
-    const out = path.join(REPO_ROOT, 'dist', src.replace(/\.ts$/, '.js'));
-    if (!fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(path.join(REPO_ROOT, src)).mtimeMs) {
-      throw new Error(`${path.relative(REPO_ROOT, out)} is missing or older than ${src}: the crash test's children would run stale code; ${build}`);
-    }
-  }
+  assertDistFreshFor(['src/broker', 'src/log'], "the crash test's children");
 }
 
-/** mulberry32: a small seeded PRNG, so a failing run's kill schedule can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // ---- child processes: every live one is tracked so hooks can SIGKILL it by pid.
 const live = new Set<ChildProcess>();
@@ -398,7 +377,7 @@ describe('broker under SIGKILL', () => {
   it(`keeps confirmed messages and durable acks across ${CYCLES} kills (seed ${SEED})`, async () => {
     assertDistFresh();
     const run = new CrashRun();
-    const rand = prng(SEED);
+    const rand = seededRandom(SEED); // a failing run's kill schedule can be replayed from SEED
     let cycles = 0;
     let killedWhilePublishing = 0;
     for (let cycle = 0; cycle < CYCLES && run.failures.length === 0; cycle++) {

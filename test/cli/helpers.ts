@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { CliIo } from '../../src/cli/io.js';
 import { run } from '../../src/cli/main.js';
+import { assertDistFreshFor } from '../support/dist-fresh.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = path.resolve(here, '..', '..');
@@ -68,17 +69,7 @@ export async function waitFor(what: string, check: () => boolean | Promise<boole
 
 /** Throws a clear error when dist/ is missing or older than any source file the spawned CLI runs. */
 export function assertCliBuilt(): void {
-  const build = 'run `npx tsc -p tsconfig.json` (npm test does this before vitest)';
-  if (!fs.existsSync(CLI)) throw new Error(`${path.relative(REPO_ROOT, CLI)} is missing: the end-to-end tests spawn the compiled CLI; ${build}`);
-  const walk = (dir: string): string[] =>
-    fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') && !e.name.endsWith('.d.ts') ? [path.join(dir, e.name)] : []));
-  for (const src of walk(path.join(REPO_ROOT, 'src'))) {
-    const out = path.join(REPO_ROOT, 'dist', path.relative(REPO_ROOT, src)).replace(/\.ts$/, '.js');
-    const outTime = fs.existsSync(out) ? fs.statSync(out).mtimeMs : -1;
-    if (outTime < fs.statSync(src).mtimeMs) {
-      throw new Error(`${path.relative(REPO_ROOT, out)} is missing or older than ${path.relative(REPO_ROOT, src)}: the spawned CLI would run stale code; ${build}`);
-    }
-  }
+  assertDistFreshFor(['src'], 'the spawned CLI');
 }
 
 export interface Spawned {

@@ -3,7 +3,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { IdempotencyStore } from '../../src/idempotency/index.js';
-import { StoreHarness, assertDistFresh, prng } from './helpers.js';
+import { seededRandom } from '../support/faulty-storage.js';
+import { StoreHarness, assertDistFresh } from './helpers.js';
 
 const CHILD = path.join(path.dirname(new URL(import.meta.url).pathname), 'support', 'crash-child.mjs');
 const CYCLES = Number(process.env.SPOOL_IDEM_CRASH_CYCLES ?? 24);
@@ -88,7 +89,7 @@ function runChild(cfg: object, killAfterMs: number): Promise<Outcome> {
 
 describe('SIGKILL crash loop', () => {
   it(`${CYCLES} killed children never re-acquire a confirmed key; dead holders' leases hold, then expire`, async () => {
-    const rnd = prng(SEED);
+    const rnd = seededRandom(SEED);
     const dir = h.dir('spool-idem-crash-');
     /** Key → result of every completion a child confirmed (C line). */
     const confirmed = new Set<string>();

@@ -4,7 +4,8 @@ import { CountingStorage } from '../../bench/lib/counting-storage.js';
 import { BloomFilter, estimatedFalsePositiveRate } from '../../src/idempotency/bloom.js';
 import { hashKey } from '../../src/idempotency/hash.js';
 import { sortByHash } from '../../src/idempotency/sort.js';
-import { StoreHarness, fakeClock, prng } from './helpers.js';
+import { seededRandom } from '../support/faulty-storage.js';
+import { StoreHarness, fakeClock } from './helpers.js';
 
 const h = new StoreHarness();
 afterEach(() => h.cleanup());
@@ -45,7 +46,7 @@ describe('BloomFilter', () => {
 describe('sortByHash', () => {
   it('orders 64-bit hashes as unsigned (hi, lo) pairs, keeping duplicates', () => {
     // Proves the 4-pass radix sort against a BigInt reference sort, including top-bit-set words and equal hashes.
-    const rnd = prng(7);
+    const rnd = seededRandom(7);
     const n = 5000;
     const hi = new Uint32Array(n);
     const lo = new Uint32Array(n);

@@ -5,10 +5,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IdempotencyStore, type IdempotencyStoreOptions } from '../../src/idempotency/index.js';
+import { assertDistFreshFor } from '../support/dist-fresh.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = path.resolve(here, '..', '..');
-export const DIST_IDEMPOTENCY = path.join(REPO_ROOT, 'dist', 'src', 'idempotency', 'index.js');
 
 export const T0 = 1_700_000_000_000;
 export const HOUR = 3_600_000;
@@ -81,29 +81,6 @@ export function listStore(dir: string): { journals: string[]; tables: string[]; 
 
 /** Throws when the compiled store a child process imports is missing or older than its sources. */
 export function assertDistFresh(): void {
-  const build = 'run `npx tsc -p tsconfig.json` first (npm test does this before vitest)';
-  if (!fs.existsSync(DIST_IDEMPOTENCY)) throw new Error(`${path.relative(REPO_ROOT, DIST_IDEMPOTENCY)} is missing: the crash test's child process imports the compiled store; ${build}`);
-  const sources = [path.join('src', 'errors.ts')];
-  for (const sub of ['idempotency', 'log', 'broker']) {
-    for (const n of fs.readdirSync(path.join(REPO_ROOT, 'src', sub))) if (n.endsWith('.ts') && !n.endsWith('.d.ts')) sources.push(path.join('src', sub, n));
-  }
-  for (const src of sources) {
-    const out = path.join(REPO_ROOT, 'dist', src.replace(/\.ts$/, '.js'));
-    const outTime = fs.existsSync(out) ? fs.statSync(out).mtimeMs : -1;
-    if (outTime < fs.statSync(path.join(REPO_ROOT, src)).mtimeMs) {
-      throw new Error(`${path.relative(REPO_ROOT, out)} is missing or older than ${src}: the child would run stale code; ${build}`);
-    }
-  }
+  assertDistFreshFor(['src/idempotency', 'src/log', 'src/broker'], "the crash test's child process");
 }
 
-/** A small seeded PRNG (mulberry32), so failures can be replayed from the printed seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

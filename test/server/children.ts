@@ -1,9 +1,9 @@
 // Child processes for the server tests: the compiled server or client in a real process, so a
 // test can SIGKILL or SIGSTOP it. Every child is tracked so afterEach can kill what is left.
 import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { assertDistFreshFor } from '../support/dist-fresh.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = path.resolve(here, '..', '..');
@@ -12,23 +12,7 @@ export const CONSUME_CHILD = path.join(here, 'fixtures', 'consume-child.mjs');
 
 /** Throws a clear error when the compiled code a child imports is missing or older than its sources. */
 export function assertDistFresh(): void {
-  const build = 'run `npx tsc -p tsconfig.json` (npm test does this before vitest)';
-  const sources: string[] = [path.join('src', 'errors.ts')];
-  const walk = (rel: string) => {
-    for (const e of fs.readdirSync(path.join(REPO_ROOT, rel), { withFileTypes: true })) {
-      const p = path.join(rel, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (p.endsWith('.ts') && !p.endsWith('.d.ts')) sources.push(p);
-    }
-  };
-  for (const dir of ['src/server', 'src/client', 'src/broker', 'src/log']) walk(dir);
-  for (const src of sources) {
-    const out = path.join(REPO_ROOT, 'dist', src.replace(/\.ts$/, '.js'));
-    const outTime = fs.existsSync(out) ? fs.statSync(out).mtimeMs : -1;
-    if (outTime < fs.statSync(path.join(REPO_ROOT, src)).mtimeMs) {
-      throw new Error(`${path.relative(REPO_ROOT, out)} is missing or older than ${src}: the child process would run stale code; ${build}`);
-    }
-  }
+  assertDistFreshFor(['src/server', 'src/client', 'src/broker', 'src/log'], 'the child process');
 }
 
 const live = new Set<ChildProcess>();

@@ -10,6 +10,7 @@ import { Broker, type BrokerOptions } from '../../src/broker/broker.js';
 import type { Message } from '../../src/broker/delivery.js';
 import { SpoolError, type SpoolErrorCode } from '../../src/errors.js';
 import type { Clock } from '../../src/log/index.js';
+import { assertDistFreshFor } from './dist-fresh.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = path.resolve(here, '..', '..');
@@ -194,17 +195,5 @@ export const range = (n: number, prefix = 'm'): string[] => Array.from({ length:
 
 /** Throws when the compiled broker a child process imports is missing or older than its sources. */
 export function assertDistFresh(): void {
-  const build = 'run `npx tsc -p tsconfig.json` (npm test does this before vitest)';
-  if (!fs.existsSync(DIST_BROKER)) throw new Error(`${path.relative(REPO_ROOT, DIST_BROKER)} is missing: the lock test's child process runs the compiled broker; ${build}`);
-  const sources: string[] = [path.join('src', 'errors.ts')];
-  for (const sub of ['broker', 'log']) {
-    for (const n of fs.readdirSync(path.join(REPO_ROOT, 'src', sub))) if (n.endsWith('.ts') && !n.endsWith('.d.ts')) sources.push(path.join('src', sub, n));
-  }
-  for (const src of sources) {
-    const out = path.join(REPO_ROOT, 'dist', src.replace(/\.ts$/, '.js'));
-    const outTime = fs.existsSync(out) ? fs.statSync(out).mtimeMs : -1;
-    if (outTime < fs.statSync(path.join(REPO_ROOT, src)).mtimeMs) {
-      throw new Error(`${path.relative(REPO_ROOT, out)} is missing or older than ${src}: the child would run stale code; ${build}`);
-    }
-  }
+  assertDistFreshFor(['src/broker', 'src/log'], 'the child process');
 }

@@ -1,33 +1,17 @@
 // Runs test/support/kill-appender.mjs as a real child process for the SIGKILL crash test: parses
 // its stdout side channel, SIGKILLs it on a plan, and tracks every live child so hooks can kill them.
 import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { assertDistFreshFor } from './dist-fresh.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const APPENDER_SCRIPT = path.join(here, 'kill-appender.mjs');
 export const REPO_ROOT = path.resolve(here, '..', '..');
-export const DIST_LOG_INDEX = path.join(REPO_ROOT, 'dist', 'src', 'log', 'index.js');
 
 /** Throws a clear error when the compiled library the child imports is missing or older than its sources. */
 export function assertDistFresh(): void {
-  const build = 'run `npx tsc -p tsconfig.json` (npm test does this before vitest)';
-  if (!fs.existsSync(DIST_LOG_INDEX)) {
-    throw new Error(`${path.relative(REPO_ROOT, DIST_LOG_INDEX)} is missing: the SIGKILL test's child process runs the compiled library; ${build}`);
-  }
-  const sources = [
-    ...fs.readdirSync(path.join(REPO_ROOT, 'src', 'log')).map((n) => path.join('src', 'log', n)),
-    path.join('src', 'errors.ts'),
-  ].filter((p) => p.endsWith('.ts') && !p.endsWith('.d.ts'));
-  for (const src of sources) {
-    const out = path.join(REPO_ROOT, 'dist', src.replace(/\.ts$/, '.js'));
-    const srcTime = fs.statSync(path.join(REPO_ROOT, src)).mtimeMs;
-    const outTime = fs.existsSync(out) ? fs.statSync(out).mtimeMs : -1;
-    if (outTime < srcTime) {
-      throw new Error(`${path.relative(REPO_ROOT, out)} is missing or older than ${src}: the SIGKILL test's child would run stale code; ${build}`);
-    }
-  }
+  assertDistFreshFor(['src/log'], "the SIGKILL test's child");
 }
 
 export interface AppenderConfig {
