@@ -249,7 +249,7 @@ export class Queue {
       }
       if (rejectWhenFull) {
         // Reserved as taken, so this batch's earlier messages and other appends in flight count.
-        const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
+        const size = byteLengthOf(m.body);
         full = this.fullReason(size, this.reservedCount, this.reservedBytes);
         if (full !== null) {
           if (dedupeKey !== undefined) this.dedupe.release(dedupeKey);
@@ -325,7 +325,7 @@ export class Queue {
         const i = taken[j] as number;
         const m = ms[i] as StoredMessage;
         statuses[i] = 'confirmed';
-        if (this.sizes !== null) this.sizes.add(offset, typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength);
+        if (this.sizes !== null) this.sizes.add(offset, byteLengthOf(m.body));
         if (m.expiresAt !== undefined) expiries.push(this.watchExpiry(offset, m.expiresAt));
       }
     }
@@ -345,7 +345,7 @@ export class Queue {
       if ((typeof claim === 'string' ? claim : await claim) === 'duplicate') return 'duplicate';
     }
     const overflow = this.options.overflow ?? 'drop-head';
-    const size = typeof m.body === 'string' ? Buffer.byteLength(m.body) : m.body.byteLength;
+    const size = byteLengthOf(m.body);
     const reserved = overflow === 'reject-publish';
     if (reserved) {
       // Appends still in flight count too, so a burst of concurrent publishes cannot overshoot.
