@@ -1,5 +1,6 @@
 // Semantics of publishBatch: per-message routing, results in order, one fdatasync per queue,
 // confirms only after fsync, all-or-nothing validation, dedupe, delays, TTL and limits.
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Storage, type StorageFile, nodeStorage } from '../../src/log/storage.js';
 import type { Message } from '../../src/broker/delivery.js';
@@ -11,9 +12,18 @@ const T0 = 1_700_000_000_000;
 const h = new BrokerHarness();
 afterEach(() => h.cleanup());
 
-/** Forwards to node:fs, counting fdatasyncs; while `hold` is set, every fdatasync waits for its release. */
+/**
+ * Forwards to node:fs, counting fdatasyncs; while `hold` is set, every fdatasync waits for its
+ * release. `failWrite(n, pathPart)` makes the n-th next write to a file whose path contains
+ * `pathPart` fail with EIO.
+ */
 class GatedStorage {
   syncs = 0;
+  private failing: { left: number; pathPart: string } | null = null;
+
+  failWrite(n: number, pathPart: string): void {
+    this.failing = { left: n, pathPart };
+  }
   private gate: Promise<void> | null = null;
   private open: (() => void) | null = null;
 
@@ -31,6 +41,16 @@ class GatedStorage {
     const wrapFile = (f: StorageFile): StorageFile =>
       new Proxy(f, {
         get(target, prop) {
+          if (prop === 'writev') {
+            return async (buffers: readonly Buffer[], position: number) => {
+              const f = self.failing;
+              if (f !== null && target.path.includes(f.pathPart) && --f.left === 0) {
+                self.failing = null;
+                throw Object.assign(new Error('EIO: injected write failure'), { code: 'EIO' });
+              }
+              await target.writev(buffers, position);
+            };
+          }
           if (prop === 'sync') {
             return async () => {
               if (self.gate !== null) await self.gate;
@@ -234,6 +254,30 @@ describe('publishBatch', () => {
       if (seen.length === 3000) break;
     }
     expect(seen).toEqual(messages.map((m) => m.id));
+  });
+
+  it('a batch cut by a failed write keeps what was stored, and a retry with the same ids stores the rest once', async () => {
+    // Proves the chunked append's bookkeeping: 3,000 × 4 KiB (3 log appends) with the 2nd write failing: the call rejects retriably, the stored part stays, and the retry answers 'duplicate' for it and stores only the rest.
+    const gated = new GatedStorage();
+    const b = await h.openBroker({ storage: gated.storage() });
+    await b.assertQueue('big');
+    const messages = Array.from({ length: 3000 }, (_, i) => ({ routingKey: 'big', body: Buffer.alloc(4096, i % 251), id: `cut-${i}` }));
+    gated.failWrite(2, `${path.sep}big${path.sep}messages${path.sep}`);
+    const err = await expectCode(() => b.publishBatch('', messages), 'SPOOL_ERR_IO');
+    expect(err.retriable).toBe(true);
+    const stored = b.queueStats('big').endOffset;
+    expect(stored).toBeGreaterThan(0);
+    expect(stored).toBeLessThan(3000);
+    const retry = await b.publishBatch('', messages);
+    expect(retry.filter((r) => r.status === 'duplicate')).toHaveLength(stored);
+    expect(retry.filter((r) => r.status === 'confirmed')).toHaveLength(3000 - stored);
+    expect(b.queueStats('big').endOffset).toBe(3000);
+    const seen = new Set<string>();
+    for await (const m of b.subscribe('big', { group: 'g', ack: 'none' })) {
+      expect(seen.has(m.id), `${m.id} stored twice`).toBe(false);
+      seen.add(m.id);
+      if (seen.size === 3000) break;
+    }
   });
 
   it('with reject-publish, stores what fits in order and rejects the call with SPOOL_ERR_QUEUE_FULL', async () => {
