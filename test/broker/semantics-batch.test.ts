@@ -51,6 +51,8 @@ class GatedStorage {
               await target.writev(buffers, position);
             };
           }
+          // Only the promise forms, which the injected failure and the gate apply to.
+          if (prop === 'writevBlocking' || prop === 'syncBlocking') return undefined;
           if (prop === 'sync') {
             return async () => {
               if (self.gate !== null) await self.gate;

@@ -100,6 +100,11 @@ export class FencedStorage implements Storage {
     this.dead = true;
   }
 
+  /** Throws as every call does once the process is dead. */
+  checkAlive(op: string, p: string): void {
+    if (this.dead) throw errnoError('EIO', op, p, 'the process owning this log is gone');
+  }
+
   /** Runs one storage call: refused once dead, and its result withheld if death came meanwhile. */
   async call<T>(op: string, p: string, fn: () => Promise<T>): Promise<T> {
     if (this.dead) throw errnoError('EIO', op, p, 'the process owning this log is gone');
@@ -138,10 +143,27 @@ export class FencedStorage implements Storage {
 }
 
 class FencedFile implements StorageFile {
+  writevBlocking?: (buffers: readonly Buffer[], position: number) => void;
+  syncBlocking?: () => void;
+
   constructor(
     private readonly fence: FencedStorage,
     private readonly inner: StorageFile,
-  ) {}
+  ) {
+    // The blocking forms, when the disk has them: refused once the process is dead. (Nothing can
+    // die during one: the whole call runs without yielding.)
+    const { writevBlocking, syncBlocking } = inner;
+    if (writevBlocking !== undefined && syncBlocking !== undefined) {
+      this.writevBlocking = (buffers, position) => {
+        fence.checkAlive('write', inner.path);
+        writevBlocking.call(inner, buffers, position);
+      };
+      this.syncBlocking = () => {
+        fence.checkAlive('sync', inner.path);
+        syncBlocking.call(inner);
+      };
+    }
+  }
 
   get path(): string {
     return this.inner.path;
