@@ -24,6 +24,7 @@ import type { Clock, Log, LogRecord } from '../log/index.js';
 import { AckStore, ackInto } from './ack-store.js';
 import { Message, type SettleStatus, type Settler } from './delivery.js';
 import { expiresAtOf } from './message.js';
+import { OffsetTable } from './offset-table.js';
 
 export type AckMode = 'none' | 'auto' | 'manual';
 export type Handler = (msg: Message) => unknown;
@@ -103,7 +104,7 @@ export class ConsumerGroup implements Settler {
   private bufferHead = 0;
   private readCursor: number;
   private redeliver: InFlight[] = [];
-  private readonly inflight = new Map<number, InFlight>();
+  private readonly inflight = new OffsetTable<InFlight>();
   /** Offsets being dead-lettered or expired right now: not to be delivered meanwhile. */
   private readonly leaving = new Set<number>();
   private deliverySeq = 0;
