@@ -154,10 +154,21 @@ export function encodedRecordBytes(record: RecordInput): number {
 
 /** Sizes of frozen header maps, which the broker shares across many records. */
 const frozenHeaderBytes = new WeakMap<object, number>();
+/**
+ * The frozen map sized last, and its size: the records of one append mostly share one map (the
+ * broker's route header), and a compare is cheaper than a WeakMap lookup per record.
+ */
+let lastSized: object | null = null;
+let lastSizedBytes = 0;
 
 function headersBytes(headers: NonNullable<RecordInput['headers']>): number {
+  if (headers === lastSized) return lastSizedBytes;
   const known = frozenHeaderBytes.get(headers);
-  if (known !== undefined) return known;
+  if (known !== undefined) {
+    lastSized = headers;
+    lastSizedBytes = known;
+    return known;
+  }
   let bytes = 0;
   for (const name in headers) bytes += 6 + Buffer.byteLength(name) + byteLengthOf(headers[name] as Buffer | string);
   if (Object.isFrozen(headers)) frozenHeaderBytes.set(headers, bytes);
@@ -189,8 +200,12 @@ function encodeHeaders(buf: Buffer, headers: RecordInput['headers'], pos: number
  * once: such a map cannot change. (A Buffer value can, so maps holding one are encoded each time.)
  */
 const frozenHeaderBlocks = new WeakMap<object, Buffer | null>();
+/** The map encoded last and its block (see `lastSized`). */
+let lastBlockOf: object | null = null;
+let lastBlock: Buffer | null = null;
 
 function frozenHeaderBlock(headers: NonNullable<RecordInput['headers']>): Buffer | null {
+  if (headers === lastBlockOf) return lastBlock;
   let block = frozenHeaderBlocks.get(headers);
   if (block === undefined) {
     block = null;
@@ -201,6 +216,8 @@ function frozenHeaderBlock(headers: NonNullable<RecordInput['headers']>): Buffer
     }
     frozenHeaderBlocks.set(headers, block);
   }
+  lastBlockOf = headers;
+  lastBlock = block;
   return block;
 }
 
