@@ -4,13 +4,22 @@
  *
  * A `Map<string, number>` of every key in a 2-minute window holds hundreds of thousands of strings
  * at a high publish rate; inserting into it and collecting the strings it keeps alive was the
- * largest cost of a publish with an id (about 1.5 us of 4). This window keeps no stored key:
+ * largest cost of a publish with an id. This window keeps no stored key:
  *
- *   claims   exact keys of appends in flight (a concurrent publish of one of them is a duplicate),
- *            a small Map that empties as appends resolve;
- *   ring     every stored key's 64-bit hash, expiry and log offset, in the order they were
- *            stored, in typed arrays (24 bytes an entry), evicted from the front as they expire;
- *   index    hash → ring entry (`DelayIndex`'s open-addressing table), to find candidates.
+ *   ring     one entry per claimed or stored key, in claim order (so expiries only grow): its
+ *            64-bit hash, expiry, state and log offset, in typed arrays, evicted from the front
+ *            as they expire;
+ *   table    hash → ring entry: an open-addressing table of its own (two 32-bit words a slot,
+ *            linear probing, backward-shift deletion), so a claim is one probe run that both
+ *            looks for the key and finds the slot its entry goes into;
+ *   pending  the exact keys of claims whose appends are in flight (a concurrent publish of one
+ *            of them is a duplicate), a small ring that empties as appends resolve.
+ *
+ * A claim makes the key's ring entry and table slot at once; `stored` only flips the entry's state
+ * and fills in its offset (appends resolve in claim order, so the claim is found by a hint, not a
+ * lookup). So a key costs one hash, one probe run to claim it and one to forget it, and no
+ * allocation. (The previous design took a Map insert and delete, two hashes, two probe runs and
+ * an array per claim: about three times the cost per publish.)
  *
  * A hash match is a candidate, not an answer: the record at the candidate's offset is read and its
  * key compared, so two keys that share a hash never make a message a false duplicate. Only when
@@ -19,42 +28,121 @@
  * (5e-14 for a million keys) per publish of a new key.
  */
 import assert from 'node:assert/strict';
-import { DelayIndex, type IdHash, idHashing } from './delay-index.js';
 
-/** Ring sequence numbers are kept modulo this in the index's 32-bit location field. */
+/** A key's 64-bit hash, as two 32-bit halves. */
+export interface KeyHash {
+  h1: number;
+  h2: number;
+}
+
+function fmix(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85eb_ca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2_ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/**
+ * Hashes a key's UTF-16 code units, two per step: the hashes never leave this process, so they
+ * need not match any byte encoding, and ids are mostly short ASCII (a quarter of the cost of
+ * hashing UTF-8 bytes one at a time, which was a third of a claim).
+ */
+export function hashKey(key: string, out: KeyHash): KeyHash {
+  const n = key.length;
+  let a = 0x9747_b28c ^ n;
+  let b = 0x2f5c_1a3d;
+  let i = 0;
+  for (; i + 1 < n; i += 2) {
+    const c = key.charCodeAt(i) | (key.charCodeAt(i + 1) << 16);
+    a = Math.imul(a ^ c, 0x5bd1_e995);
+    a ^= a >>> 15;
+    b = Math.imul(b + c, 0x27d4_eb2f);
+    b = (b << 13) | (b >>> 19);
+  }
+  if (i < n) {
+    const c = key.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x5bd1_e995);
+    b = Math.imul(b + c, 0x27d4_eb2f);
+  }
+  out.h1 = fmix(a);
+  out.h2 = fmix(b ^ n);
+  return out;
+}
+
+/** The hash the window uses; a test swaps in a degenerate one to drive the confirm-by-reading paths. @internal */
+export const keyHashing = { hashKey };
+
+/** Ring sequence numbers are kept modulo this in a table slot (plus one: 0 marks an empty slot). */
 const SEQ_MOD = 0x7fff_ffff;
+const EMPTY = 0;
+/** Table slots at least (a power of two); the table stays at most half full. */
+const TABLE_SLOTS_MIN = 1024;
+const RING_MIN = 1024;
+/** Below this many slots the table grows fourfold (fewer rehashes while a queue warms up), then twofold. */
+const GROW_FAST_BELOW = 1 << 20;
+/** How far past the oldest pending claim `stored`/`release` look before hashing the key. */
+const PENDING_SCAN = 8;
+
+/** Ring entry states. */
+const DEAD = 0;
+const CLAIMED = 1;
+const STORED = 2;
 
 export type Claim = 'claimed' | 'duplicate';
 
 export class DedupeWindow {
-  private readonly index = new DelayIndex();
-  private readonly claims = new Map<string, number>();
-  private capacity = 1024;
-  private h1 = new Uint32Array(this.capacity);
-  private h2 = new Uint32Array(this.capacity);
-  private until = new Float64Array(this.capacity);
-  private offset = new Float64Array(this.capacity);
-  /** Absolute sequence numbers: the oldest entry, and the next one to be stored. */
+  // --- ring: entry `seq` lives at index seq & ringMask ---
+  private ringMask = RING_MIN - 1;
+  private h1 = new Uint32Array(RING_MIN);
+  private h2 = new Uint32Array(RING_MIN);
+  private until = new Float64Array(RING_MIN);
+  /** STORED: the log offset. CLAIMED: the claim's number in `pending`. */
+  private offset = new Float64Array(RING_MIN);
+  private state = new Uint8Array(RING_MIN);
+  /** Absolute sequence numbers: the oldest entry, and the next one to be made. */
   private head = 0;
   private tail = 0;
+  private storedCount = 0;
+
+  // --- table: slot i is words 2i (h1) and 2i+1 (ring seq mod SEQ_MOD, plus one) ---
+  private table = new Uint32Array(TABLE_SLOTS_MIN * 2);
+  private tableMask = TABLE_SLOTS_MIN - 1;
+  private tableUsed = 0;
+
+  // --- pending claims: claim number c lives at index c & pendingMask ---
+  private pendingMask = 63;
+  private pendingKeys: (string | undefined)[] = new Array<string | undefined>(64).fill(undefined);
+  private pendingSeqs = new Float64Array(64);
+  /** Claim numbers: the oldest still pending (or tail), and the next one to be made. */
+  private pendingHead = 0;
+  private pendingTail = 0;
+  /** Where the next claim to resolve probably is: the one after the last resolved. */
+  private pendingHint = 0;
+
   /** For hashes used synchronously (never across an await). */
-  private readonly scratch: IdHash = { h1: 0, h2: 0 };
+  private readonly scratch: KeyHash = { h1: 0, h2: 0 };
 
   constructor(
     private readonly windowMs: number,
     private readonly entriesMax: number,
     /** The dedupe key of the record at `offset` ('' when it has none), or null when the record is gone. */
     private readonly keyAt: (offset: number) => Promise<string | null>,
-  ) {}
+  ) {
+    assert(entriesMax >= 1, 'the window holds at least one entry');
+  }
 
   /** Stored keys remembered (for tests and stats). */
   get size(): number {
-    return this.tail - this.head;
+    return this.storedCount;
   }
 
   /** Appends in flight holding a claim. */
   get claimed(): number {
-    return this.claims.size;
+    let n = 0;
+    for (let c = this.pendingHead; c < this.pendingTail; c++) if (this.pendingKeys[c & this.pendingMask] !== undefined) n++;
+    return n;
   }
 
   /**
@@ -64,20 +152,38 @@ export class DedupeWindow {
    */
   claim(key: string, now: number): Claim | Promise<Claim> {
     this.evict(now);
-    const held = this.claims.get(key);
-    if (held !== undefined && held > now) return 'duplicate';
-    const offsets = this.candidates(idHashing.hashId(key, this.scratch), now);
+    // Room first: dropping an entry or growing the table moves slots, and the probe below must
+    // end at the slot the new entry takes.
+    if (this.tail - this.head >= this.entriesMax) this.dropOldest();
+    if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
+    const h = keyHashing.hashKey(key, this.scratch);
+    const k1 = h.h1;
+    const k2 = h.h2;
+    const t = this.table;
+    const mask = this.tableMask;
+    let offsets: number[] | null = null;
+    let i = k1 & mask;
+    for (; t[2 * i + 1] !== EMPTY; i = (i + 1) & mask) {
+      if (t[2 * i] !== k1) continue;
+      const r = this.seqOfSlot(i) & this.ringMask;
+      if (this.h2[r] !== k2 || this.until[r]! <= now) continue;
+      if (this.state[r] === CLAIMED) {
+        if (this.pendingKeys[this.offset[r]! & this.pendingMask] === key) return 'duplicate';
+        continue;
+      }
+      (offsets ??= []).push(this.offset[r]!);
+    }
     // Claimed at once, so a concurrent publish of the key sees it while the candidates are read.
-    this.claims.set(key, now + this.windowMs);
-    if (offsets.length === 0) return 'claimed';
+    this.addClaim(key, k1, k2, now + this.windowMs, i);
+    if (offsets === null) return 'claimed';
     return this.confirm(key, offsets).then(
       (stored) => {
         if (!stored) return 'claimed';
-        this.claims.delete(key);
+        this.release(key);
         return 'duplicate';
       },
       (err: unknown) => {
-        this.claims.delete(key);
+        this.release(key);
         throw err;
       },
     );
@@ -85,59 +191,218 @@ export class DedupeWindow {
 
   /** The append of a claimed key is durable at `offset`: remember it for the rest of its window. */
   stored(key: string, offset: number): void {
-    const until = this.claims.get(key);
-    assert(until !== undefined, 'only a claimed key is stored');
-    this.claims.delete(key);
-    this.push(idHashing.hashId(key, this.scratch), until, offset);
+    const c = this.findPending(key);
+    // No pending claim: it outlived its window while the append ran (and was forgotten with it).
+    if (c < 0) return;
+    const seq = this.pendingSeqs[c & this.pendingMask]!;
+    this.resolvePending(c);
+    const r = seq & this.ringMask;
+    this.state[r] = STORED;
+    this.offset[r] = offset;
+    this.storedCount++;
   }
 
   /** The append of a claimed key failed: forget the claim, so a retry may store it. */
   release(key: string): void {
-    this.claims.delete(key);
+    const c = this.findPending(key);
+    if (c < 0) return;
+    const seq = this.pendingSeqs[c & this.pendingMask]!;
+    this.resolvePending(c);
+    const r = seq & this.ringMask;
+    this.tableRemove(this.h1[r]!, seq);
+    this.state[r] = DEAD;
+    // A claim released at once (a duplicate found by reading, a full queue) leaves no hole behind.
+    while (this.tail > this.head && this.state[(this.tail - 1) & this.ringMask] === DEAD) this.tail--;
   }
 
   /** At open: a key found in the log, stored at `offset`, remembered until `until`. */
   restore(key: string, offset: number, until: number): void {
-    this.push(idHashing.hashId(key, this.scratch), until, offset);
+    if (this.tail - this.head >= this.entriesMax) this.dropOldest();
+    if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
+    const h = keyHashing.hashKey(key, this.scratch);
+    const seq = this.pushEntry(h.h1, h.h2, until, STORED, offset);
+    this.tableInsert(h.h1, seq);
+    this.storedCount++;
   }
 
-  private push(h: IdHash, until: number, offset: number): void {
-    if (this.tail - this.head === this.capacity) this.grow();
-    const i = this.tail % this.capacity;
-    this.h1[i] = h.h1;
-    this.h2[i] = h.h2;
-    this.until[i] = until;
-    this.offset[i] = offset;
-    this.index.add(h, this.tail % SEQ_MOD, 0);
-    this.tail++;
-    if (this.tail - this.head > this.entriesMax) this.dropOldest();
+  // --- ring ---
+
+  /** A claim: a ring entry, its table slot `slot` (the end of its probe run) and a pending key. */
+  private addClaim(key: string, k1: number, k2: number, until: number, slot: number): void {
+    if (this.pendingTail - this.pendingHead > this.pendingMask) this.growPending();
+    const c = this.pendingTail++;
+    const seq = this.pushEntry(k1, k2, until, CLAIMED, c);
+    this.pendingKeys[c & this.pendingMask] = key;
+    this.pendingSeqs[c & this.pendingMask] = seq;
+    const t = this.table;
+    t[2 * slot] = k1;
+    t[2 * slot + 1] = (seq % SEQ_MOD) + 1;
+    this.tableUsed++;
   }
 
-  /** Forgets entries whose window ended (and the oldest beyond entriesMax). */
+  private pushEntry(k1: number, k2: number, until: number, state: number, offset: number): number {
+    if (this.tail - this.head > this.ringMask) this.growRing();
+    const seq = this.tail++;
+    const r = seq & this.ringMask;
+    this.h1[r] = k1;
+    this.h2[r] = k2;
+    this.until[r] = until;
+    this.state[r] = state;
+    this.offset[r] = offset;
+    return seq;
+  }
+
+  /** Forgets entries whose window ended. */
   private evict(now: number): void {
-    while (this.head < this.tail && this.until[this.head % this.capacity]! <= now) this.dropOldest();
+    while (this.head < this.tail && this.until[this.head & this.ringMask]! <= now) this.dropOldest();
   }
 
   private dropOldest(): void {
-    const i = this.head % this.capacity;
-    const removed = this.index.remove({ h1: this.h1[i]!, h2: this.h2[i]! }, this.head % SEQ_MOD, 0);
-    assert(removed, 'every ring entry is indexed');
+    const seq = this.head;
+    const r = seq & this.ringMask;
+    const state = this.state[r];
+    if (state !== DEAD) this.tableRemove(this.h1[r]!, seq);
+    if (state === STORED) this.storedCount--;
+    else if (state === CLAIMED) this.resolvePending(this.offset[r]!);
+    this.state[r] = DEAD;
     this.head++;
+    if (this.tableUsed * 16 < this.tableMask + 1 && this.tableMask + 1 > TABLE_SLOTS_MIN) this.resizeTable((this.tableMask + 1) / 2);
   }
 
-  /** Offsets of stored entries, still in their window, whose key hashes to `h`. */
-  private candidates(h: IdHash, now: number): number[] {
-    const found = this.index.find(h);
-    if (found.length === 0) return [];
-    const out: number[] = [];
-    const headMod = this.head % SEQ_MOD;
-    for (const f of found) {
-      const seq = this.head + ((f.bucket - headMod + SEQ_MOD) % SEQ_MOD);
-      assert(seq >= this.head && seq < this.tail, 'an indexed entry lies in the ring');
-      const i = seq % this.capacity;
-      if (this.until[i]! > now) out.push(this.offset[i]!);
+  private growRing(): void {
+    const size = this.ringMask + 1;
+    const next = size * 2;
+    // Entry `seq` moves from seq & (size - 1) to seq & (next - 1), which is that index plus a
+    // multiple of `size`: a copy of the old ring at every multiple puts each entry in place.
+    const spread = <T extends Uint32Array | Float64Array | Uint8Array>(old: T, fresh: T): T => {
+      for (let at = 0; at < next; at += size) fresh.set(old, at);
+      return fresh;
+    };
+    this.h1 = spread(this.h1, new Uint32Array(next));
+    this.h2 = spread(this.h2, new Uint32Array(next));
+    this.until = spread(this.until, new Float64Array(next));
+    this.offset = spread(this.offset, new Float64Array(next));
+    this.state = spread(this.state, new Uint8Array(next));
+    this.ringMask = next - 1;
+  }
+
+  // --- pending claims ---
+
+  /** The claim number of `key`'s pending claim, or -1. Claims mostly resolve in order: a hint first. */
+  private findPending(key: string): number {
+    const keys = this.pendingKeys;
+    const m = this.pendingMask;
+    const hint = this.pendingHint;
+    if (hint >= this.pendingHead && hint < this.pendingTail && keys[hint & m] === key) return hint;
+    const scanEnd = Math.min(this.pendingTail, this.pendingHead + PENDING_SCAN);
+    for (let c = this.pendingHead; c < scanEnd; c++) if (keys[c & m] === key) return c;
+    // Out of order: through the table.
+    const h = keyHashing.hashKey(key, this.scratch);
+    const t = this.table;
+    const mask = this.tableMask;
+    for (let i = h.h1 & mask; t[2 * i + 1] !== EMPTY; i = (i + 1) & mask) {
+      if (t[2 * i] !== h.h1) continue;
+      const r = this.seqOfSlot(i) & this.ringMask;
+      if (this.state[r] !== CLAIMED || this.h2[r] !== h.h2) continue;
+      const c = this.offset[r]!;
+      if (keys[c & m] === key) return c;
     }
-    return out;
+    return -1;
+  }
+
+  private resolvePending(c: number): void {
+    const keys = this.pendingKeys;
+    const m = this.pendingMask;
+    keys[c & m] = undefined;
+    this.pendingHint = c + 1;
+    while (this.pendingHead < this.pendingTail && keys[this.pendingHead & m] === undefined) this.pendingHead++;
+  }
+
+  private growPending(): void {
+    const size = this.pendingMask + 1;
+    const next = size * 2;
+    const keys = new Array<string | undefined>(next).fill(undefined);
+    const seqs = new Float64Array(next);
+    for (let c = this.pendingHead; c < this.pendingTail; c++) {
+      keys[c & (next - 1)] = this.pendingKeys[c & this.pendingMask];
+      seqs[c & (next - 1)] = this.pendingSeqs[c & this.pendingMask]!;
+    }
+    this.pendingMask = next - 1;
+    this.pendingKeys = keys;
+    this.pendingSeqs = seqs;
+  }
+
+  // --- table ---
+
+  /** The absolute ring sequence number held by table slot `i`. */
+  private seqOfSlot(i: number): number {
+    const mod = this.table[2 * i + 1]! - 1;
+    const seq = this.head + ((mod - (this.head % SEQ_MOD) + SEQ_MOD) % SEQ_MOD);
+    assert(seq < this.tail, 'an indexed entry lies in the ring');
+    return seq;
+  }
+
+  private tableInsert(k1: number, seq: number): void {
+    const t = this.table;
+    const mask = this.tableMask;
+    let i = k1 & mask;
+    while (t[2 * i + 1] !== EMPTY) i = (i + 1) & mask;
+    t[2 * i] = k1;
+    t[2 * i + 1] = (seq % SEQ_MOD) + 1;
+    this.tableUsed++;
+  }
+
+  /** Removes ring entry `seq` (hash word `k1`) from the table: backward-shift deletion, no tombstones. */
+  private tableRemove(k1: number, seq: number): void {
+    const t = this.table;
+    const mask = this.tableMask;
+    const want = (seq % SEQ_MOD) + 1;
+    let hole = k1 & mask;
+    while (t[2 * hole + 1] !== want) {
+      assert(t[2 * hole + 1] !== EMPTY, 'every live ring entry is indexed');
+      hole = (hole + 1) & mask;
+    }
+    this.tableUsed--;
+    let i = hole;
+    for (;;) {
+      t[2 * hole + 1] = EMPTY;
+      for (;;) {
+        i = (i + 1) & mask;
+        if (t[2 * i + 1] === EMPTY) return;
+        const home = t[2 * i]! & mask;
+        // The entry at i may move to the hole only if its home is not cyclically in (hole, i].
+        const stays = hole <= i ? hole < home && home <= i : hole < home || home <= i;
+        if (!stays) break;
+      }
+      t[2 * hole] = t[2 * i]!;
+      t[2 * hole + 1] = t[2 * i + 1]!;
+      hole = i;
+    }
+  }
+
+  private growTable(): void {
+    const slots = this.tableMask + 1;
+    this.resizeTable(slots < GROW_FAST_BELOW ? slots * 4 : slots * 2);
+  }
+
+  private resizeTable(slots: number): void {
+    const old = this.table;
+    const t = new Uint32Array(slots * 2);
+    const mask = slots - 1;
+    let used = 0;
+    for (let p = 0; p < old.length; p += 2) {
+      const ref = old[p + 1]!;
+      if (ref === EMPTY) continue;
+      const k1 = old[p]!;
+      let i = k1 & mask;
+      while (t[2 * i + 1] !== EMPTY) i = (i + 1) & mask;
+      t[2 * i] = k1;
+      t[2 * i + 1] = ref;
+      used++;
+    }
+    this.table = t;
+    this.tableMask = mask;
+    this.tableUsed = used;
   }
 
   private async confirm(key: string, offsets: readonly number[]): Promise<boolean> {
@@ -146,26 +411,5 @@ export class DedupeWindow {
       if (stored === null || stored === key) return true;
     }
     return false;
-  }
-
-  private grow(): void {
-    const next = this.capacity * 2;
-    const h1 = new Uint32Array(next);
-    const h2 = new Uint32Array(next);
-    const until = new Float64Array(next);
-    const offset = new Float64Array(next);
-    for (let s = this.head; s < this.tail; s++) {
-      const from = s % this.capacity;
-      const to = s % next;
-      h1[to] = this.h1[from]!;
-      h2[to] = this.h2[from]!;
-      until[to] = this.until[from]!;
-      offset[to] = this.offset[from]!;
-    }
-    this.capacity = next;
-    this.h1 = h1;
-    this.h2 = h2;
-    this.until = until;
-    this.offset = offset;
   }
 }

@@ -6,14 +6,14 @@
 import net from 'node:net';
 import { SpoolError, type SpoolErrorCode, ERROR_CODES } from '../errors.js';
 import { decodeError, decodeWelcome, encodeClose, encodeHeartbeat, encodeHello, frameTypeName, type Welcome } from '../server/wire/codec.js';
-import { FrameType, HEARTBEAT_MISSES_MAX } from '../server/wire/constants.js';
+import { FEATURE_CONFIRMS, FrameType, HEARTBEAT_MISSES_MAX } from '../server/wire/constants.js';
 import { FrameReader } from '../server/wire/frame-reader.js';
 import { FrameWriter } from '../server/wire/frame-writer.js';
 import { type BrokerAddress, describeAddress } from './url.js';
 
 export interface ConnectionSink {
-  /** A frame after the handshake (not HEARTBEAT). */
-  frame(type: number, requestId: number, payload: Buffer): void;
+  /** A frame after the handshake (not HEARTBEAT), whose payload is `buf[start, end)` (no view is made). */
+  frame(type: number, requestId: number, buf: Buffer, start: number, end: number): void;
   /** The session ended; `err` says why (null after our own close()). Called once. */
   closed(err: SpoolError | null): void;
 }
@@ -46,7 +46,7 @@ export class ClientSession {
     maxFrameBytes: number,
   ) {
     this.writer = new FrameWriter(socket);
-    this.reader = new FrameReader(maxFrameBytes, (t, r, p) => this.onFrame(t, r, p));
+    this.reader = new FrameReader(maxFrameBytes, (t, r, buf, start, end) => this.onFrame(t, r, buf, start, end));
   }
 
   get heartbeatMs(): number {
@@ -92,7 +92,11 @@ export class ClientSession {
       };
       socket.setNoDelay(true);
       socket.on('connect', () => {
-        encodeHello(session.writer, { ...(options.token !== undefined ? { token: options.token } : {}), ...(options.clientName !== undefined ? { client: options.clientName } : {}) });
+        encodeHello(session.writer, {
+          ...(options.token !== undefined ? { token: options.token } : {}),
+          ...(options.clientName !== undefined ? { client: options.clientName } : {}),
+          features: [FEATURE_CONFIRMS],
+        });
         session.writer.flush();
       });
       socket.on('data', (chunk: Buffer) => session.onData(chunk));
@@ -121,7 +125,13 @@ export class ClientSession {
     }
   }
 
-  private onFrame(type: number, requestId: number, payload: Buffer): void {
+  private onFrame(type: number, requestId: number, buf: Buffer, start: number, end: number): void {
+    // Deliveries and confirmations, the many, are decoded where they lie; the rest get a view.
+    if (this.welcome !== null && type !== FrameType.HEARTBEAT && type !== FrameType.ERROR && type !== FrameType.CLOSE) {
+      this.sink?.frame(type, requestId, buf, start, end);
+      return;
+    }
+    const payload = buf.subarray(start, end);
     if (this.welcome === null) {
       if (type === FrameType.WELCOME) {
         this.welcome = decodeWelcome(payload);
@@ -149,7 +159,7 @@ export class ClientSession {
       this.abort(new SpoolError('SPOOL_ERR_DISCONNECTED', `the server closed the connection: ${payload.toString('utf8') || 'no reason given'}`));
       return;
     }
-    this.sink?.frame(type, requestId, payload);
+    this.sink?.frame(type, requestId, buf, start, end);
   }
 
   private startHeartbeat(): void {

@@ -30,8 +30,9 @@ import type { QueueOptions } from '../broker/queue.js';
 import type { ExchangeType } from '../broker/routing.js';
 import { SpoolError, isSpoolError } from '../errors.js';
 import {
-  type DoneEntry,
+  type ConfirmStatus,
   decodeConfirm,
+  decodeConfirms,
   type DeliveryLayout,
   newDeliveryLayout,
   deliveryConsumerId,
@@ -39,7 +40,7 @@ import {
   decodeResponse,
   encodeAck,
   encodeCredit,
-  encodeDone,
+  encodeDoneTags,
   encodeNack,
   encodePublish,
   encodeRequest,
@@ -49,6 +50,7 @@ import {
 import { FRAME_TYPE_IGNORABLE, FrameType, MAX_FRAME_BYTES_DEFAULT, PUBLISH_MANDATORY, PUBLISH_TO_QUEUE } from '../server/wire/constants.js';
 import type { FrameWriter } from '../server/wire/frame-writer.js';
 import { toWireJson, trimArgs } from '../server/wire/wire-json.js';
+import { TagTable } from '../server/tag-table.js';
 import { ClientSession, errorFromWire } from './connection.js';
 import { RemoteConsumer, type ConsumerLink, type RemoteHandler } from './remote-consumer.js';
 import { RemoteMessage, type RemoteSettler } from './remote-message.js';
@@ -147,6 +149,8 @@ interface Call {
   onWire: boolean;
   /** Answered, failed or timed out: never written again. */
   done: boolean;
+  /** When it was submitted, among this broker's calls (set by `submit`). */
+  order: number;
   attempts: number;
   write(w: FrameWriter, rid: number): void;
   /** The answer (CONFIRM or RESPONSE payload). */
@@ -158,7 +162,10 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private session: ClientSession | null = null;
   /** Numbers sessions, so a delivery tag is only ever used on the connection that issued it. */
   private sessionSeq = 0;
-  private readonly calls = new Map<number, Call>();
+  /** Calls by request id (sequential, so a TagTable: no Map insert and delete per publish). */
+  private readonly calls = new TagTable<Call>();
+  /** Submission numbers, so that calls can be listed in the order they were made. */
+  private callsMade = 0;
   /** Calls not on the wire yet, oldest first (resends go to the front). */
   private waiting: Call[] = [];
   private waitingHead = 0;
@@ -167,7 +174,10 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private earliestDeadline = Number.POSITIVE_INFINITY;
   private readonly consumers = new Map<number, RemoteConsumer>();
   /** DONE entries and CREDIT counts of the current session, written at its next flush. */
-  private doneEntries: DoneEntry[] = [];
+  /** DONE entries gathered this turn: tags, and the failures among them by index (usually none). */
+  private doneTags: number[] = [];
+  private doneCount = 0;
+  private readonly doneFailures = new Map<number, string>();
   private readonly creditOwed = new Map<number, number>();
   private consumerIdNext = 1;
   /** Filled by each DELIVERY as it arrives (one object, reused). */
@@ -185,6 +195,9 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private readonly timeoutMs: number;
   private readonly maxInFlight: number;
   private readonly reconnect: Required<ReconnectOptions> | null;
+  /** The last publish target that passed its name check, and the flags it was checked with. */
+  private checkedTarget: unknown = undefined;
+  private checkedTargetFlags = -1;
 
   /** @internal Use connect(). */
   constructor(
@@ -236,7 +249,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         maxFrameBytes: positiveInt(this.options.maxFrameBytes, MAX_FRAME_BYTES_DEFAULT, 'maxFrameBytes'),
       },
       {
-        frame: (type, rid, payload) => this.onFrame(type, rid, payload),
+        frame: (type, rid, buf, start, end) => this.onFrame(type, rid, buf, start, end),
         closed: (err) => this.onSessionClosed(err),
       },
     );
@@ -253,12 +266,13 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private onSessionClosed(err: SpoolError | null): void {
     this.session = null;
     // Their tags belong to the lost connection.
-    this.doneEntries = [];
+    this.doneCount = 0;
+    this.doneFailures.clear();
     this.creditOwed.clear();
     for (const c of this.consumers.values()) c.dropWaiting();
     // Calls on the wire: resend the safe ones first (in their original order), settle the rest.
     const again: Call[] = [];
-    for (const call of this.calls.values()) {
+    for (const call of this.callsInOrder()) {
       if (!call.onWire) continue;
       call.onWire = false;
       if (call.resend) again.push(call);
@@ -339,7 +353,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   /** Fails every call, now and later (reconnecting is impossible or disabled). */
   private failAll(err: Error): void {
     this.dead = err;
-    for (const call of [...this.calls.values()]) {
+    for (const call of this.callsInOrder()) {
       this.finishCall(call);
       if (call.kind === 'settle') call.complete(FrameType.RESPONSE, Buffer.from('"unknown"'));
       else call.fail(err);
@@ -350,7 +364,15 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   // --- calls ---
 
+  /** Every call not yet answered, oldest first (a snapshot: the caller may finish them). */
+  private callsInOrder(): Call[] {
+    const all: Call[] = [];
+    this.calls.forEach((call) => all.push(call));
+    return all.sort((a, b) => a.order - b.order);
+  }
+
   private submit(call: Call): void {
+    call.order = ++this.callsMade;
     this.calls.set(call.rid, call);
     if (call.deadline < this.earliestDeadline) this.earliestDeadline = call.deadline;
     if (this.session !== null && this.waitingHead === this.waiting.length && this.onWireCount < this.maxInFlight) this.writeCall(call, this.session);
@@ -359,7 +381,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   private writeCall(call: Call, session: ClientSession): void {
     // DONE and CREDIT gathered so far go first: a consumerClose must not overtake its last acks.
-    if (this.doneEntries.length > 0 || this.creditOwed.size > 0) this.flushSettlements(session.writer);
+    if (this.doneCount > 0 || this.creditOwed.size > 0) this.flushSettlements(session.writer);
     call.onWire = true;
     call.attempts++;
     this.onWireCount++;
@@ -382,7 +404,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   private finishCall(call: Call): void {
     call.done = true;
-    this.calls.delete(call.rid);
+    this.calls.take(call.rid);
     if (call.onWire) {
       call.onWire = false;
       this.onWireCount--;
@@ -406,7 +428,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     const now = Date.now();
     if (now < this.earliestDeadline) return;
     let earliest = Number.POSITIVE_INFINITY;
-    for (const call of [...this.calls.values()]) {
+    for (const call of this.callsInOrder()) {
       if (call.deadline > now) {
         if (call.deadline < earliest) earliest = call.deadline;
         continue;
@@ -419,7 +441,16 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
     this.pump();
   }
 
-  private onFrame(type: number, rid: number, payload: Buffer): void {
+  /** A frame of the session, whose payload is `buf[start, end)`. */
+  private onFrame(type: number, rid: number, buf: Buffer, start: number, end: number): void {
+    if (type === FrameType.DELIVERY) {
+      const c = this.consumers.get(deliveryConsumerId(buf, start, end));
+      if (c === undefined) return; // closed here; the server takes it back when the close arrives
+      // Scanned in place: the message keeps the bytes read and its fields' positions, no view.
+      c.push(new RemoteMessage(buf, scanDelivery(buf, this.layout, start, end), c.queue, this.sessionSeq, c.ackMode === 'none', this));
+      return;
+    }
+    const payload = buf.subarray(start, end);
     switch (type) {
       case FrameType.CONFIRM:
       case FrameType.RESPONSE:
@@ -436,10 +467,17 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         this.pump();
         return;
       }
-      case FrameType.DELIVERY: {
-        const c = this.consumers.get(deliveryConsumerId(payload));
-        if (c === undefined) return; // closed here; the server takes it back when the close arrives
-        c.push(new RemoteMessage(payload, scanDelivery(payload, this.layout), c.queue, this.sessionSeq, c.ackMode === 'none', this));
+      case FrameType.CONFIRMS: {
+        const { count, status, queues, extra } = decodeConfirms(payload);
+        if (rid === 0 || rid + count - 1 > 0xffff_fffe) throw new SpoolError('SPOOL_ERR_PROTOCOL', `CONFIRMS of ${count} from request ${rid} runs past the request ids`);
+        for (let k = 0; k < count; k++) {
+          const call = this.calls.get(rid + k);
+          if (call === undefined || !call.onWire) continue; // timed out meanwhile
+          if (!(call instanceof PublishCall)) throw new SpoolError('SPOOL_ERR_PROTOCOL', `CONFIRMS names request ${rid + k}, which is not a publish`);
+          this.finishCall(call);
+          call.confirmed(status, queues, extra);
+        }
+        this.pump();
         return;
       }
       default:
@@ -470,6 +508,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         what: op,
         onWire: false,
         done: false,
+        order: 0,
         attempts: 0,
         write: (w, rid) => encodeRequest(w, rid, json),
         complete: (_type, payload) => resolve(decodeResponse(payload) as T),
@@ -545,11 +584,14 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   /** Checks one publish's arguments (throwing a typed error) and fixes its id: everything a send needs. */
   private preparePublish(flags: number, target: string, routingKey: string, body: Body, options: RemotePublishOptions): PreparedPublish {
     {
-      if (flags & PUBLISH_TO_QUEUE) checkName('queue', target);
-      else {
-        checkExchangeName(target);
-        if (typeof routingKey !== 'string') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'routing key must be a string');
+      // Publishes mostly repeat their target: a name that passed its check once is not checked again.
+      if (target !== this.checkedTarget || flags !== this.checkedTargetFlags) {
+        if (flags & PUBLISH_TO_QUEUE) checkName('queue', target);
+        else checkExchangeName(target);
+        this.checkedTarget = target;
+        this.checkedTargetFlags = flags;
       }
+      if (!(flags & PUBLISH_TO_QUEUE) && typeof routingKey !== 'string') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'routing key must be a string');
       const size = typeof body === 'string' ? body.length : body instanceof Uint8Array ? body.byteLength : -1;
       if (size < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'body must be a Buffer, Uint8Array or string');
       const callerId = options.id !== undefined;
@@ -702,7 +744,8 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   /** @internal ConsumerLink: gathered, and sent as one DONE frame per event-loop turn. */
   done(msg: RemoteMessage, failure: string | null): void {
     if (this.session === null || msg.session !== this.sessionSeq) return;
-    this.doneEntries.push({ tag: msg.tag, failure });
+    if (failure !== null) this.doneFailures.set(this.doneCount, failure);
+    this.doneTags[this.doneCount++] = msg.tag;
     this.session.writer.schedule();
   }
 
@@ -715,9 +758,10 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   /** Writes the DONE and CREDIT gathered this turn (the session writer's beforeFlush). */
   private flushSettlements(w: FrameWriter): void {
-    if (this.doneEntries.length > 0) {
-      encodeDone(w, this.doneEntries);
-      this.doneEntries = [];
+    if (this.doneCount > 0) {
+      encodeDoneTags(w, this.doneTags, this.doneCount, this.doneFailures);
+      this.doneCount = 0;
+      this.doneFailures.clear();
     }
     if (this.creditOwed.size > 0) {
       for (const [consumerId, count] of this.creditOwed) encodeCredit(w, consumerId, count);
@@ -751,6 +795,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
         what: ack ? 'ack' : 'nack',
         onWire: false,
         done: false,
+        order: 0,
         attempts: 0,
         write: ack ? (w, rid) => encodeAck(w, rid, msg.tag) : (w, rid) => encodeNack(w, rid, msg.tag, requeue),
         complete: (_type, payload) => resolve(decodeResponse(payload) as SettleStatus),
@@ -839,6 +884,7 @@ class PublishCall implements Call {
   readonly resend = true;
   onWire = false;
   done = false;
+  order = 0;
   attempts = 0;
 
   constructor(
@@ -870,6 +916,11 @@ class PublishCall implements Call {
 
   complete(_type: number, payload: Buffer): void {
     const { status, queues, extra } = decodeConfirm(payload);
+    this.confirmed(status, queues, extra);
+  }
+
+  /** The server's answer (a CONFIRM, or this publish's share of a CONFIRMS). */
+  confirmed(status: ConfirmStatus, queues: string[], extra: Record<string, unknown> | undefined): void {
     if (status === 'unroutable' && this.mandatory) {
       const toQueue = (this.flags & PUBLISH_TO_QUEUE) !== 0;
       this.broker.returned({ id: this.id, exchange: toQueue ? '' : this.target, routingKey: toQueue ? this.target : this.routingKey, body: this.body, headers: this.headers });

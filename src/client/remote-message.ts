@@ -39,6 +39,7 @@ export class RemoteMessage {
   private readonly keyStart: number;
   private readonly keyEnd: number;
   private readonly bodyStart: number;
+  private readonly bodyEnd: number;
   private idCache: string | undefined;
   private exchangeCache: string | undefined;
   private keyCache: string | undefined;
@@ -46,7 +47,7 @@ export class RemoteMessage {
   private headersCache: Headers | undefined;
 
   constructor(
-    /** The DELIVERY payload (a view the message keeps) and where its fields lie. */
+    /** The bytes the DELIVERY was read in (kept by the message) and where its fields lie in them. */
     frame: Buffer,
     layout: DeliveryLayout,
     queue: string,
@@ -67,6 +68,7 @@ export class RemoteMessage {
     this.keyStart = layout.keyStart;
     this.keyEnd = layout.keyEnd;
     this.bodyStart = layout.bodyStart;
+    this.bodyEnd = layout.bodyEnd;
     this.headersCache = layout.headers as Headers | undefined;
     this.queue = queue;
     this.session = session;
@@ -83,7 +85,7 @@ export class RemoteMessage {
     return (this.keyCache ??= deliveryRoutingKey(this.frame, this.keyStart, this.keyEnd));
   }
   get body(): Buffer {
-    return (this.bodyCache ??= this.frame.subarray(this.bodyStart));
+    return (this.bodyCache ??= this.frame.subarray(this.bodyStart, this.bodyEnd));
   }
   get headers(): Headers {
     return (this.headersCache ??= {});

@@ -20,6 +20,7 @@ import { META_HEADERS, META_ROUTE } from '../broker/message.js';
 import { encodeDeliveryBytes } from './wire/codec.js';
 import type { FrameWriter } from './wire/frame-writer.js';
 import type { ServedBroker } from './served-broker.js';
+import { TagTable } from './tag-table.js';
 
 type AckMode = 'none' | 'auto' | 'manual';
 
@@ -78,7 +79,7 @@ export class RemoteHandlerError extends Error {
 
 export class ConnectionConsumers {
   private readonly consumers = new Map<number, RemoteConsumer>();
-  private readonly deliveries = new Map<number, Delivery>();
+  private readonly deliveries = new TagTable<Delivery>();
   private tagNext = 1;
   private tagsWrapped = false;
 
@@ -176,9 +177,8 @@ export class ConnectionConsumers {
 
   /** One DONE entry: the client's 'auto' handler ended; an unknown tag (already settled) is ignored. */
   done(tag: number, failure: string | null): void {
-    const d = this.deliveries.get(tag);
+    const d = this.deliveries.take(tag);
     if (d === undefined) return;
-    this.deliveries.delete(tag);
     if (failure === null) d.finish(true);
     else d.finish(false, new RemoteHandlerError(failure));
   }
@@ -192,10 +192,7 @@ export class ConnectionConsumers {
   }
 
   private take(tag: number): Delivery | null {
-    const d = this.deliveries.get(tag);
-    if (d === undefined) return null;
-    this.deliveries.delete(tag);
-    return d;
+    return this.deliveries.take(tag) ?? null;
   }
 
   /** REQUEST consumerClose: stops one consumer; its unsettled deliveries are redelivered. */
@@ -219,11 +216,11 @@ export class ConnectionConsumers {
     // close() marks the consumer closed at once, then waits for its running handler calls, which
     // are ours: end them now, as failures, so the messages go back rather than being acked.
     const closing = rc.consumer?.close();
-    for (const [tag, d] of this.deliveries) {
-      if (d.consumerId !== rc.id) continue;
-      this.deliveries.delete(tag);
-      d.finish(false, new Error('the remote consumer went away before finishing'));
-    }
+    const mine: number[] = [];
+    this.deliveries.forEach((d, tag) => {
+      if (d.consumerId === rc.id) mine.push(tag);
+    });
+    for (const tag of mine) this.deliveries.take(tag)?.finish(false, new Error('the remote consumer went away before finishing'));
     const waiters = rc.creditWaiters;
     rc.creditWaiters = [];
     for (const d of waiters) d.finish(true);

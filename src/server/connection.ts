@@ -20,6 +20,7 @@ import {
   decodeRequest,
   encodeClose,
   encodeConfirm,
+  encodeConfirms,
   encodeError,
   encodeHeartbeat,
   encodeResponse,
@@ -30,6 +31,7 @@ import {
   type Request,
 } from './wire/codec.js';
 import {
+  FEATURE_CONFIRMS,
   FRAME_TYPE_IGNORABLE,
   FrameType,
   HEARTBEAT_MISSES_MAX,
@@ -78,6 +80,13 @@ export class ServerConnection {
   private inflight = 0;
   private readingPaused = false;
   private drained: (() => void) | null = null;
+  /** The client takes CONFIRMS (HELLO `features`): confirms of consecutive request ids are sent as one. */
+  private confirmRuns = false;
+  /** The run of confirms not yet written: request ids runFirst.. (runCount of them), one answer. */
+  private runFirst = 0;
+  private runCount = 0;
+  private runStatus: PublishResult['status'] = 'confirmed';
+  private runQueues: readonly string[] = [];
 
   constructor(
     private readonly socket: Socket,
@@ -85,7 +94,7 @@ export class ServerConnection {
     private readonly options: ConnectionOptions,
   ) {
     this.writer = new FrameWriter(socket);
-    this.reader = new FrameReader(options.maxFrameBytes, (type, requestId, payload) => this.onFrame(type, requestId, payload));
+    this.reader = new FrameReader(options.maxFrameBytes, (type, requestId, buf, start, end) => this.onFrame(type, requestId, buf, start, end));
     this.consumers = new ConnectionConsumers(broker, this.writer);
     this.publishes = new PublishBatcher(broker, (requestId, r, err) => this.published(requestId, r, err));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -149,7 +158,13 @@ export class ServerConnection {
     }
   }
 
-  private onFrame(type: number, requestId: number, payload: Buffer): void {
+  /** One frame, whose payload is `buf[start, end)`: a PUBLISH is decoded there, other frames get a view. */
+  private onFrame(type: number, requestId: number, buf: Buffer, start: number, end: number): void {
+    if (this.state === 'open' && type === FrameType.PUBLISH) {
+      this.onPublish(requestId, buf, start, end);
+      return;
+    }
+    const payload = buf.subarray(start, end);
     if (this.state === 'hello') {
       if (type !== FrameType.HELLO) throw new SpoolError('SPOOL_ERR_PROTOCOL', `expected HELLO, got ${frameTypeName(type)}`);
       this.onHello(payload);
@@ -158,10 +173,8 @@ export class ServerConnection {
     if (this.state !== 'open') return;
     // Only consecutive publishes are gathered: any other frame sees them handed over first, so
     // the broker gets every frame's work in frame order, as if nothing were gathered.
-    if (type !== FrameType.PUBLISH) this.publishes.flush();
+    this.publishes.flush();
     switch (type) {
-      case FrameType.PUBLISH:
-        return this.onPublish(requestId, payload);
       case FrameType.REQUEST:
         return this.onRequest(requestId, payload);
       case FrameType.ACK:
@@ -194,12 +207,17 @@ export class ServerConnection {
       return;
     }
     this.state = 'open';
+    if (hello.features?.includes(FEATURE_CONFIRMS) === true) {
+      this.confirmRuns = true;
+      // The run gathered during a task goes out with that task's write (frame-writer.ts).
+      this.writer.beforeFlush = () => this.writeRun();
+    }
     encodeWelcome(this.writer, { heartbeatMs: this.options.heartbeatMs, maxFrameBytes: this.options.maxFrameBytes });
   }
 
-  private onPublish(requestId: number, payload: Buffer): void {
+  private onPublish(requestId: number, buf: Buffer, start: number, end: number): void {
     if (requestId === 0) throw new SpoolError('SPOOL_ERR_PROTOCOL', 'a PUBLISH needs a non-zero request id');
-    const f = decodePublish(payload, this.publishFrame);
+    const f = decodePublish(buf, this.publishFrame, start, end);
     this.inflight++;
     if (f.toQueue) {
       // sendToQueue checks that the queue exists; publishes gathered before it go first, keeping frame order.
@@ -229,7 +247,39 @@ export class ServerConnection {
   private published(requestId: number, r: PublishResult | null, err: unknown): void {
     this.finished();
     if (r === null) this.replyError(requestId, err);
-    else if (this.state !== 'closed') encodeConfirm(this.writer, requestId, r.status, r.queues, publishExtraJson(r));
+    else if (this.state !== 'closed') this.confirm(requestId, r);
+  }
+
+  /**
+   * CONFIRM, or with a client that takes them, one CONFIRMS per run of consecutive request ids
+   * with the same answer: a batch of publishes confirmed by one fsync is answered by one frame
+   * (docs/protocol.md §3 CONFIRMS). The run is written at the end of the task, with the rest.
+   */
+  private confirm(requestId: number, r: PublishResult): void {
+    const extra = publishExtraJson(r);
+    if (!this.confirmRuns || extra !== '') {
+      encodeConfirm(this.writer, requestId, r.status, r.queues, extra);
+      return;
+    }
+    if (this.runCount > 0 && requestId === this.runFirst + this.runCount && r.status === this.runStatus && sameQueues(r.queues, this.runQueues)) {
+      this.runCount++;
+      return;
+    }
+    this.writeRun();
+    this.runFirst = requestId;
+    this.runCount = 1;
+    this.runStatus = r.status;
+    this.runQueues = r.queues;
+    this.writer.schedule();
+  }
+
+  /** Writes the run of confirms gathered so far. */
+  private writeRun(): void {
+    const n = this.runCount;
+    if (n === 0) return;
+    this.runCount = 0;
+    if (n === 1) encodeConfirm(this.writer, this.runFirst, this.runStatus, this.runQueues, '');
+    else encodeConfirms(this.writer, this.runFirst, n, this.runStatus, this.runQueues);
   }
 
   private onRequest(requestId: number, payload: Buffer): void {
@@ -302,6 +352,7 @@ export class ServerConnection {
   private fail(err: unknown, destroyNow = false): void {
     if (this.state === 'closed') return;
     this.reader.stop();
+    this.writeRun();
     encodeError(this.writer, 0, wireErrorOf(err));
     this.close(err, (err as Error)?.message ?? String(err), destroyNow);
   }
@@ -326,6 +377,7 @@ export class ServerConnection {
     }
     // The peer may have gone while we waited.
     if ((this.state as State) === 'closed') return;
+    this.writeRun(); // the last confirms go before CLOSE
     encodeClose(this.writer, 'server shutting down');
     await this.close(null, 'server shutting down');
   }
@@ -350,6 +402,14 @@ export class ServerConnection {
     this.options.onClosed(this);
     return closing;
   }
+}
+
+/** The same queue names (the broker shares one array per route, so usually the same array). */
+function sameQueues(a: readonly string[], b: readonly string[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Fields of a publish result besides id, status and queues (a delayed message's deliverAt), as wire JSON. */

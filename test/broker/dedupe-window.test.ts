@@ -2,15 +2,13 @@
 // forced hash collisions (a match is confirmed by reading the record), expiry, the entry bound,
 // claims of appends in flight, and through a broker whose every id shares one hash.
 import { afterEach, describe, expect, it } from 'vitest';
-import { hashBytes, hashId, idHashing } from '../../src/broker/delay-index.js';
-import { type Claim, DedupeWindow } from '../../src/broker/dedupe-window.js';
+import { type Claim, DedupeWindow, hashKey, keyHashing } from '../../src/broker/dedupe-window.js';
 import { BrokerHarness, fakeClock } from '../support/broker-helpers.js';
 import { seededRandom } from '../support/faulty-storage.js';
 
 const h = new BrokerHarness();
 afterEach(async () => {
-  idHashing.hashId = hashId;
-  idHashing.hashBytes = hashBytes;
+  keyHashing.hashKey = hashKey;
   await h.cleanup();
 });
 
@@ -37,7 +35,7 @@ async function settle(c: Claim | Promise<Claim>): Promise<Claim> {
 describe('DedupeWindow', () => {
   it('agrees with a Map of exact keys over random claims, stores, releases and time (collisions forced on half the keys)', async () => {
     // Proves exactness: a reference Map<key, until> and the window must give the same answer to every claim; keys 'c*' all share one hash.
-    idHashing.hashId = (id, out = { h1: 0, h2: 0 }) => (id.startsWith('c') ? Object.assign(out, { h1: 7, h2: 9 }) : hashId(id, out));
+    keyHashing.hashKey = (id, out) => (id.startsWith('c') ? Object.assign(out, { h1: 7, h2: 9 }) : hashKey(id, out));
     const log = new FakeLog();
     const w = new DedupeWindow(1000, 1_000_000, log.keyAt);
     const ref = new Map<string, number>();
@@ -59,6 +57,37 @@ describe('DedupeWindow', () => {
       }
     }
     expect(log.reads).toBeGreaterThan(100);
+  });
+
+  it('agrees with a reference when appends resolve out of order, across growth of the ring and table', async () => {
+    // Proves the pending-claim bookkeeping: hundreds of claims in flight at once, stored or released in random order (not the claim order the fast path expects), keys repeated while in flight, thousands of keys so every array grows.
+    const log = new FakeLog();
+    const w = new DedupeWindow(1_000_000, 10_000_000, log.keyAt);
+    const stored = new Set<string>();
+    const pending: string[] = [];
+    const rnd = seededRandom(11);
+    for (let step = 0; step < 30_000; step++) {
+      if (pending.length === 0 || rnd() < 0.55) {
+        const key = `k${Math.floor(rnd() * 8000)}`;
+        const expected: Claim = stored.has(key) || pending.includes(key) ? 'duplicate' : 'claimed';
+        expect(await settle(w.claim(key, step)), `step ${step}: ${key}`).toBe(expected);
+        if (expected === 'claimed') pending.push(key);
+      } else {
+        // The oldest most of the time (appends commit in order), any other otherwise.
+        const i = rnd() < 0.7 ? 0 : Math.floor(rnd() * pending.length);
+        const [key] = pending.splice(i, 1) as [string];
+        if (rnd() < 0.1) w.release(key);
+        else {
+          w.stored(key, log.append(key));
+          stored.add(key);
+        }
+      }
+      if (step % 500 === 0) {
+        expect(w.size).toBe(stored.size);
+        expect(w.claimed).toBe(pending.length);
+      }
+    }
+    expect(stored.size).toBeGreaterThan(4000);
   });
 
   it('a concurrent claim of a key in flight is a duplicate; a released claim frees the key', async () => {
@@ -92,7 +121,7 @@ describe('DedupeWindow', () => {
 
   it('a hash match whose record is gone counts as a duplicate; one whose record holds another key does not', async () => {
     // Proves confirmation: with every key hashed alike, a readable record with a different key lets the claim through, a deleted one blocks it.
-    idHashing.hashId = (_id, out = { h1: 0, h2: 0 }) => Object.assign(out, { h1: 1, h2: 2 });
+    keyHashing.hashKey = (_id, out) => Object.assign(out, { h1: 1, h2: 2 });
     const log = new FakeLog();
     const w = new DedupeWindow(1000, 100, log.keyAt);
     expect(await settle(w.claim('x', 0))).toBe('claimed');
@@ -107,7 +136,7 @@ describe('DedupeWindow', () => {
 describe('the broker with every id hashed alike', () => {
   it('stores distinct ids and drops repeated ones, also after a restart', async () => {
     // Proves the queue's use: 200 distinct ids all collide; each stores once, a repeat of each is a duplicate before and after reopening, and new ids still store.
-    idHashing.hashId = (_id, out = { h1: 0, h2: 0 }) => Object.assign(out, { h1: 5, h2: 5 });
+    keyHashing.hashKey = (_id, out) => Object.assign(out, { h1: 5, h2: 5 });
     const clock = fakeClock();
     let b = await h.openBroker({ clock });
     await b.assertQueue('q');

@@ -8,7 +8,7 @@ import { Broker, type BrokerOptions } from '../../src/broker/broker.js';
 import { connect, type ConnectOptions, type RemoteBroker } from '../../src/client/index.js';
 import { startServer, type ServerOptions, type SpoolServer } from '../../src/server/index.js';
 import { FrameType, HELLO_MAGIC, PROTOCOL_VERSION } from '../../src/server/wire/constants.js';
-import { FrameReader } from '../../src/server/wire/frame-reader.js';
+import { FrameReader, frameViews } from '../../src/server/wire/frame-reader.js';
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -97,7 +97,7 @@ export function helloFrame(options: Record<string, unknown> = {}): Buffer {
 export class RawClient {
   readonly frames: { type: number; requestId: number; payload: Buffer }[] = [];
   closed = false;
-  private readonly reader = new FrameReader(64 * 1024 * 1024, (type, requestId, payload) => this.frames.push({ type, requestId, payload: Buffer.from(payload) }));
+  private readonly reader = new FrameReader(64 * 1024 * 1024, frameViews((type, requestId, payload) => this.frames.push({ type, requestId, payload: Buffer.from(payload) })));
 
   constructor(readonly socket: net.Socket) {
     socket.on('data', (c: Buffer) => {

@@ -5,7 +5,7 @@ import { parseBrokerUrl } from '../../src/client/url.js';
 import { isSpoolError } from '../../src/errors.js';
 import * as codec from '../../src/server/wire/codec.js';
 import { FrameType, MAX_FRAME_BYTES_DEFAULT } from '../../src/server/wire/constants.js';
-import { FrameReader } from '../../src/server/wire/frame-reader.js';
+import { FrameReader, frameViews } from '../../src/server/wire/frame-reader.js';
 import { FrameWriter, ZERO_COPY_BODY_BYTES } from '../../src/server/wire/frame-writer.js';
 import { fromWireJson, toWireJson, trimArgs } from '../../src/server/wire/wire-json.js';
 
@@ -35,7 +35,7 @@ function roundTrip(encode: (w: FrameWriter) => void): { type: number; requestId:
   encode(w);
   w.flush();
   const frames: { type: number; requestId: number; payload: Buffer }[] = [];
-  const r = new FrameReader(MAX_FRAME_BYTES_DEFAULT, (type, requestId, payload) => frames.push({ type, requestId, payload: Buffer.from(payload) }));
+  const r = new FrameReader(MAX_FRAME_BYTES_DEFAULT, frameViews((type, requestId, payload) => frames.push({ type, requestId, payload: Buffer.from(payload) })));
   for (const b of writes) r.push(b);
   expect(r.midFrame).toBe(false);
   return frames;
@@ -61,6 +61,31 @@ describe('codec', () => {
     }
     const noOpts = codec.decodePublish(one((w) => codec.encodePublish(w, 1, 0x01, 'q', '', 'x', '', 'b')).payload);
     expect(noOpts).toMatchObject({ toQueue: true, mandatory: false, options: undefined });
+  });
+
+  it('PUBLISH decodes in place from a chunk (no payload view), with truncation checked against the frame, not the chunk', () => {
+    // Proves the range decoding the server uses: a frame between other bytes decodes alike, and a payload cut short fails even when the chunk goes on.
+    const payload = one((w) => codec.encodePublish(w, 3, 0, 'ex', 'rk', 'the-id', '', Buffer.from('body'))).payload;
+    const chunk = Buffer.concat([Buffer.from('xxxx'), payload, Buffer.from('yyyyyy')]);
+    const p = codec.decodePublish(chunk, undefined, 4, 4 + payload.length);
+    expect(p).toMatchObject({ target: 'ex', routingKey: 'rk', id: 'the-id' });
+    expect(p.body.toString()).toBe('body');
+    expect(() => codec.decodePublish(chunk, undefined, 4, 4 + 9)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    // The encoder keeps the last target and key encoded: a different pair after it is encoded afresh.
+    const other = codec.decodePublish(one((w) => codec.encodePublish(w, 4, 1, 'q2', '', 'i', '', 'b')).payload);
+    expect(other).toMatchObject({ toQueue: true, target: 'q2', routingKey: '' });
+  });
+
+  it('CONFIRMS carries a count and one answer', () => {
+    // Proves the CONFIRMS layout: count, then a CONFIRM payload; a count of 0 is refused.
+    const f = one((w) => codec.encodeConfirms(w, 10, 250, 'duplicate', ['a']));
+    expect(f.type).toBe(FrameType.CONFIRMS);
+    expect(f.requestId).toBe(10);
+    expect(codec.decodeConfirms(f.payload)).toEqual({ count: 250, status: 'duplicate', queues: ['a'], extra: undefined });
+    const zero = Buffer.from(f.payload);
+    zero.writeUInt32LE(0, 0);
+    expect(() => codec.decodeConfirms(zero)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    expect(() => codec.decodeConfirms(f.payload.subarray(0, 3))).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
   });
 
   it('DELIVERY, CONFIRM, ERROR, ACK, NACK, DONE, CREDIT, HELLO, WELCOME, REQUEST and RESPONSE round-trip', () => {
@@ -183,11 +208,11 @@ describe('FrameReader', () => {
     w.flush();
     const bytes = Buffer.concat(writes);
     const expected: string[] = [];
-    new FrameReader(1 << 20, (t, r, p) => expected.push(`${t}/${r}/${p.toString('hex')}`)).push(bytes);
+    new FrameReader(1 << 20, frameViews((t, r, p) => expected.push(`${t}/${r}/${p.toString('hex')}`))).push(bytes);
     expect(expected.length).toBe(6);
     for (let cut = 1; cut < bytes.length; cut += 7) {
       const got: string[] = [];
-      const reader = new FrameReader(1 << 20, (t, r, p) => got.push(`${t}/${r}/${p.toString('hex')}`));
+      const reader = new FrameReader(1 << 20, frameViews((t, r, p) => got.push(`${t}/${r}/${p.toString('hex')}`)));
       reader.push(bytes.subarray(0, cut));
       reader.push(bytes.subarray(cut));
       expect(got, `cut at ${cut}`).toEqual(expected);
@@ -195,7 +220,7 @@ describe('FrameReader', () => {
     }
     // Byte by byte.
     const got: string[] = [];
-    const reader = new FrameReader(1 << 20, (t, r, p) => got.push(`${t}/${r}/${p.toString('hex')}`));
+    const reader = new FrameReader(1 << 20, frameViews((t, r, p) => got.push(`${t}/${r}/${p.toString('hex')}`)));
     for (const byte of bytes) reader.push(Buffer.from([byte]));
     expect(got).toEqual(expected);
   });

@@ -31,19 +31,24 @@ function protocolError(what: string): SpoolError {
  */
 export class PayloadCursor {
   private pos = 0;
+  private start = 0;
+  private limit = 0;
   private buf: Buffer = Buffer.alloc(0);
   private what = '';
 
-  reset(buf: Buffer, what: string): this {
+  /** Reads `buf[start, end)` (by default all of it): a payload in place, without a view. */
+  reset(buf: Buffer, what: string, start = 0, end = buf.length): this {
     this.buf = buf;
     this.what = what;
-    this.pos = 0;
+    this.pos = start;
+    this.start = start;
+    this.limit = end;
     return this;
   }
 
   private need(n: number): number {
     const at = this.pos;
-    if (at + n > this.buf.length) throw protocolError(`${this.what} payload is truncated (needs ${at + n} bytes, has ${this.buf.length})`);
+    if (at + n > this.limit) throw protocolError(`${this.what} payload is truncated (needs ${at - this.start + n} bytes, has ${this.limit - this.start})`);
     this.pos = at + n;
     return at;
   }
@@ -88,7 +93,7 @@ export class PayloadCursor {
   }
   /** Length of the field `skip16`/`skip32` passed last. */
   lastLength = 0;
-  /** Where the next field starts. */
+  /** Where the next field starts (an index into the buffer given to `reset`). */
   get position(): number {
     return this.pos;
   }
@@ -113,23 +118,23 @@ export class PayloadCursor {
   /** The rest of the payload, as a view. */
   rest(): Buffer {
     const at = this.pos;
-    this.pos = this.buf.length;
-    return this.buf.subarray(at);
+    this.pos = this.limit;
+    return this.buf.subarray(at, this.limit);
   }
   restText(): string {
     return this.rest().toString('utf8');
   }
   /** Asserts the payload was consumed exactly (fixed-size frames). */
   end(): void {
-    if (this.pos !== this.buf.length) throw protocolError(`${this.what} payload has ${this.buf.length - this.pos} trailing bytes`);
+    if (this.pos !== this.limit) throw protocolError(`${this.what} payload has ${this.limit - this.pos} trailing bytes`);
   }
 }
 
 const shared = new PayloadCursor();
 
-/** The shared cursor, positioned at the start of `payload`. */
-export function cursor(payload: Buffer, what: string): PayloadCursor {
-  return shared.reset(payload, what);
+/** The shared cursor, positioned at the start of `payload` (or of `payload[start, end)`). */
+export function cursor(payload: Buffer, what: string, start?: number, end?: number): PayloadCursor {
+  return shared.reset(payload, what, start, end);
 }
 
 function parseJson(text: string, what: string): unknown {
@@ -166,6 +171,8 @@ function byteLength16(s: string, what: string): number {
 export interface Hello {
   token?: string;
   client?: string;
+  /** Optional frames this client understands (FEATURE_*); a server uses none of them otherwise. */
+  features?: string[];
 }
 
 export function encodeHello(w: FrameWriter, hello: Hello): void {
@@ -184,7 +191,13 @@ export function decodeHello(payload: Buffer): Hello {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw protocolError('HELLO options must be an object');
   const o = body as Record<string, unknown>;
   if (o.token !== undefined && typeof o.token !== 'string') throw protocolError('HELLO token must be a string');
-  return { ...(typeof o.token === 'string' ? { token: o.token } : {}), ...(typeof o.client === 'string' ? { client: o.client } : {}) };
+  // Unknown feature names (from a newer client) are kept and simply never matched.
+  const features = Array.isArray(o.features) ? o.features.filter((f): f is string => typeof f === 'string') : undefined;
+  return {
+    ...(typeof o.token === 'string' ? { token: o.token } : {}),
+    ...(typeof o.client === 'string' ? { client: o.client } : {}),
+    ...(features !== undefined ? { features } : {}),
+  };
 }
 
 export interface Welcome {
@@ -305,11 +318,10 @@ export function encodePublish(
   optionsJson: string,
   body: string | Uint8Array,
 ): void {
-  const targetBytes = byteLength16(target, flags & PUBLISH_TO_QUEUE ? 'queue name' : 'exchange name');
-  const keyBytes = Buffer.byteLength(routingKey);
-  const idBytes = byteLength16(id, 'id');
+  const route = routeBytes(flags, target, routingKey);
+  const idBytes = asciiLength(id) ?? byteLength16(id, 'id');
   const optBytes = optionsJson.length === 0 ? 0 : Buffer.byteLength(optionsJson);
-  const head = 1 + 2 + targetBytes + 4 + keyBytes + 2 + idBytes + 4 + optBytes;
+  const head = 1 + route.length + 2 + idBytes + 4 + optBytes;
   let at: number;
   if (typeof body === 'string') {
     const bodyBytes = Buffer.byteLength(body);
@@ -320,21 +332,54 @@ export function encodePublish(
   }
   const b = w.buf;
   b[at] = flags;
-  let p = writeStr(b, at + 1, target, targetBytes, 2);
-  p = writeStr(b, p, routingKey, keyBytes, 4);
-  p = writeStr(b, p, id, idBytes, 2);
+  copyBytes(route, 0, route.length, b, at + 1);
+  const p = writeStr(b, at + 1 + route.length, id, idBytes, 2);
   writeStr(b, p, optionsJson, optBytes, 4);
+}
+
+/** The length of `s` when it is short ASCII (its UTF-8 length then), else undefined. */
+function asciiLength(s: string): number | undefined {
+  const n = s.length;
+  if (n > 64) return undefined;
+  for (let i = 0; i < n; i++) if (s.charCodeAt(i) >= 0x80) return undefined;
+  return n;
+}
+
+/**
+ * A PUBLISH's target (str16) and routing key (str32), encoded: publishes mostly repeat the
+ * previous one's, so the bytes are kept for the last pair (measuring and encoding both strings
+ * was a fifth of a publish's cost on the client). Throws, as `byteLength16`, for a target too long.
+ */
+let routeFlags = -1;
+let routeTarget = '';
+let routeKey = '';
+let routeCached: Buffer = Buffer.alloc(0);
+
+function routeBytes(flags: number, target: string, routingKey: string): Buffer {
+  const toQueue = flags & PUBLISH_TO_QUEUE;
+  if (toQueue === routeFlags && target === routeTarget && routingKey === routeKey) return routeCached;
+  const targetBytes = byteLength16(target, toQueue ? 'queue name' : 'exchange name');
+  const keyBytes = Buffer.byteLength(routingKey);
+  const b = Buffer.allocUnsafe(2 + targetBytes + 4 + keyBytes);
+  writeStr(b, writeStr(b, 0, target, targetBytes, 2), routingKey, keyBytes, 4);
+  routeFlags = toQueue;
+  routeTarget = target;
+  routeKey = routingKey;
+  routeCached = b;
+  return b;
 }
 
 const publishTargets = new TextCache();
 const publishKeys = new TextCache();
 
 /**
- * Decodes a PUBLISH, into `into` when given: the server reuses one object, since it reads the
- * fields at once (no allocation per publish besides the strings and the body view).
+ * Decodes a PUBLISH whose payload is `buf[start, end)` (all of `buf` by default), into `into`
+ * when given: the server reuses one object, since it reads the fields at once, and decodes the
+ * payload where it lies in the chunk read (no allocation per publish besides the strings and the
+ * body view).
  */
-export function decodePublish(payload: Buffer, into?: PublishFrame): PublishFrame {
-  const c = cursor(payload, 'PUBLISH');
+export function decodePublish(buf: Buffer, into?: PublishFrame, start?: number, end?: number): PublishFrame {
+  const c = cursor(buf, 'PUBLISH', start, end);
   const flags = c.u8();
   if ((flags & ~(PUBLISH_TO_QUEUE | PUBLISH_MANDATORY)) !== 0) throw protocolError(`PUBLISH has unknown flags ${flags}`);
   const target = c.str16Cached(publishTargets);
@@ -393,6 +438,28 @@ export function encodeConfirm(w: FrameWriter, requestId: number, status: Confirm
   b[at] = CONFIRM_STATUSES.indexOf(status);
   copyBytes(list, 0, list.length, b, at + 1);
   writeStr(b, at + 1 + list.length, extraJson, extraBytes, 4);
+}
+
+/**
+ * Encodes a CONFIRMS: the same answer for `count` publishes whose request ids run from
+ * `firstRequestId` up by one (the frame's request id is the first).
+ */
+export function encodeConfirms(w: FrameWriter, firstRequestId: number, count: number, status: ConfirmStatus, queues: readonly string[]): void {
+  const list = queueListBytes(queues);
+  const at = w.begin(FrameType.CONFIRMS, firstRequestId, 4 + 1 + list.length + 4);
+  const b = w.buf;
+  w32(b, at, count);
+  b[at + 4] = CONFIRM_STATUSES.indexOf(status);
+  copyBytes(list, 0, list.length, b, at + 5);
+  w32(b, at + 5 + list.length, 0);
+}
+
+/** A CONFIRMS: how many publishes it answers (from its request id up), and their common answer. */
+export function decodeConfirms(payload: Buffer): { count: number; status: ConfirmStatus; queues: string[]; extra: Record<string, unknown> | undefined } {
+  if (payload.length < 4) throw protocolError('CONFIRMS payload is truncated');
+  const count = r32(payload, 0);
+  if (count === 0) throw protocolError('CONFIRMS answers no publish');
+  return { count, ...decodeConfirm(payload.subarray(4)) };
 }
 
 /**
@@ -560,9 +627,9 @@ function copyBytes(src: Buffer, from: number, n: number, dst: Buffer, at: number
 }
 
 /** The consumer a DELIVERY is for, read before decoding the rest (the consumer decides what to build). */
-export function deliveryConsumerId(payload: Buffer): number {
-  if (payload.length < 4) throw protocolError('DELIVERY payload is truncated');
-  return r32(payload, 0);
+export function deliveryConsumerId(payload: Buffer, start = 0, end = payload.length): number {
+  if (end - start < 4) throw protocolError('DELIVERY payload is truncated');
+  return r32(payload, start);
 }
 
 /**
@@ -584,11 +651,16 @@ export interface DeliveryLayout {
   /** Parsed at once, so malformed JSON fails the frame; undefined when the message has none. */
   headers: Record<string, unknown> | undefined;
   bodyStart: number;
+  /** The end of the payload (the body runs to it). */
+  bodyEnd: number;
 }
 
-/** Checks a DELIVERY payload and fills `out` with its layout (reused by the caller: no allocation). */
-export function scanDelivery(payload: Buffer, out: DeliveryLayout): DeliveryLayout {
-  const c = cursor(payload, 'DELIVERY');
+/**
+ * Checks a DELIVERY payload, `buf[start, end)` (all of `buf` by default), and fills `out` with
+ * its layout, as indexes into `buf` (`out` is reused by the caller: no allocation).
+ */
+export function scanDelivery(buf: Buffer, out: DeliveryLayout, start?: number, end?: number): DeliveryLayout {
+  const c = cursor(buf, 'DELIVERY', start, end);
   c.u32(); // consumer id: deliveryConsumerId
   out.tag = c.u32();
   out.offset = c.u64();
@@ -602,6 +674,7 @@ export function scanDelivery(payload: Buffer, out: DeliveryLayout): DeliveryLayo
   if (headers !== undefined && (headers === null || typeof headers !== 'object' || Array.isArray(headers))) throw protocolError('DELIVERY headers must be an object');
   out.headers = headers as Record<string, unknown> | undefined;
   out.bodyStart = c.position;
+  out.bodyEnd = end ?? buf.length;
   return out;
 }
 
@@ -633,7 +706,7 @@ export function deliveryRoutingKey(payload: Buffer, start: number, end: number):
 
 /** An empty layout for `scanDelivery` to fill (one per reader, reused for every frame). */
 export function newDeliveryLayout(): DeliveryLayout {
-  return { tag: 0, offset: 0, timestamp: 0, deliveryId: 0, deliveryCount: 0, idStart: 0, idEnd: 0, exchangeStart: 0, exchangeEnd: 0, keyStart: 0, keyEnd: 0, headers: undefined, bodyStart: 0 };
+  return { tag: 0, offset: 0, timestamp: 0, deliveryId: 0, deliveryCount: 0, idStart: 0, idEnd: 0, exchangeStart: 0, exchangeEnd: 0, keyStart: 0, keyEnd: 0, headers: undefined, bodyStart: 0, bodyEnd: 0 };
 }
 
 const scratch = newDeliveryLayout();
@@ -651,7 +724,7 @@ export function decodeDelivery<T>(payload: Buffer, build: DeliveryBuilder<T>): T
     deliveryExchange(payload, l.exchangeStart, l.exchangeEnd),
     deliveryRoutingKey(payload, l.keyStart, l.keyEnd),
     l.headers,
-    payload.subarray(l.bodyStart),
+    payload.subarray(l.bodyStart, l.bodyEnd),
   );
 }
 
@@ -695,24 +768,37 @@ const DONE_TEXT_BYTES_MAX = 1024;
 
 /** Encodes one DONE frame carrying every entry gathered during an event-loop turn. */
 export function encodeDone(w: FrameWriter, entries: readonly DoneEntry[]): void {
-  let bytes = 0;
-  const texts: (Buffer | null)[] = new Array(entries.length);
-  for (let i = 0; i < entries.length; i++) {
-    const f = (entries[i] as DoneEntry).failure;
-    const t = f === null ? null : Buffer.from(f).subarray(0, DONE_TEXT_BYTES_MAX);
-    texts[i] = t;
-    bytes += 7 + (t === null ? 0 : t.length);
+  const tags = entries.map((e) => e.tag);
+  const failures = new Map<number, string>();
+  entries.forEach((e, i) => {
+    if (e.failure !== null) failures.set(i, e.failure);
+  });
+  encodeDoneTags(w, tags, tags.length, failures);
+}
+
+/**
+ * `encodeDone` for entries kept as the first `count` of `tags`, with the failures (by index into
+ * `tags`) on the side, usually none: the client gathers thousands of successes per second and
+ * makes no object for each.
+ */
+export function encodeDoneTags(w: FrameWriter, tags: readonly number[], count: number, failures: ReadonlyMap<number, string>): void {
+  let bytes = 7 * count;
+  const texts = new Map<number, Buffer>();
+  for (const [i, f] of failures) {
+    const t = Buffer.from(f).subarray(0, DONE_TEXT_BYTES_MAX);
+    texts.set(i, t);
+    bytes += t.length;
   }
   const at = w.begin(FrameType.DONE, 0, bytes);
   const b = w.buf;
   let p = at;
-  for (let i = 0; i < entries.length; i++) {
-    const t = texts[i] as Buffer | null;
-    w32(b, p, (entries[i] as DoneEntry).tag);
-    b[p + 4] = t === null ? 0 : 1;
-    w16(b, p + 5, t === null ? 0 : t.length);
+  for (let i = 0; i < count; i++) {
+    const t = texts.size === 0 ? undefined : texts.get(i);
+    w32(b, p, tags[i] as number);
+    b[p + 4] = t === undefined ? 0 : 1;
+    w16(b, p + 5, t === undefined ? 0 : t.length);
     p += 7;
-    if (t !== null) {
+    if (t !== undefined) {
       t.copy(b, p);
       p += t.length;
     }

@@ -29,6 +29,7 @@ export const FrameType = {
   CREDIT: 0x0c,
   HEARTBEAT: 0x0d,
   CLOSE: 0x0e,
+  CONFIRMS: 0x0f,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 
@@ -40,6 +41,9 @@ export const PUBLISH_TO_QUEUE = 0x01;
 export const PUBLISH_MANDATORY = 0x02;
 /** §3 NACK flags. */
 export const NACK_REQUEUE = 0x01;
+
+/** §3 HELLO `features`: the client takes CONFIRMS frames (one answer for a run of publishes). */
+export const FEATURE_CONFIRMS = 'confirms';
 
 /** §3 CONFIRM status byte, in wire order. */
 export const CONFIRM_STATUSES = ['confirmed', 'duplicate', 'unroutable'] as const;

@@ -8,8 +8,17 @@ import { SpoolError } from '../../errors.js';
 import { r32 } from './bytes.js';
 import { FRAME_HEADER_BYTES, FRAME_LENGTH_MIN } from './constants.js';
 
-/** Called once per complete frame. `payload` is a view valid for as long as the caller keeps it. */
-export type FrameHandler = (type: number, requestId: number, payload: Buffer) => void;
+/**
+ * Called once per complete frame, whose payload is `buf[start, end)`: the chunk read, not a view
+ * of the payload, so a frame decoded at once costs no allocation (`frameViews` makes views).
+ * The bytes stay valid for as long as the caller keeps `buf`.
+ */
+export type FrameHandler = (type: number, requestId: number, buf: Buffer, start: number, end: number) => void;
+
+/** A FrameHandler that hands each payload on as a view of its own. */
+export function frameViews(onFrame: (type: number, requestId: number, payload: Buffer) => void): FrameHandler {
+  return (type, requestId, buf, start, end) => onFrame(type, requestId, buf.subarray(start, end));
+}
 
 export class FrameReader {
   /** Bytes of an incomplete frame, in arrival order. */
@@ -70,7 +79,7 @@ export class FrameReader {
       }
       const type = buf[pos + 4] as number;
       const requestId = r32(buf, pos + 5);
-      this.onFrame(type, requestId, buf.subarray(pos + FRAME_HEADER_BYTES, frameEnd));
+      this.onFrame(type, requestId, buf, pos + FRAME_HEADER_BYTES, frameEnd);
       pos = frameEnd;
     }
     if (pos < end && !this.failed) this.keep(buf, pos, 4);
