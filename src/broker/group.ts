@@ -103,6 +103,8 @@ export class ConsumerGroup implements Settler {
   private buffer: LogRecord[] = [];
   private bufferHead = 0;
   private readCursor: number;
+  /** The next batch, read while the one before is delivered (see `readNext`). */
+  private readAhead: { from: number; records: Promise<LogRecord[]> } | null = null;
   private redeliver: InFlight[] = [];
   private readonly inflight = new OffsetTable<InFlight>();
   /** Offsets being dead-lettered or expired right now: not to be delivered meanwhile. */
@@ -333,14 +335,37 @@ export class ConsumerGroup implements Settler {
     for (;;) {
       if (this.readCursor < this.log.startOffset) this.readCursor = this.log.startOffset;
       if (this.readCursor >= this.log.endOffset) return null;
-      const records = await this.log.read(this.readCursor, { maxBytes: READ_BATCH_BYTES });
+      const records = await this.readNext(this.readCursor);
       if (records.length === 0) return null;
       this.buffer = records;
       this.bufferHead = 0;
       this.readCursor = records[records.length - 1]!.offset + 1;
+      this.startReadAhead(this.readCursor);
       const r = this.takeBuffered();
       if (r !== null) return r;
     }
+  }
+
+  /**
+   * The batch at `from`: the one read ahead when it starts there, else a fresh read. Reading the
+   * next batch while this one is delivered keeps the pump from stopping for each read (1-1.5 ms
+   * per 256 KiB; a served consumer, CPU-bound, spent ~30% of its time there). Stored records
+   * never change, so a batch read early is as good as one read now; one read for another
+   * offset, or one that failed, is dropped and read again.
+   */
+  private readNext(from: number): Promise<LogRecord[]> {
+    const ahead = this.readAhead;
+    this.readAhead = null;
+    const read = () => this.log.read(from, { maxBytes: READ_BATCH_BYTES });
+    if (ahead === null || ahead.from !== from) return read();
+    return ahead.records.catch(read);
+  }
+
+  private startReadAhead(from: number): void {
+    if (this.closed || from >= this.log.endOffset) return;
+    const records = this.log.read(from, { maxBytes: READ_BATCH_BYTES });
+    records.catch(() => {}); // handled when used (read again); unused, it is simply dropped
+    this.readAhead = { from, records };
   }
 
   private deliver(consumer: Consumer, entry: InFlight, now: number): void {
