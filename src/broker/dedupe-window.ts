@@ -28,21 +28,10 @@
  * (5e-14 for a million keys) per publish of a new key.
  */
 import assert from 'node:assert/strict';
+import { type IdHash, fmix } from './delay-index.js';
 
 /** A key's 64-bit hash, as two 32-bit halves. */
-export interface KeyHash {
-  h1: number;
-  h2: number;
-}
-
-function fmix(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85eb_ca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2_ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
+export type KeyHash = IdHash;
 
 /**
  * Hashes a key's UTF-16 code units, two per step: the hashes never leave this process, so they

@@ -29,7 +29,8 @@ export interface IdHash {
   h2: number;
 }
 
-function fmix(h: number): number {
+/** MurmurHash3's 32-bit finalizer: every input bit affects every output bit. */
+export function fmix(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85eb_ca6b);
   h ^= h >>> 13;
