@@ -45,6 +45,11 @@ const SCAN_CHUNK_BYTES = 1024 * 1024;
  */
 const DONE_FLUSH_MS = 50;
 const DONE_BATCH_MAX = 4096;
+/**
+ * The wake timer waits at most this long: setTimeout cannot wait 2^31 ms, and a clock that jumps
+ * (or a fake one) gets looked at again. The broker's ticker advances the store anyway.
+ */
+const WAKE_MAX_MS = 60_000;
 
 interface Bucket {
   start: number;
@@ -83,15 +88,25 @@ export interface DelayedRecord {
 class HeldRecord implements DelayedRecord {
   constructor(
     private readonly id: string,
-    readonly value: Buffer,
+    /** A string body stays a string until the fire: one object less per pending message. */
+    private readonly body: Buffer | string,
     private readonly headers: Readonly<Record<string, string>>,
   ) {}
+  get value(): Buffer {
+    return typeof this.body === 'string' ? Buffer.from(this.body) : this.body;
+  }
   keyText(): string {
     return this.id;
   }
   headerText(name: string): string | undefined {
     return this.headers[name];
   }
+}
+
+/** What `schedule` stores: the body and the broker's headers (route, due time, ...). */
+export interface ScheduledRecord {
+  value: Buffer | Uint8Array | string;
+  headers: Record<string, string>;
 }
 
 /** Fires a due message: publishes it to its exchange. Resolves once it is confirmed there. */
@@ -107,6 +122,18 @@ export class DelayStore {
   private readonly wheel: TimingWheel<number>;
   private firing = false;
   private firesInFlight = 0;
+  /** Due keys waiting for one of the FIRE_IN_FLIGHT_MAX fire slots, oldest first from `backlogHead`. */
+  private backlog: number[] = [];
+  private backlogHead = 0;
+  /**
+   * Nothing in the wheel is due before this (see `TimingWheel.nextWakeAt`): checked on every
+   * schedule, so a due message fires in the turn that notices it, and armed as `wakeTimer`.
+   */
+  private nextWakeAt = Number.POSITIVE_INFINITY;
+  private wakeTimer: NodeJS.Timeout | null = null;
+  /** The time `wakeTimer` was armed for. */
+  private wakeTimerAt = Number.POSITIVE_INFINITY;
+  private closed = false;
   /** Buckets being loaded into the wheel (in the background; see `advance`). */
   private readonly loads = new Map<Bucket, Promise<void>>();
   /** A load finished after the last `advance` looked at the wheel: what it placed may be due. */
@@ -116,7 +143,6 @@ export class DelayStore {
   private doneFlushes = 0;
   private doneFlushedAt = 0;
   private doneFlushFailed = false;
-  private readonly fireSlots: (() => void)[] = [];
   onError: (err: Error) => void = () => {};
 
   private constructor(
@@ -146,11 +172,7 @@ export class DelayStore {
   }
 
   private async openBucket(start: number): Promise<Bucket> {
-    let b = this.buckets.get(start);
-    if (b === undefined) {
-      b = { start, log: null, done: null, pending: 0, loaded: false, lastUsed: 0, opening: null, users: 0, doneQueue: [] };
-      this.buckets.set(start, b);
-    }
+    const b = this.buckets.get(start) ?? this.addBucket(start, false);
     b.lastUsed = this.clock.now();
     if (b.log === null) {
       // One opener at a time: concurrent schedules into a new bucket share this open.
@@ -158,14 +180,22 @@ export class DelayStore {
         const dir = this.bucketDir(start);
         const { log } = await Log.open(path.join(dir, 'messages'), { ...this.logOptions, clock: this.clock });
         const done = await AckStore.open(path.join(dir, 'done'), 0, 0, this.logOptions);
-        (b as Bucket).log = log;
-        (b as Bucket).done = done;
+        b.log = log;
+        b.done = done;
       })().finally(() => {
-        (b as Bucket).opening = null;
+        b.opening = null;
       });
       await b.opening;
       await this.closeIdleFarBuckets();
     }
+    return b;
+  }
+
+  /** Registers a bucket; a `loaded` one takes its messages straight into the wheel. */
+  private addBucket(start: number, loaded: boolean): Bucket {
+    assert(!this.buckets.has(start), 'one bucket per minute');
+    const b: Bucket = { start, log: null, done: null, pending: 0, loaded, lastUsed: 0, opening: null, users: 0, doneQueue: [] };
+    this.buckets.set(start, b);
     return b;
   }
 
@@ -220,7 +250,7 @@ export class DelayStore {
       this.eachPending(open, (r) => {
         const key = pack(b.start, r.offset);
         this.near.set(key, r);
-        this.wheel.schedule(key, deliverAtOf(r));
+        this.place(key, deliverAtOf(r));
       }),
     );
   }
@@ -241,10 +271,19 @@ export class DelayStore {
    * Stores a message due at `deliverAt`; resolves once it is fsynced. A publisher-chosen id that
    * is already pending is a duplicate.
    */
-  async schedule(id: string, callerId: boolean, deliverAt: number, record: { value: Buffer | Uint8Array | string; headers: Record<string, string> }): Promise<'scheduled' | 'duplicate'> {
+  schedule(id: string, callerId: boolean, deliverAt: number, record: ScheduledRecord): Promise<'scheduled' | 'duplicate'> {
+    // A busy publisher can hold the event loop for tens of ms at a time, past any timer: its
+    // publishes fire what came due meanwhile.
+    this.fireIfDue();
     if (!callerId) return this.store(id, idHashing.hashId(id), deliverAt, record);
-    // One schedule per caller id at a time: the duplicate check and the append of one id never
-    // interleave with another's, so two concurrent publishes of an id store it once.
+    return this.scheduleCallerId(id, deliverAt, record);
+  }
+
+  /**
+   * One schedule per caller id at a time: the duplicate check and the append of one id never
+   * interleave with another's, so two concurrent publishes of an id store it once.
+   */
+  private async scheduleCallerId(id: string, deliverAt: number, record: ScheduledRecord): Promise<'scheduled' | 'duplicate'> {
     const before = this.callerIdsInFlight.get(id);
     const mine = (async () => {
       if (before !== undefined) await before.catch(() => {});
@@ -260,21 +299,34 @@ export class DelayStore {
     }
   }
 
-  private store(id: string, h: IdHash, deliverAt: number, record: { value: Buffer | Uint8Array | string; headers: Record<string, string> }): Promise<'scheduled'> {
+  /** Appends to the message's minute bucket; into an open one at once (no await before the append). */
+  private store(id: string, h: IdHash, deliverAt: number, record: ScheduledRecord): Promise<'scheduled'> {
     const start = Math.floor(deliverAt / BUCKET_MS) * BUCKET_MS;
-    return this.withBucket(start, async (b) => {
-      const offset = await (b.log as Log).appendOne({ key: id, value: record.value, headers: record.headers, timestamp: this.clock.now() });
-      this.index.add(h, start / BUCKET_MS, offset);
-      b.pending++;
-      if (b.loaded) {
-        // Near future: keep what was stored (a copy of the body) for the fire.
-        const key = pack(start, offset);
-        const value = typeof record.value === 'string' ? Buffer.from(record.value) : Buffer.from(record.value);
-        this.near.set(key, new HeldRecord(id, value, record.headers));
-        this.wheel.schedule(key, deliverAt);
-      }
-      return 'scheduled' as const;
+    const now = this.clock.now();
+    // A bucket made now holds nothing yet: within the lookahead there is nothing to load, so its
+    // messages go straight into the wheel (not read back by a later tick).
+    const b = this.buckets.get(start) ?? this.addBucket(start, start < now + LOOKAHEAD_MS);
+    if (b.log === null) return this.withBucket(start, (open) => this.append(open, id, h, deliverAt, record, now));
+    b.users++; // its files stay open until the append is done
+    b.lastUsed = now;
+    return this.append(b, id, h, deliverAt, record, now).finally(() => {
+      b.users--;
     });
+  }
+
+  private async append(b: Bucket, id: string, h: IdHash, deliverAt: number, record: ScheduledRecord, now: number): Promise<'scheduled'> {
+    const offset = await (b.log as Log).appendOne({ key: id, value: record.value, headers: record.headers, timestamp: now });
+    this.index.add(h, b.start / BUCKET_MS, offset);
+    b.pending++;
+    if (b.loaded) {
+      // Near future: keep what was stored for the fire (a string as it is, bytes copied).
+      const key = pack(b.start, offset);
+      this.near.set(key, new HeldRecord(id, typeof record.value === 'string' ? record.value : Buffer.from(record.value), record.headers));
+      this.place(key, deliverAt);
+      // Due already (a short delay outlasted by its own fsync): fire now, not at the next wake.
+      this.fireIfDue();
+    }
+    return 'scheduled';
   }
 
   /** The location of the pending message with this id, or null. Candidates of the hash are confirmed by their stored key. */
@@ -342,17 +394,7 @@ export class DelayStore {
       // and messages of buckets loaded earlier must not wait for it. Two minutes ahead is plenty.
       for (const b of this.buckets.values()) if (!b.loaded && b.start < now + LOOKAHEAD_MS) this.startLoading(b);
       this.loadedSinceAdvance = false;
-      const due = this.wheel.advance(now);
-      // Fires run without holding up the next tick, so one slow fsync does not make later
-      // messages late; at most FIRE_IN_FLIGHT_MAX run at once (their fsyncs are shared).
-      for (const key of due) {
-        while (this.firesInFlight >= FIRE_IN_FLIGHT_MAX) await new Promise<void>((resolve) => this.fireSlots.push(resolve));
-        this.firesInFlight++;
-        void this.fireOne(key).finally(() => {
-          this.firesInFlight--;
-          this.fireSlots.shift()?.();
-        });
-      }
+      this.fireDue();
       if (this.doneQueued >= DONE_BATCH_MAX || (this.doneQueued > 0 && now - this.doneFlushedAt >= DONE_FLUSH_MS)) this.flushDone();
       // A bucket whose minute has passed and whose messages are all durably done goes away.
       for (const b of [...this.buckets.values()]) {
@@ -361,6 +403,71 @@ export class DelayStore {
     } finally {
       this.firing = false;
     }
+  }
+
+  /** Puts `key` in the wheel and makes sure something wakes up when it is due. */
+  private place(key: number, dueAt: number): void {
+    this.wheel.schedule(key, dueAt);
+    if (dueAt < this.nextWakeAt) {
+      this.nextWakeAt = dueAt;
+      this.armWake();
+    }
+  }
+
+  /** Fires what is due, if anything can be: one clock read and a comparison otherwise. */
+  private fireIfDue(): void {
+    if (this.clock.now() >= this.nextWakeAt) this.fireDue();
+  }
+
+  /**
+   * Takes every key due by now out of the wheel and starts its fire, then arms the wake timer for
+   * the next. Synchronous, so it fires in whatever turn calls it (timer, tick or publish). Fires run
+   * without holding up the next call, so one slow fsync does not make later messages late; at
+   * most FIRE_IN_FLIGHT_MAX run at once (their fsyncs are shared), the rest wait in `backlog`.
+   */
+  private fireDue(): void {
+    if (this.closed) return;
+    for (const key of this.wheel.advance(this.clock.now())) {
+      if (this.firesInFlight < FIRE_IN_FLIGHT_MAX && this.backlog.length === 0) this.startFire(key);
+      else this.backlog.push(key);
+    }
+    this.nextWakeAt = this.wheel.nextWakeAt();
+    this.armWake();
+  }
+
+  private startFire(key: number): void {
+    this.firesInFlight++;
+    void this.fireOne(key).finally(() => {
+      this.firesInFlight--;
+      this.startBacklog();
+    });
+  }
+
+  private startBacklog(): void {
+    while (this.firesInFlight < FIRE_IN_FLIGHT_MAX && this.backlogHead < this.backlog.length) this.startFire(this.backlog[this.backlogHead++]!);
+    if (this.backlogHead > 0 && this.backlogHead === this.backlog.length) {
+      this.backlog = [];
+      this.backlogHead = 0;
+    }
+  }
+
+  /**
+   * Arms the wake timer for `nextWakeAt`, unless it is already armed that early. It is unref'd
+   * (the broker's ticker keeps the process alive while messages are pending) and fires once per
+   * wake, never in a loop: a wake that finds nothing due re-arms at least 1 ms later.
+   */
+  private armWake(): void {
+    if (this.closed || this.nextWakeAt === Number.POSITIVE_INFINITY) return;
+    if (this.wakeTimer !== null && this.wakeTimerAt <= this.nextWakeAt) return;
+    if (this.wakeTimer !== null) clearTimeout(this.wakeTimer);
+    const wait = Math.min(Math.max(this.nextWakeAt - this.clock.now(), 1), WAKE_MAX_MS);
+    this.wakeTimerAt = this.nextWakeAt;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = null;
+      this.wakeTimerAt = Number.POSITIVE_INFINITY;
+      this.fireDue();
+    }, wait);
+    this.wakeTimer.unref();
   }
 
   private startLoading(b: Bucket): void {
@@ -376,33 +483,60 @@ export class DelayStore {
     this.loads.set(b, load);
   }
 
-  private async fireOne(key: number): Promise<void> {
+  /**
+   * Fires one due message; the promise never rejects. With its record in memory and its bucket
+   * open (the usual case) the fire starts synchronously: every await before the append would
+   * queue it behind all the microtasks a busy publisher has pending.
+   */
+  private fireOne(key: number): Promise<void> {
     const { bucketStart, offset } = unpack(key);
-    if (!this.buckets.has(bucketStart)) return;
-    let claimed: IdHash | null = null;
+    const b = this.buckets.get(bucketStart);
+    if (b === undefined) return DONE;
+    const r = this.near.get(key);
+    if (r === undefined || b.log === null) return this.fireFromDisk(key, bucketStart, offset);
+    b.users++; // its files stay open until the fire is done
+    return this.fireRecord(b, key, offset, r).finally(() => {
+      b.users--;
+    });
+  }
+
+  /** A fire whose record is not in memory (a retry): reads it from its bucket first. */
+  private async fireFromDisk(key: number, bucketStart: number, offset: number): Promise<void> {
     try {
-      await this.withBucket(bucketStart, async (b) => {
-        let r = this.near.get(key);
-        if (r === undefined) r = await readAt(b, offset);
-        this.near.delete(key);
-        const h = idHashing.hashId(r.keyText());
-        // Claimed: from here a cancel finds nothing and says so, since the message is on its way.
-        if (!this.index.remove(h, bucketStart / BUCKET_MS, offset)) return; // cancelled meanwhile
-        claimed = h;
-        await this.fire(r);
-        claimed = null;
+      await this.withBucket(bucketStart, async (b) => this.fireRecord(b, key, offset, this.near.get(key) ?? (await readAt(b, offset))));
+    } catch (err) {
+      // Not read, so not claimed: try again shortly rather than lose it.
+      this.onError(err as Error);
+      this.place(key, this.clock.now() + 1000);
+    }
+  }
+
+  /** Claims the message, routes it, and marks it done once confirmed; a failed route is retried in a second. */
+  private fireRecord(b: Bucket, key: number, offset: number, r: DelayedRecord): Promise<void> {
+    this.near.delete(key);
+    const h = idHashing.hashId(r.keyText());
+    // Claimed: from here a cancel finds nothing and says so, since the message is on its way.
+    if (!this.index.remove(h, b.start / BUCKET_MS, offset)) return DONE; // cancelled meanwhile
+    let fired: Promise<void>;
+    try {
+      fired = this.fire(r);
+    } catch (err) {
+      fired = Promise.reject(err as Error);
+    }
+    return fired.then(
+      () => {
         // Routed and confirmed: done in memory now (so nothing loads it again), on disk with the next batch.
         if (ackInto((b.done as AckStore).state, offset)) {
           b.doneQueue.push(offset);
           this.doneQueued++;
         }
-      });
-    } catch (err) {
-      // Not fired: put it back and try again shortly rather than lose it.
-      this.onError(err as Error);
-      if (claimed !== null) this.index.add(claimed, bucketStart / BUCKET_MS, offset);
-      this.wheel.schedule(key, this.clock.now() + 1000);
-    }
+      },
+      (err: unknown) => {
+        this.onError(err as Error);
+        this.index.add(h, b.start / BUCKET_MS, offset);
+        this.place(key, this.clock.now() + 1000);
+      },
+    );
   }
 
   /**
@@ -443,7 +577,7 @@ export class DelayStore {
   async settled(): Promise<void> {
     for (;;) {
       if (this.loads.size > 0) await Promise.all([...this.loads.values()]);
-      else if (this.firing || this.firesInFlight > 0 || this.doneFlushes > 0) await new Promise((r) => setTimeout(r, 1));
+      else if (this.firing || this.firesInFlight > 0 || this.backlog.length > 0 || this.doneFlushes > 0) await new Promise((r) => setTimeout(r, 1));
       else if (this.loadedSinceAdvance) await this.advance(); // fires what the loads found due
       else if (this.doneQueued > 0 && !this.doneFlushFailed) this.flushDone(); // a failing disk is retried by `advance`, not here
       else return;
@@ -452,6 +586,9 @@ export class DelayStore {
 
   async close(): Promise<void> {
     await this.settled();
+    this.closed = true;
+    if (this.wakeTimer !== null) clearTimeout(this.wakeTimer);
+    this.wakeTimer = null;
     for (const b of this.buckets.values()) await this.closeBucket(b);
     // A closed store may stay referenced (a reopen often runs before the old broker is dropped).
     this.index.clear();
@@ -460,6 +597,7 @@ export class DelayStore {
 }
 
 const EMPTY_KEY = Buffer.alloc(0);
+const DONE: Promise<void> = Promise.resolve();
 
 /** Reads the record at `offset` of an open bucket; a pending message that is missing is corruption. */
 async function readAt(b: Bucket, offset: number): Promise<LogRecord> {

@@ -156,6 +156,35 @@ export class TimingWheel<K> {
     return due;
   }
 
+  /**
+   * A time before which nothing comes due, for arming a timer: the earliest due time in level 0's
+   * first occupied bucket, or the start of the next coarser bucket that cascades (its entries are
+   * due no sooner), whichever is first. -Infinity when entries are overdue, +Infinity when empty.
+   * Waking then and advancing never fires late; at worst it finds nothing due yet. O(levels × slots).
+   */
+  nextWakeAt(): number {
+    if (this.overdue.size > 0) return Number.NEGATIVE_INFINITY;
+    if (this.byKey.size === 0) return Number.POSITIVE_INFINITY;
+    let wake = this.counts[0]! > 0 ? this.firstDueInLevel0() : Number.POSITIVE_INFINITY;
+    if (this.counts[0]! < this.byKey.size) {
+      const boundary = this.nextOccupiedBoundary();
+      if (boundary < Number.MAX_SAFE_INTEGER) wake = Math.min(wake, boundary * this.tickMs);
+    }
+    return wake;
+  }
+
+  /** Level 0 holds ticks [tick, tick + slots): the first occupied bucket from the current one holds the earliest. */
+  private firstDueInLevel0(): number {
+    for (let i = 0; i < this.slots; i++) {
+      const bucket = this.levels[0]![(this.tick + i) % this.slots]!;
+      if (bucket.size === 0) continue;
+      let min = Number.POSITIVE_INFINITY;
+      for (const e of bucket) if (e.dueAt < min) min = e.dueAt;
+      return min;
+    }
+    assert.fail('level 0 counts entries but has none');
+  }
+
   /** The earliest future tick at which some occupied bucket of level 1 or above cascades, or a far entry comes within span. */
   private nextOccupiedBoundary(): number {
     let best = this.far.size > 0 ? this.farMinTick - this.spanTicks + 1 : Number.MAX_SAFE_INTEGER;

@@ -43,6 +43,68 @@ describe('TimingWheel', () => {
     }
   });
 
+  it('nextWakeAt: nothing is due before it, and waking exactly then fires every key on its due ms, with few idle wakes', () => {
+    // A timer armed for nextWakeAt() must never make a key late (it is a lower bound of every due
+    // time) and must not spin (each wake fires something or moves nextWakeAt forward).
+    for (let seed = 1; seed <= 40; seed++) {
+      const rng = seededRandom(1000 + seed);
+      const tickMs = 1 + Math.floor(rng() * 8);
+      let now = Math.floor(rng() * 1e9);
+      const levels = 3 + Math.floor(rng() * 3);
+      const wheel = new TimingWheel<number>({ tickMs, slots: 8, levels, startMs: now });
+      const reference = new Map<number, number>();
+      let keys = 60;
+      for (let key = 0; key < 60; key++) {
+        const scale = [5, 100, 10_000, 5_000_000][Math.floor(rng() * 4)]!;
+        const dueAt = now + Math.floor(rng() * scale);
+        wheel.schedule(key, dueAt);
+        reference.set(key, dueAt);
+      }
+      let wakes = 0;
+      let advanced = Number.NEGATIVE_INFINITY;
+      while (reference.size > 0) {
+        const wake = wheel.nextWakeAt();
+        const earliest = Math.min(...reference.values());
+        expect(wake, `seed ${seed}`).toBeLessThanOrEqual(earliest);
+        expect(wake, `seed ${seed}: everything due by the last advance was returned`).toBeGreaterThan(advanced);
+        now = wake;
+        advanced = now;
+        wakes++;
+        for (const key of wheel.advance(now)) {
+          expect(reference.get(key), `seed ${seed} key ${key} fired at its due ms`).toBe(now);
+          reference.delete(key);
+        }
+        if (rng() < 0.1) {
+          // Something scheduled meanwhile, possibly due before the wake computed above.
+          const key = 1000 + wakes;
+          const dueAt = now + 1 + Math.floor(rng() * 50);
+          wheel.schedule(key, dueAt);
+          reference.set(key, dueAt);
+          keys++;
+        }
+      }
+      expect(wheel.nextWakeAt()).toBe(Number.POSITIVE_INFINITY);
+      // Per key: its own wake plus at most one cascade per level it falls through.
+      expect(wakes, `seed ${seed}`).toBeLessThanOrEqual(keys * levels);
+    }
+  });
+
+  it('nextWakeAt is -Infinity while an overdue key waits, and the exact due time of the next level-0 key', () => {
+    const wheel = new TimingWheel<string>({ tickMs: 4, startMs: 1000 });
+    expect(wheel.nextWakeAt()).toBe(Number.POSITIVE_INFINITY);
+    wheel.schedule('soon', 1013);
+    wheel.schedule('later', 1100);
+    expect(wheel.nextWakeAt()).toBe(1013);
+    expect(wheel.advance(1012)).toEqual([]);
+    expect(wheel.nextWakeAt()).toBe(1013);
+    wheel.schedule('past', 1005);
+    expect(wheel.nextWakeAt()).toBe(Number.NEGATIVE_INFINITY);
+    expect(wheel.advance(1013)).toEqual(['past', 'soon']);
+    expect(wheel.nextWakeAt()).toBe(1100);
+    wheel.cancel('later');
+    expect(wheel.nextWakeAt()).toBe(Number.POSITIVE_INFINITY);
+  });
+
   it('returns due keys in due-time order within one advance', () => {
     const wheel = new TimingWheel<string>({ tickMs: 4, startMs: 0 });
     wheel.schedule('c', 30);
