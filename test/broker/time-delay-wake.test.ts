@@ -1,47 +1,13 @@
 // Proves the delay store fires without waiting for the broker's ticker: on its own timer armed for the next due message (real clock, ticker off) without spinning while idle; from a publish made after a message came due, synchronously; at once when a message came due while its own publish was being fsynced; with a new minute bucket in the wheel at once; and with near bodies kept as published (fake clock, ticker off).
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { nodeStorage, type Storage, type StorageFile } from '../../src/log/index.js';
 import { BrokerHarness, fakeClock, sleep, waitFor } from '../support/broker-helpers.js';
-import { NEVER_MS, openFake, stats } from '../support/time-helpers.js';
+import { NEVER_MS, gatedStorage, openFake, stats } from '../support/time-helpers.js';
 
 const h = new BrokerHarness();
 afterEach(() => h.cleanup());
 
 const T0 = 1_700_000_000_000;
 
-/** node:fs storage whose fsyncs of files under `dirPart` wait while `gate.closed`; `gate.waiting` counts blocked ones. */
-function gatedStorage(dirPart: string) {
-  const gate = { closed: false, waiting: 0 };
-  const wrap = (f: StorageFile): StorageFile => ({
-    get path() {
-      return f.path;
-    },
-    read: (...a) => f.read(...a),
-    writev: (...a) => f.writev(...a),
-    truncate: (n) => f.truncate(n),
-    size: () => f.size(),
-    close: () => f.close(),
-    sync: async () => {
-      if (f.path.includes(dirPart)) {
-        gate.waiting++;
-        while (gate.closed) await sleep(2);
-        gate.waiting--;
-      }
-      return f.sync();
-    },
-  });
-  const storage: Storage = {
-    open: async (p, mode) => wrap(await nodeStorage.open(p, mode)),
-    readdir: (d) => nodeStorage.readdir(d),
-    mkdir: (d) => nodeStorage.mkdir(d),
-    rename: (a, b) => nodeStorage.rename(a, b),
-    unlink: (p) => nodeStorage.unlink(p),
-    syncDir: (d) => nodeStorage.syncDir(d),
-    exists: (p) => nodeStorage.exists(p),
-    rmdir: nodeStorage.rmdir === undefined ? undefined : (d) => nodeStorage.rmdir!(d),
-  };
-  return { gate, storage };
-}
 
 describe('delay: the store fires on its own', () => {
   it('with the broker ticker off, 30 delays of 20–200 ms arrive on their own timer: none early, each once, max lateness < 100 ms', async () => {

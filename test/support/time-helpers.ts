@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Broker, BrokerOptions, DeathRecord } from '../../src/broker/broker.js';
 import type { Message } from '../../src/broker/delivery.js';
+import { nodeStorage, type Storage, type StorageFile } from '../../src/log/index.js';
 import { type BrokerHarness, type FakeClock, fakeClock, sleep } from './broker-helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -150,4 +151,41 @@ export function runChild(cfg: Record<string, unknown>, onLine: (line: string) =>
       resolve(res);
     });
   });
+}
+
+/** node:fs storage whose fsyncs of files under `dirPart` wait while `gate.closed`; `gate.waiting` counts blocked ones. */
+export function gatedStorage(dirPart: string) {
+  const gate = { closed: false, waiting: 0, release: () => {} };
+  gate.release = () => {
+    gate.closed = false;
+  };
+  const wrap = (f: StorageFile): StorageFile => ({
+    get path() {
+      return f.path;
+    },
+    read: (...a) => f.read(...a),
+    writev: (...a) => f.writev(...a),
+    truncate: (n) => f.truncate(n),
+    size: () => f.size(),
+    close: () => f.close(),
+    sync: async () => {
+      if (f.path.includes(dirPart)) {
+        gate.waiting++;
+        while (gate.closed) await sleep(2);
+        gate.waiting--;
+      }
+      return f.sync();
+    },
+  });
+  const storage: Storage = {
+    open: async (p, mode) => wrap(await nodeStorage.open(p, mode)),
+    readdir: (d) => nodeStorage.readdir(d),
+    mkdir: (d) => nodeStorage.mkdir(d),
+    rename: (a, b) => nodeStorage.rename(a, b),
+    unlink: (p) => nodeStorage.unlink(p),
+    syncDir: (d) => nodeStorage.syncDir(d),
+    exists: (p) => nodeStorage.exists(p),
+    rmdir: nodeStorage.rmdir === undefined ? undefined : (d) => nodeStorage.rmdir!(d),
+  };
+  return { gate, storage };
 }
