@@ -42,7 +42,10 @@ export interface BrokerOptions {
   segmentBytesMax?: number;
   /** How often lock timeouts are checked, in ms. Default 1000. */
   sweepIntervalMs?: number;
-  /** How often due timers (delays, TTLs, retries) are processed, in ms. Default 5. */
+  /**
+   * How often the broker's own timers (per-message TTLs, retries, queue-TTL scans) are processed,
+   * in ms. Delayed messages do not wait for it: the delay store wakes on its own timer. Default 5.
+   */
   tickIntervalMs?: number;
   /**
    * A queue's write of at most this many bytes, with no other write of that queue in flight, is

@@ -16,7 +16,10 @@ export const TIME_CHILD = path.join(here, 'time-child.mjs');
 /** Longest setInterval node accepts: the broker's own ticker and lock sweeper then never run. */
 export const NEVER_MS = 2 ** 31 - 1;
 
-/** A broker on `clock` (a new fake one by default) whose timers run only when the test calls `runTimers`. */
+/**
+ * A broker on `clock` (a new fake one by default) whose timers run when the test calls `runTimers`.
+ * (The delay store's wake timer waits real milliseconds, but fires only what the fake clock says is due.)
+ */
 export async function openFake(h: BrokerHarness, clock: FakeClock = fakeClock(), options: BrokerOptions = {}): Promise<{ b: Broker; clock: FakeClock }> {
   const b = await h.openBroker({ clock, tickIntervalMs: NEVER_MS, sweepIntervalMs: NEVER_MS, ...options });
   return { b, clock };
