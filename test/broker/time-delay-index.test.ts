@@ -2,10 +2,10 @@
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DelayIndex, type IdHash, hashBytes, hashId, idHashing } from '../../src/broker/delay-index.js';
-import { nodeStorage, type Storage, type StorageFile } from '../../src/log/index.js';
+import type { StorageFile } from '../../src/log/index.js';
 import { BrokerHarness, Inbox, fakeClock, sleep } from '../support/broker-helpers.js';
 import { seededRandom } from '../support/faulty-storage.js';
-import { at, openFake } from '../support/time-helpers.js';
+import { at, nodeStorageWith, openFake } from '../support/time-helpers.js';
 
 const h = new BrokerHarness();
 afterEach(async () => {
@@ -145,16 +145,7 @@ describe('delay store: concurrency', () => {
       close: () => f.close(),
       sync: () => f.sync(),
     });
-    const storage: Storage = {
-      open: async (p, mode) => wrap(await nodeStorage.open(p, mode)),
-      readdir: (d) => nodeStorage.readdir(d),
-      mkdir: (d) => nodeStorage.mkdir(d),
-      rename: (a, c) => nodeStorage.rename(a, c),
-      unlink: (p) => nodeStorage.unlink(p),
-      syncDir: (d) => nodeStorage.syncDir(d),
-      exists: (p) => nodeStorage.exists(p),
-      rmdir: nodeStorage.rmdir === undefined ? undefined : (d) => nodeStorage.rmdir!(d),
-    };
+    const storage = nodeStorageWith(wrap);
     const clock = fakeClock(T0);
     const { b } = await openFake(h, clock, { storage, tickIntervalMs: 2 });
     await b.assertExchange('ex', 'topic');

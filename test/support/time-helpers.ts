@@ -180,7 +180,12 @@ export function gatedStorage(dirPart: string) {
       return f.sync();
     },
   });
-  const storage: Storage = {
+  return { gate, storage: nodeStorageWith(wrap) };
+}
+
+/** node:fs storage whose opened files are passed through `wrap` (a test's seam on file calls). */
+export function nodeStorageWith(wrap: (f: StorageFile) => StorageFile): Storage {
+  return {
     open: async (p, mode) => wrap(await nodeStorage.open(p, mode)),
     readdir: (d) => nodeStorage.readdir(d),
     mkdir: (d) => nodeStorage.mkdir(d),
@@ -190,5 +195,4 @@ export function gatedStorage(dirPart: string) {
     exists: (p) => nodeStorage.exists(p),
     rmdir: nodeStorage.rmdir === undefined ? undefined : (d) => nodeStorage.rmdir!(d),
   };
-  return { gate, storage };
 }
