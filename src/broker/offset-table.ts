@@ -1,100 +1,132 @@
 /**
- * A map from log offsets to values, for a consumer group's deliveries in flight: the part of a
- * `Map<number, T>` the group uses, for less. A drain sets, looks up and deletes one entry per
- * message; a Map's hashing and its rehashes after every few thousand deletions were ~9% of a
- * drain's CPU.
+ * A map from non-negative integer keys to values, for keys that live in a moving window: a
+ * consumer group's deliveries in flight by log offset, a connection's deliveries by tag, a
+ * client's calls by request id (src/server/tag-table.ts). Each sets, looks up and removes one
+ * entry per message; a Map's hashing, allocations and rehashes after every few thousand
+ * deletions were ~9% of a drain's CPU and a tenth of the server's garbage per delivery.
  *
- * Offsets in flight lie close together (the group's prefetch, plus the odd straggler), so each
- * lives in a ring slot chosen by `offset % capacity`, where a lookup is one array read and one
- * compare. An offset whose slot holds another (a straggler `capacity` behind) goes to an
- * overflow Map; when that grows, the ring doubles and everything is placed again.
+ * The live keys are mostly consecutive and mostly removed in order, so each goes straight to slot
+ * `key & mask`, one array read and one compare, no probing. The array is kept at least twice the
+ * live count. A key that stays while the window moves on (a message held unacked) would be
+ * overwritten when the window comes round to its slot: it moves to a Map on the side instead, so
+ * one straggler never makes the array grow with the window. (`&` works on any safe integer key:
+ * it takes the key modulo 2^32 exactly, and the mask keeps the low bits.)
  */
 import assert from 'node:assert/strict';
 
-const CAPACITY_MIN = 4096;
-/** Empty slot marker in `keys` (offsets are never negative). */
+const SLOTS_MIN = 64;
+/** Empty slot marker in `keys` (keys are never negative). */
 const EMPTY = -1;
 
 export class OffsetTable<T> {
   private keys: Float64Array;
   private slots: (T | undefined)[];
-  private readonly overflow = new Map<number, T>();
+  private mask: number;
+  /** Entries in the array. */
   private count = 0;
+  /** Entries whose slot was needed by a newer key. */
+  private readonly aside = new Map<number, T>();
 
-  constructor(private capacity = CAPACITY_MIN) {
-    assert(Number.isInteger(Math.log2(capacity)), 'capacity is a power of two');
-    this.keys = new Float64Array(capacity).fill(EMPTY);
-    this.slots = new Array<T | undefined>(capacity).fill(undefined);
+  constructor(slots = SLOTS_MIN) {
+    assert(Number.isInteger(Math.log2(slots)), 'slots is a power of two');
+    this.keys = new Float64Array(slots).fill(EMPTY);
+    this.slots = new Array<T | undefined>(slots).fill(undefined);
+    this.mask = slots - 1;
   }
 
   get size(): number {
-    return this.count;
+    return this.count + this.aside.size;
   }
 
-  get(offset: number): T | undefined {
-    const i = offset % this.capacity;
-    if (this.keys[i] === offset) return this.slots[i];
-    return this.overflow.size === 0 ? undefined : this.overflow.get(offset);
+  get(key: number): T | undefined {
+    const i = key & this.mask;
+    if (this.keys[i] === key) return this.slots[i];
+    return this.aside.size === 0 ? undefined : this.aside.get(key);
   }
 
-  has(offset: number): boolean {
-    return this.get(offset) !== undefined;
+  has(key: number): boolean {
+    return this.get(key) !== undefined;
   }
 
-  /** Adds or replaces the value at `offset` (never undefined: that means absent). */
-  set(offset: number, value: T): void {
-    assert(value !== undefined && Number.isSafeInteger(offset) && offset >= 0, 'a value at a valid offset');
-    const i = offset % this.capacity;
-    const k = this.keys[i];
-    if (k === offset) {
+  /** Adds or replaces the value at `key` (never undefined: that means absent). */
+  set(key: number, value: T): void {
+    assert(value !== undefined && Number.isSafeInteger(key) && key >= 0, 'a value at a valid key');
+    // A key already aside stays there, so it is never in two places.
+    if (this.aside.size > 0 && this.aside.has(key)) {
+      this.aside.set(key, value);
+      return;
+    }
+    const i = key & this.mask;
+    if (this.keys[i] === key) {
       this.slots[i] = value;
       return;
     }
-    // An offset already in the overflow stays there, so it is never in two places.
-    if (k === EMPTY && (this.overflow.size === 0 || !this.overflow.has(offset))) {
-      this.keys[i] = offset;
-      this.slots[i] = value;
-      this.count++;
-      return;
-    }
-    if (!this.overflow.has(offset)) this.count++;
-    this.overflow.set(offset, value);
-    if (this.overflow.size > this.capacity / 8) this.grow();
+    if ((this.count + 1) * 2 > this.mask + 1) this.resize((this.mask + 1) * 2);
+    this.place(key, value);
   }
 
-  delete(offset: number): boolean {
-    const i = offset % this.capacity;
-    if (this.keys[i] === offset) {
+  /** Puts a key that is not in the table into its slot, moving the key that held the slot aside. */
+  private place(key: number, value: T): void {
+    const i = key & this.mask;
+    const held = this.keys[i] as number;
+    if (held !== EMPTY) {
+      this.aside.set(held, this.slots[i] as T);
+      this.count--;
+    }
+    this.keys[i] = key;
+    this.slots[i] = value;
+    this.count++;
+  }
+
+  /** Removes `key` and returns its value (undefined when it was not there). */
+  take(key: number): T | undefined {
+    const i = key & this.mask;
+    if (this.keys[i] === key) {
+      const value = this.slots[i];
       this.keys[i] = EMPTY;
       this.slots[i] = undefined;
       this.count--;
-      return true;
+      return value;
     }
-    if (this.overflow.size > 0 && this.overflow.delete(offset)) {
-      this.count--;
-      return true;
-    }
-    return false;
+    if (this.aside.size === 0) return undefined;
+    const value = this.aside.get(key);
+    if (value !== undefined) this.aside.delete(key);
+    return value;
   }
 
-  /** The values, in no particular order. Deleting during the walk is safe (not yet reached: skipped); setting is not. */
+  delete(key: number): boolean {
+    return this.take(key) !== undefined;
+  }
+
+  /** Calls `fn` for every entry, in no particular order. Removing entries meanwhile is safe; adding is not. */
+  forEach(fn: (value: T, key: number) => void): void {
+    for (let i = 0; i <= this.mask; i++) {
+      const key = this.keys[i] as number;
+      if (key !== EMPTY) fn(this.slots[i] as T, key);
+    }
+    for (const [key, value] of [...this.aside]) if (this.aside.has(key)) fn(value, key);
+  }
+
+  /** The values, as `forEach` walks them (removing entries meanwhile is safe: not yet reached, skipped). */
   *values(): IterableIterator<T> {
-    for (let i = 0; i < this.capacity; i++) {
+    for (let i = 0; i <= this.mask; i++) {
       const v = this.slots[i];
       if (v !== undefined) yield v;
     }
-    yield* [...this.overflow.values()];
+    for (const [key, value] of [...this.aside]) if (this.aside.has(key)) yield value;
   }
 
-  private grow(): void {
-    const entries: [number, T][] = [];
-    for (let i = 0; i < this.capacity; i++) if (this.keys[i] !== EMPTY) entries.push([this.keys[i] as number, this.slots[i] as T]);
-    for (const e of this.overflow) entries.push(e);
-    this.capacity *= 2;
-    this.keys = new Float64Array(this.capacity).fill(EMPTY);
-    this.slots = new Array<T | undefined>(this.capacity).fill(undefined);
-    this.overflow.clear();
+  private resize(slots: number): void {
+    const oldKeys = this.keys;
+    const oldSlots = this.slots;
+    this.keys = new Float64Array(slots).fill(EMPTY);
+    this.slots = new Array<T | undefined>(slots).fill(undefined);
+    this.mask = slots - 1;
     this.count = 0;
-    for (const [offset, value] of entries) this.set(offset, value);
+    for (let j = 0; j < oldKeys.length; j++) {
+      const key = oldKeys[j] as number;
+      // Keys apart under the old mask are apart under the new one: nothing moves aside here.
+      if (key !== EMPTY) this.place(key, oldSlots[j] as T);
+    }
   }
 }
