@@ -857,7 +857,9 @@ function positiveInt(v: number | undefined, dflt: number, what: string): number 
 function publishOptionsJson(options: RemotePublishOptions): string {
   let rest: Record<string, unknown> | null = null;
   for (const key in options) {
-    if (key === 'id' || key === 'mandatory' || key === 'timeoutMs') continue;
+    // A publishBatch message is its own options object: its routingKey and body travel in their
+    // own PUBLISH fields, never again as JSON (a Buffer body would grow four-fold).
+    if (key === 'id' || key === 'mandatory' || key === 'timeoutMs' || key === 'routingKey' || key === 'body') continue;
     const v = (options as Record<string, unknown>)[key];
     if (v === undefined) continue;
     (rest ??= {})[key] = v;

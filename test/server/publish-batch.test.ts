@@ -79,4 +79,27 @@ describe('publish batching on the server', () => {
     ]);
     expect(broker.queueStats('q').endOffset).toBe(5);
   });
+
+  it("a client's publishBatch sends each body once: a body near the frame limit fits, as a lone publish does", async () => {
+    // The client once put every batch message's routingKey and body into its options JSON too: a
+    // Buffer body travelled again as a JSON array, about four times its size, so this failed.
+    const { broker, server } = await h.served({ maxMessageBytes: 1024 * 1024 }, { maxFrameBytes: 256 * 1024 });
+    await broker.assertExchange('x', 'direct');
+    await broker.assertQueue('q');
+    await broker.bindQueue('q', 'x', 'k');
+    const c = await h.client(server.url);
+    const big = Buffer.alloc(200 * 1024, 7);
+    const results = await c.publishBatch('x', [
+      { routingKey: 'k', body: big, headers: { n: 1 } },
+      { routingKey: 'k', body: 'small' },
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['confirmed', 'confirmed']);
+    const got: { body: Buffer; headers: unknown }[] = [];
+    const cons = await broker.consume('q', (m) => void got.push({ body: m.body, headers: m.headers }), { group: 'check' });
+    await waitFor(() => got.length === 2, 'both read back');
+    await cons.close();
+    expect(got[0]?.body.equals(big)).toBe(true);
+    expect(got[0]?.headers).toEqual({ n: 1 });
+    expect(got[1]?.body.toString()).toBe('small');
+  });
 });
