@@ -96,6 +96,12 @@ interface CheckedPublish {
   deliverAt: number | undefined;
 }
 
+/** The messages of one `publishBatch` call that go to one queue, and their places in the call. */
+interface BatchShare {
+  stored: StoredMessage[];
+  index: number[];
+}
+
 export type PublishStatus = 'confirmed' | 'duplicate' | 'unroutable';
 
 export interface PublishResult {
@@ -589,40 +595,54 @@ export class Broker extends EventEmitter<BrokerEvents> {
     this.checkExchange(exchange);
     if (!Array.isArray(messages)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'messages must be an array of { routingKey, body, ...options }');
     if (messages.length > BATCH_MESSAGES_MAX) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', `a batch holds at most ${BATCH_MESSAGES_MAX} messages, got ${messages.length}`);
+    const n = messages.length;
     // Check them all first: a bad message must not leave the ones before it published.
-    const checked = messages.map((m, i) => {
+    const checked = new Array<CheckedPublish>(n);
+    const idTime = Date.now(); // one clock read for the batch's generated ids
+    for (let i = 0; i < n; i++) {
+      const m = messages[i] as BatchMessage;
       try {
         if (m === null || typeof m !== 'object') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'a message must be an object { routingKey, body, ...options }');
-        return this.checkPublish(m.routingKey, m.body, m);
+        checked[i] = this.checkPublish(m.routingKey, m.body, m, idTime);
       } catch (err) {
         if (err instanceof SpoolError) throw new SpoolError(err.code, `messages[${i}]: ${err.message}`, { cause: err });
         throw err;
       }
-    });
-    const results = new Array<PublishResult>(messages.length);
+    }
+    const results = new Array<PublishResult>(n);
     const pending: Promise<unknown>[] = [];
-    const perQueue = new Map<string, { stored: StoredMessage[]; index: number[] }>();
-    const routed: (readonly string[])[] = [];
+    const perQueue = new Map<string, BatchShare>();
+    const routed = new Array<readonly string[] | undefined>(n);
     const now = this.clock.now();
-    for (let i = 0; i < messages.length; i++) {
+    // Bulk messages mostly repeat one routing key and reach one queue: remember the last of each.
+    let lastKey: string | null = null;
+    let lastQueues: readonly string[] = [];
+    let lastQueue: string | null = null;
+    let lastShare: BatchShare | null = null;
+    for (let i = 0; i < n; i++) {
       const m = messages[i] as BatchMessage;
       const p = checked[i] as CheckedPublish;
       if (p.deliverAt !== undefined && p.deliverAt > now) {
         pending.push(this.publishDelayed(p.id, p.callerId, exchange, m.routingKey, m.body, p.headers, p.ttl, p.deliverAt).then((r) => (results[i] = r)));
         continue;
       }
-      const queues = this.route(exchange, m.routingKey);
+      const queues = m.routingKey === lastKey ? lastQueues : this.route(exchange, m.routingKey);
+      lastKey = m.routingKey;
+      lastQueues = queues;
       routed[i] = queues;
       if (queues.length === 0) {
         results[i] = this.unroutable(p.id, exchange, m.routingKey, m.body, p.headers, m.mandatory === true);
         continue;
       }
       const stored = this.storedOf(p, exchange, m.routingKey, m.body);
-      for (const q of queues) {
-        let entry = perQueue.get(q);
-        if (entry === undefined) perQueue.set(q, (entry = { stored: [], index: [] }));
-        entry.stored.push(stored);
-        entry.index.push(i);
+      for (let k = 0; k < queues.length; k++) {
+        const q = queues[k] as string;
+        let share: BatchShare | null | undefined = q === lastQueue ? lastShare : perQueue.get(q);
+        if (share === undefined || share === null) perQueue.set(q, (share = { stored: [], index: [] }));
+        lastQueue = q;
+        lastShare = share;
+        share.stored.push(stored);
+        share.index.push(i);
       }
     }
     // A message routed to several queues is a duplicate only when every queue already had it.
@@ -655,7 +675,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
   }
 
   /** Checks one publish's routing key, body and options; throws a typed error, stores nothing. */
-  private checkPublish(routingKey: unknown, body: unknown, options: PublishOptions): CheckedPublish {
+  private checkPublish(routingKey: unknown, body: unknown, options: PublishOptions, idTime?: number): CheckedPublish {
     if (typeof routingKey !== 'string') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'routing key must be a string');
     const size = typeof body === 'string' ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : -1;
     if (size < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'body must be a Buffer, Uint8Array or string');
@@ -667,7 +687,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'id must be a non-empty string of at most 1024 bytes');
     }
     const headers = checkHeaders(options.headers);
-    const id = callerId ? (options.id as string) : generateId();
+    const id = callerId ? (options.id as string) : generateId(idTime);
     const ttl = options.ttl;
     if (ttl !== undefined && (!Number.isSafeInteger(ttl) || ttl < 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'ttl must be a non-negative integer (ms)');
     return { id, callerId, headers, ttl, deliverAt: this.deliverAtOf(options) };
