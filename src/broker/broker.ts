@@ -24,7 +24,7 @@ import { type DelayedRecord, DelayStore, deliverAtOf } from './delay-store.js';
 import { TimingWheel } from './timing-wheel.js';
 import { DirLock } from './lock.js';
 import type { LogRecord } from '../log/index.js';
-import { BATCH_MESSAGES_MAX, type Body, type Headers, type StoredMessage, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, routeOf, userHeadersOf } from './message.js';
+import { BATCH_MESSAGES_MAX, type Body, type Headers, type StoredMessage, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, generateIds, routeOf, userHeadersOf } from './message.js';
 import { checkExchangeName, checkName } from './names.js';
 import { Queue, type QueueOptions } from './queue.js';
 import { EXCHANGE_TYPES, ExchangeRouter, type ExchangeType } from './routing.js';
@@ -598,12 +598,13 @@ export class Broker extends EventEmitter<BrokerEvents> {
     const n = messages.length;
     // Check them all first: a bad message must not leave the ones before it published.
     const checked = new Array<CheckedPublish>(n);
-    const idTime = Date.now(); // one clock read for the batch's generated ids
+    // Made together (one clock read, one string); a message with its own id leaves one unused.
+    const generated = generateIds(n);
     for (let i = 0; i < n; i++) {
       const m = messages[i] as BatchMessage;
       try {
         if (m === null || typeof m !== 'object') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'a message must be an object { routingKey, body, ...options }');
-        checked[i] = this.checkPublish(m.routingKey, m.body, m, idTime);
+        checked[i] = this.checkPublish(m.routingKey, m.body, m, generated[i]);
       } catch (err) {
         if (err instanceof SpoolError) throw new SpoolError(err.code, `messages[${i}]: ${err.message}`, { cause: err });
         throw err;
@@ -675,7 +676,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
   }
 
   /** Checks one publish's routing key, body and options; throws a typed error, stores nothing. */
-  private checkPublish(routingKey: unknown, body: unknown, options: PublishOptions, idTime?: number): CheckedPublish {
+  private checkPublish(routingKey: unknown, body: unknown, options: PublishOptions, generatedId?: string): CheckedPublish {
     if (typeof routingKey !== 'string') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'routing key must be a string');
     const size = typeof body === 'string' ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : -1;
     if (size < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'body must be a Buffer, Uint8Array or string');
@@ -687,7 +688,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'id must be a non-empty string of at most 1024 bytes');
     }
     const headers = checkHeaders(options.headers);
-    const id = callerId ? (options.id as string) : generateId(idTime);
+    const id = callerId ? (options.id as string) : (generatedId ?? generateId());
     const ttl = options.ttl;
     if (ttl !== undefined && (!Number.isSafeInteger(ttl) || ttl < 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'ttl must be a non-negative integer (ms)');
     return { id, callerId, headers, ttl, deliverAt: this.deliverAtOf(options) };

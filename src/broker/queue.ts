@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { SpoolError } from '../errors.js';
-import { Log, type Clock, type LogOptions, encodedRecordBytes, nodeStorage } from '../log/index.js';
+import { Log, type Clock, type LogOptions, nodeStorage, recordBytesBound } from '../log/index.js';
 import { writeFileAtomic } from '../log/storage.js';
 import { AckStore, ackInto } from './ack-store.js';
 import { ConsumerGroup, type ConsumerOptions, type DeathReason, type GroupHooks } from './group.js';
@@ -55,8 +55,6 @@ export interface QueueHooks {
 
 /** Record bytes per log append of a batch publish: well under the log's 16 MiB append limit. */
 const APPEND_CHUNK_BYTES = 4 * 1024 * 1024;
-/** More than a record's framing and header names (the route header's value is counted apart). */
-const RECORD_BYTES_BOUND = 1024;
 
 function byteLengthOf(v: Buffer | Uint8Array | string): number {
   return typeof v === 'string' ? Buffer.byteLength(v) : v.byteLength;
@@ -65,11 +63,6 @@ function byteLengthOf(v: Buffer | Uint8Array | string): number {
 /** A message the bulk path can append as it is: no dedupe key, no expiry. */
 function isPlain(m: StoredMessage): boolean {
   return m.expiresAt === undefined && m.dedupeKey === undefined && !m.callerId;
-}
-
-/** At least the bytes `r` (made from `m`) takes in the log: shared frozen headers are small (a route), others are counted exactly. */
-function recordBytesBound(m: StoredMessage, r: RecordInput): number {
-  return Object.isFrozen(r.headers) ? RECORD_BYTES_BOUND + (m.id.length + m.exchange.length + m.routingKey.length) * 3 + byteLengthOf(r.value) : encodedRecordBytes(r);
 }
 
 export class Queue {
@@ -258,7 +251,7 @@ export class Queue {
       const m = ms[i] as StoredMessage;
       const r = toRecord(m);
       records[i] = r;
-      const size = recordBytesBound(m, r);
+      const size = recordBytesBound(r);
       if (i > from && bytes + size > APPEND_CHUNK_BYTES) {
         appends.push(this.log.append(records.slice(from, i)));
         from = i;
@@ -335,7 +328,7 @@ export class Queue {
     for (let j = 0; j < records.length; j++) {
       const r = records[j] as RecordInput;
       // Shared frozen headers are small (a route); otherwise count exactly. A bound, not the size.
-      const size = recordBytesBound(ms[taken[j] as number] as StoredMessage, r);
+      const size = recordBytesBound(r);
       if (j > from && bytes + size > APPEND_CHUNK_BYTES) {
         chunks.push({ from, to: j });
         from = j;

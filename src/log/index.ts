@@ -2,7 +2,7 @@
 export { Log, systemClock } from './log.js';
 export type { AppendResult, Clock, LogOptions, LogStats, ReadOptions } from './log.js';
 export type { LogRecord, RecordInput } from './record-batch.js';
-export { encodedRecordBytes } from './record-batch.js';
+export { encodedRecordBytes, recordBytesBound } from './record-batch.js';
 export type { RecoveryReport } from './recovery.js';
 export type { VerifyReport, BadRange } from './verify.js';
 export { NodeStorage, nodeStorage } from './storage.js';

@@ -20,6 +20,7 @@ import {
   type RecordInput,
   decodeRecords,
   encodedRecordBytes,
+  recordBytesBound,
   validateHeaders,
 } from './record-batch.js';
 import { recoverLog, type RecoveryReport } from './recovery.js';
@@ -165,8 +166,9 @@ interface PendingAppend {
   /** A single record (from appendOne) or a list. */
   records: RecordInput | RecordInput[];
   single: boolean;
-  /** Encoded size of each record (a number for a single record). */
+  /** Each record's `recordBytesBound`, at least its encoded size (a number for a single record). */
   sizes: number | number[];
+  /** Their sum: what the flush reserves; the encoder finds the exact size as it writes. */
   bytes: number;
   resolve: (value: AppendResult & number) => void;
   reject: (err: Error) => void;
@@ -290,9 +292,12 @@ export class Log {
       bytes += size;
     }
     if (bytes + BATCH_HEADER_BYTES > this.options.batchBytesMax) {
-      return Promise.reject(
-        new SpoolError('SPOOL_ERR_BATCH_TOO_LARGE', `append of ${bytes} bytes exceeds batchBytesMax ${this.options.batchBytesMax}`),
-      );
+      // `bytes` is a bound: only the exact size refuses an append.
+      let exact = 0;
+      for (const r of records) exact += encodedRecordBytes(r);
+      if (exact + BATCH_HEADER_BYTES > this.options.batchBytesMax) {
+        return Promise.reject(new SpoolError('SPOOL_ERR_BATCH_TOO_LARGE', `append of ${exact} bytes exceeds batchBytesMax ${this.options.batchBytesMax}`));
+      }
     }
     return this.enqueue(records.slice(), false, sizes, bytes) as Promise<AppendResult>;
   }
@@ -333,9 +338,13 @@ export class Log {
       }
       if (Object.isFrozen(headers)) lastChecked = headers;
     }
-    const size = encodedRecordBytes(record);
+    // A bound (short strings are not measured); the exact size only when the bound is over the limit.
+    const size = recordBytesBound(record);
     if (size > this.options.recordBytesMax) {
-      return new SpoolError('SPOOL_ERR_RECORD_TOO_LARGE', `record of ${size} bytes exceeds recordBytesMax ${this.options.recordBytesMax}`);
+      const exact = encodedRecordBytes(record);
+      if (exact > this.options.recordBytesMax) {
+        return new SpoolError('SPOOL_ERR_RECORD_TOO_LARGE', `record of ${exact} bytes exceeds recordBytesMax ${this.options.recordBytesMax}`);
+      }
     }
     return size;
   }
@@ -665,8 +674,7 @@ export class Log {
         enc.begin(buf, batchStart, offset);
         batchBytes = BATCH_HEADER_BYTES;
       }
-      enc.add(record, timestamp, size);
-      batchBytes += size;
+      batchBytes += enc.add(record, timestamp, size);
       offset++;
     };
     for (const p of batch) {

@@ -143,6 +143,28 @@ function byteLengthOf(v: Buffer | Uint8Array | string): number {
   return typeof v === 'string' ? Buffer.byteLength(v) : v.byteLength;
 }
 
+/** Strings of up to this many UTF-16 units are sized by a bound instead of measured (see `recordBytesBound`). */
+const MEASURE_STRINGS_OVER = 64;
+
+function boundOf(v: Buffer | Uint8Array | string): number {
+  if (typeof v !== 'string') return v.byteLength;
+  return v.length <= MEASURE_STRINGS_OVER ? v.length * 3 : Buffer.byteLength(v);
+}
+
+/**
+ * At least the bytes a record takes inside a batch, including its length prefix: exact, except
+ * that a short string key or value counts 3 bytes per UTF-16 unit (the most UTF-8 needs).
+ * Measuring a short string is a native call that costs as much as writing it (~80 ns for a
+ * message id, measured), so the encoder learns the real size by writing.
+ */
+export function recordBytesBound(record: RecordInput): number {
+  let bytes = RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES + boundOf(record.value);
+  if (record.key != null) bytes += boundOf(record.key);
+  const headers = record.headers;
+  if (headers !== undefined) bytes += headersBytes(headers);
+  return bytes;
+}
+
 /** The bytes a record takes inside a batch, including its length prefix. */
 export function encodedRecordBytes(record: RecordInput): number {
   let bytes = RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES + byteLengthOf(record.value);
@@ -229,7 +251,7 @@ function put(buf: Buffer, v: Buffer | Uint8Array | string, pos: number): number 
 
 /**
  * Builds one batch in a caller-supplied buffer. Usage: `begin`, `add` for each record, `seal`.
- * The caller reserves room: `encodedRecordBytes` for every record plus BATCH_HEADER_BYTES.
+ * The caller reserves room: `recordBytesBound` for every record plus BATCH_HEADER_BYTES.
  */
 export class BatchEncoder {
   private buf: Buffer = Buffer.alloc(0);
@@ -257,8 +279,11 @@ export class BatchEncoder {
     return this.count === 0 || Math.abs(timestamp - this.firstTimestamp) <= I32_MAX;
   }
 
-  /** Appends one record; `bytes` must be `encodedRecordBytes(record)`. */
-  add(record: RecordInput, timestamp: number, bytes: number): void {
+  /**
+   * Appends one record, which must fit in `bound` bytes (`recordBytesBound(record)` does): the
+   * buffer's room is checked against the bound, not per string. Returns the bytes it took.
+   */
+  add(record: RecordInput, timestamp: number, bound: number): number {
     const buf = this.buf;
     if (this.count === 0) {
       this.firstTimestamp = timestamp;
@@ -269,8 +294,8 @@ export class BatchEncoder {
     const delta = timestamp - this.firstTimestamp;
     assert(delta >= -I32_MAX && delta <= I32_MAX, 'timestamps in one batch must lie within 24 days');
     const begin = this.pos;
+    assert(begin + bound <= buf.length, 'the caller reserved room for the record');
     let p = begin;
-    buf.writeUInt32LE(bytes - 4, p);
     buf.writeUInt32LE(this.count, p + 4);
     buf.writeInt32LE(delta, p + 8);
     const key = record.key;
@@ -293,9 +318,12 @@ export class BatchEncoder {
     const valuePos = p;
     p = put(buf, record.value, p + 4);
     buf.writeUInt32LE(p - valuePos - 4, valuePos);
-    if (p - begin !== bytes) assert.fail(`record size ${p - begin} does not match its precomputed size ${bytes}`);
+    const bytes = p - begin;
+    if (bytes > bound) assert.fail(`record size ${bytes} exceeds its bound ${bound}`);
+    buf.writeUInt32LE(bytes - 4, begin);
     this.pos = p;
     this.count++;
+    return bytes;
   }
 
   /** Writes the header and CRC; returns the finished batch (a view of the caller's buffer). */

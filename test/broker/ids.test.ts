@@ -1,6 +1,6 @@
 // Generated message ids: 26 base32hex characters, unique, and sorting in generation order.
 import { describe, expect, it } from 'vitest';
-import { generateId } from '../../src/broker/message.js';
+import { generateId, generateIds } from '../../src/broker/message.js';
 
 describe('generateId', () => {
   it('makes unique, time-sortable 26-character base32hex ids whose counter counts up by one', () => {
@@ -17,5 +17,23 @@ describe('generateId', () => {
     }
     const ms = parseInt((ids[0] as string).slice(0, 10), 32);
     expect(Math.abs(ms - Date.now())).toBeLessThan(60_000);
+  });
+
+  it('generateIds makes the ids generateId would have made one by one, and generateId carries on after them', () => {
+    // Proves the bulk path: 3,000 ids (two 1,024 carries) have the layout, count up by one, share the ms and random parts, and the next lone id follows the last.
+    const now = Date.now(); // one ms for all: a clock step would hide a stale cached head
+    const before = generateId(now);
+    const ids = generateIds(3000, now);
+    const after = generateId(now);
+    const counter = (id: string) => parseInt(id.slice(18), 32);
+    const all = [before, ...ids, after];
+    for (const id of all) expect(id).toMatch(/^[0-9a-v]{26}$/);
+    for (let i = 1; i < all.length; i++) {
+      if (counter(all[i] as string) !== (counter(all[i - 1] as string) + 1) % 2 ** 40) expect.fail(`id ${i}: ${all[i]} after ${all[i - 1]}`);
+    }
+    expect([...all].sort()).toEqual(all);
+    expect(new Set(ids.map((id) => id.slice(10, 18)))).toEqual(new Set([before.slice(10, 18)]));
+    expect(generateIds(0)).toEqual([]);
+    expect(generateIds(1)[0]).toMatch(/^[0-9a-v]{26}$/);
   });
 });
