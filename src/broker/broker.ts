@@ -88,10 +88,8 @@ export interface BatchMessage extends PublishOptions {
 export { BATCH_MESSAGES_MAX } from './message.js';
 
 /** A publish whose arguments were checked: what storing or scheduling it needs. */
-interface CheckedPublish {
-  id: string;
-  callerId: boolean;
-  headers: Headers | undefined;
+/** A checked publish: the message as stored, and its ttl and due time as the caller gave them. */
+interface CheckedPublish extends StoredMessage {
   ttl: number | undefined;
   deliverAt: number | undefined;
 }
@@ -554,12 +552,11 @@ export class Broker extends EventEmitter<BrokerEvents> {
   private publishNow(exchange: string, routingKey: string, body: Body, options: PublishOptions): Promise<PublishResult> {
     this.checkOpen();
     this.checkExchange(exchange);
-    const p = this.checkPublish(routingKey, body, options);
+    const p = this.checkPublish(exchange, routingKey, body, options);
     if (p.deliverAt !== undefined && p.deliverAt > this.clock.now()) return this.publishDelayed(p.id, p.callerId, exchange, routingKey, body, p.headers, p.ttl, p.deliverAt);
     const queues = this.route(exchange, routingKey);
     if (queues.length === 0) return Promise.resolve(this.unroutable(p.id, exchange, routingKey, body, p.headers, options.mandatory === true));
-    const stored = this.storedOf(p, exchange, routingKey, body);
-    return this.appendTo(queues, stored).then((status) => {
+    return this.appendTo(queues, p).then((status) => {
       if (status === 'duplicate') this.counters.duplicates++;
       else this.counters.published++;
       return { id: p.id, status, queues: queues as string[] };
@@ -604,7 +601,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       const m = messages[i] as BatchMessage;
       try {
         if (m === null || typeof m !== 'object') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'a message must be an object { routingKey, body, ...options }');
-        checked[i] = this.checkPublish(m.routingKey, m.body, m, generated[i]);
+        checked[i] = this.checkPublish(exchange, m.routingKey, m.body, m, generated[i]);
       } catch (err) {
         if (err instanceof SpoolError) throw new SpoolError(err.code, `messages[${i}]: ${err.message}`, { cause: err });
         throw err;
@@ -635,14 +632,13 @@ export class Broker extends EventEmitter<BrokerEvents> {
         results[i] = this.unroutable(p.id, exchange, m.routingKey, m.body, p.headers, m.mandatory === true);
         continue;
       }
-      const stored = this.storedOf(p, exchange, m.routingKey, m.body);
       for (let k = 0; k < queues.length; k++) {
         const q = queues[k] as string;
         let share: BatchShare | null | undefined = q === lastQueue ? lastShare : perQueue.get(q);
         if (share === undefined || share === null) perQueue.set(q, (share = { stored: [], index: [] }));
         lastQueue = q;
         lastShare = share;
-        share.stored.push(stored);
+        share.stored.push(p);
         share.index.push(i);
       }
     }
@@ -675,8 +671,11 @@ export class Broker extends EventEmitter<BrokerEvents> {
     }
   }
 
-  /** Checks one publish's routing key, body and options; throws a typed error, stores nothing. */
-  private checkPublish(routingKey: unknown, body: unknown, options: PublishOptions, generatedId?: string): CheckedPublish {
+  /**
+   * Checks one publish's routing key, body and options; throws a typed error, stores nothing.
+   * Returns the message as it is stored (one object per publish, for the queues and the log).
+   */
+  private checkPublish(exchange: string, routingKey: unknown, body: unknown, options: PublishOptions, generatedId?: string): CheckedPublish {
     if (typeof routingKey !== 'string') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'routing key must be a string');
     const size = typeof body === 'string' ? Buffer.byteLength(body) : body instanceof Uint8Array ? body.byteLength : -1;
     if (size < 0) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'body must be a Buffer, Uint8Array or string');
@@ -691,7 +690,9 @@ export class Broker extends EventEmitter<BrokerEvents> {
     const id = callerId ? (options.id as string) : (generatedId ?? generateId());
     const ttl = options.ttl;
     if (ttl !== undefined && (!Number.isSafeInteger(ttl) || ttl < 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'ttl must be a non-negative integer (ms)');
-    return { id, callerId, headers, ttl, deliverAt: this.deliverAtOf(options) };
+    const deliverAt = this.deliverAtOf(options);
+    const expiresAt = ttl === undefined ? undefined : this.clock.now() + ttl;
+    return { id, callerId, exchange, routingKey, headers, body: body as Body, expiresAt, ttl, deliverAt };
   }
 
   private unroutable(id: string, exchange: string, routingKey: string, body: Body, headers: Headers | undefined, mandatory: boolean): PublishResult {
@@ -699,10 +700,6 @@ export class Broker extends EventEmitter<BrokerEvents> {
     this.emit('unroutable', { id, exchange, routingKey });
     if (mandatory) this.emit('return', { id, exchange, routingKey, body, headers });
     return { id, status: 'unroutable', queues: [] };
-  }
-
-  private storedOf(p: CheckedPublish, exchange: string, routingKey: string, body: Body): StoredMessage {
-    return { id: p.id, callerId: p.callerId, exchange, routingKey, headers: p.headers, body, expiresAt: p.ttl === undefined ? undefined : this.clock.now() + p.ttl };
   }
 
   private deliverAtOf(options: PublishOptions): number | undefined {

@@ -307,7 +307,8 @@ export class BatchEncoder {
       buf.writeInt32LE(p - begin - RECORD_FIXED_BYTES, begin + 12);
     }
     const headers = record.headers;
-    const block = headers !== undefined && Object.isFrozen(headers) ? frozenHeaderBlock(headers) : null;
+    // The map of the record before is the usual case: no isFrozen call for it.
+    const block = headers === lastBlockOf ? lastBlock : headers !== undefined && Object.isFrozen(headers) ? frozenHeaderBlock(headers) : null;
     if (block !== null) {
       // A shared frozen map (the broker's route header): copy its encoding made once.
       buf.set(block, p);
