@@ -243,10 +243,34 @@ function frozenHeaderBlock(headers: NonNullable<RecordInput['headers']>): Buffer
   return block;
 }
 
+/** Strings up to this long are tried as ASCII, byte by byte, before the native UTF-8 encoder. */
+const SHORT_TEXT = 48;
+
 function put(buf: Buffer, v: Buffer | Uint8Array | string, pos: number): number {
-  if (typeof v === 'string') return pos + buf.write(v, pos);
+  if (typeof v === 'string') {
+    // Short ASCII (message ids, routes) is copied in JS: cheaper than a native call per string.
+    const n = v.length;
+    if (n <= SHORT_TEXT) {
+      let i = 0;
+      for (; i < n; i++) {
+        const c = v.charCodeAt(i);
+        if (c >= 0x80) break;
+        buf[pos + i] = c;
+      }
+      if (i === n) return pos + n;
+    }
+    return pos + buf.write(v, pos);
+  }
   buf.set(v, pos);
   return pos + v.byteLength;
+}
+
+/** Unchecked little-endian store: the caller reserved the bytes; `v` is any 32-bit integer (signed or not). */
+function u32(buf: Buffer, at: number, v: number): void {
+  buf[at] = v;
+  buf[at + 1] = v >>> 8;
+  buf[at + 2] = v >>> 16;
+  buf[at + 3] = v >>> 24;
 }
 
 /**
@@ -296,15 +320,15 @@ export class BatchEncoder {
     const begin = this.pos;
     assert(begin + bound <= buf.length, 'the caller reserved room for the record');
     let p = begin;
-    buf.writeUInt32LE(this.count, p + 4);
-    buf.writeInt32LE(delta, p + 8);
+    u32(buf, p + 4, this.count);
+    u32(buf, p + 8, delta);
     const key = record.key;
     if (key == null) {
-      buf.writeInt32LE(-1, p + 12);
+      u32(buf, p + 12, -1);
       p += RECORD_FIXED_BYTES;
     } else {
       p = put(buf, key, p + RECORD_FIXED_BYTES);
-      buf.writeInt32LE(p - begin - RECORD_FIXED_BYTES, begin + 12);
+      u32(buf, begin + 12, p - begin - RECORD_FIXED_BYTES);
     }
     const headers = record.headers;
     // The map of the record before is the usual case: no isFrozen call for it.
@@ -318,10 +342,10 @@ export class BatchEncoder {
     }
     const valuePos = p;
     p = put(buf, record.value, p + 4);
-    buf.writeUInt32LE(p - valuePos - 4, valuePos);
+    u32(buf, valuePos, p - valuePos - 4);
     const bytes = p - begin;
     if (bytes > bound) assert.fail(`record size ${bytes} exceeds its bound ${bound}`);
-    buf.writeUInt32LE(bytes - 4, begin);
+    u32(buf, begin, bytes - 4);
     this.pos = p;
     this.count++;
     return bytes;

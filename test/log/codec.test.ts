@@ -27,6 +27,7 @@ import {
   checkBatch,
   decodeRecords,
   encodedRecordBytes,
+  recordBytesBound,
   validateHeaders,
 } from '../../src/log/record-batch.js';
 import { seededRandom } from '../support/faulty-storage.js';
@@ -195,6 +196,32 @@ describe('record batch round trip', () => {
     expect(validateHeaders({ a: 'x', b: Buffer.from('y') })).toBeNull();
     expect(validateHeaders({ ['n'.repeat(0x10000)]: 'x' })).toMatch(/longer than/);
     expect(validateHeaders({ a: 5 as unknown as string })).toMatch(/string or bytes/);
+  });
+});
+
+describe('strings sized by a bound', () => {
+  it('encodes short and long, ASCII and not, exactly as UTF-8, within the bound, and reports the exact size', () => {
+    // Proves the encoder's short-ASCII copy and its fallback: strings around the 48-unit cut, ASCII then non-ASCII at the last unit, a lone surrogate; each record is written into exactly its bound of room and takes encodedRecordBytes.
+    const a = (n: number) => 'x'.repeat(n);
+    const texts = [a(47), a(48), a(49), a(47) + 'é', a(48) + 'é', 'é' + a(47), a(20) + '\ud800' + a(5), '日本語', a(64), a(65) + '🎉', ''];
+    const records: Timed[] = texts.map((t, i) => ({ key: t, value: texts[texts.length - 1 - i] as string, headers: { [t.slice(0, 3) || 'h']: t }, timestamp: 1_700_000_000_000 + i }));
+    let offset = 0;
+    for (const r of records) {
+      const bound = recordBytesBound(r);
+      expect(bound).toBeGreaterThanOrEqual(encodedRecordBytes(r));
+      // Only the bound's room: a write past it would land in the guard bytes after.
+      const buf = Buffer.alloc(BATCH_HEADER_BYTES + bound + 8, 0xee);
+      const enc = new BatchEncoder();
+      enc.begin(buf, 0, offset);
+      expect(enc.add(r, r.timestamp, bound)).toBe(encodedRecordBytes(r));
+      const batch = enc.seal();
+      expect(batch.length).toBe(BATCH_HEADER_BYTES + encodedRecordBytes(r));
+      expect(buf.subarray(BATCH_HEADER_BYTES + bound).every((b) => b === 0xee)).toBe(true);
+      const out: LogRecord[] = [];
+      expect(decodeRecords(batch, 0, mustCheck(batch), 0, out, 10)).toBeNull();
+      expectSame(out[0] as LogRecord, r, offset);
+      offset++;
+    }
   });
 });
 
