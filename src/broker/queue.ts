@@ -519,6 +519,11 @@ export class Queue {
     }
   }
 
+  /** Whether the broker's tick has work here: messages expire by age (messageTtl), or ones with their own TTL wait with no group to read them. */
+  get expiresByAge(): boolean {
+    return this.options.messageTtl !== undefined || (this.ttlMarked && this.groups.size === 0);
+  }
+
   /** Expires messages past the queue's messageTtl in every group (called on the broker's timer). */
   async expireByQueueTtl(): Promise<void> {
     if (this.groups.size === 0 && this.groupOpening.size === 0) return this.expireUnconsumedHead();
