@@ -594,6 +594,38 @@ export function backoffMs(backoff: { initial: number; factor: number; max: numbe
 }
 
 /**
+ * @internal What a handler may return instead of a promise when someone else reports how the
+ * call ended: the server's deliveries, which the client's DONE ends (src/server). `end` does what
+ * the promise settling would, with no closure per message. It may end before the consumer has
+ * seen it (the outcome is kept).
+ */
+export class HandlerCall {
+  private consumer: Consumer | null = null;
+  private called: Message | null = null;
+  private attempt = 0;
+  /** 0 running, 1 ended well, 2 ended with `err`. */
+  private state = 0;
+  private err: unknown = undefined;
+
+  /** Called by the consumer that ran the handler. */
+  started(consumer: Consumer, msg: Message, attempt: number): void {
+    assert(this.consumer === null, 'a handler call is started once');
+    this.consumer = consumer;
+    this.called = msg;
+    this.attempt = attempt;
+    if (this.state !== 0) consumer.ended(msg, this.state === 1, this.err, attempt);
+  }
+
+  /** Ends the call: as its promise resolving (`ok`) or rejecting with `err`. Idempotent. */
+  end(ok: boolean, err?: unknown): void {
+    if (this.state !== 0) return;
+    this.state = ok ? 1 : 2;
+    this.err = err;
+    if (this.consumer !== null) this.consumer.ended(this.called as Message, ok, err, this.attempt);
+  }
+}
+
+/**
  * One consumer in a group. Holds at most `prefetch` deliveries and runs at most `concurrency`
  * handlers; the rest wait in `waiting` (bounded by prefetch).
  */
@@ -645,7 +677,10 @@ export class Consumer {
       this.finish(msg, false, err, attempt);
       return;
     }
-    if (result !== null && typeof result === 'object' && typeof (result as Promise<unknown>).then === 'function') {
+    if (result instanceof HandlerCall) {
+      // Ended by whoever holds it (src/server): no closures per message, as a promise needs.
+      result.started(this, msg, attempt);
+    } else if (result !== null && typeof result === 'object' && typeof (result as Promise<unknown>).then === 'function') {
       (result as Promise<unknown>).then(
         () => this.finish(msg, true, undefined, attempt),
         (err: unknown) => this.finish(msg, false, err, attempt),
@@ -653,6 +688,11 @@ export class Consumer {
     } else {
       this.finish(msg, true, undefined, attempt);
     }
+  }
+
+  /** @internal A HandlerCall ended: what its promise settling would do. */
+  ended(msg: Message, ok: boolean, err: unknown, attempt: number): void {
+    this.finish(msg, ok, err, attempt);
   }
 
   private finish(msg: Message, ok: boolean, err: unknown, attempt: number): void {

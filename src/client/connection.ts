@@ -6,7 +6,7 @@
 import net from 'node:net';
 import { SpoolError, type SpoolErrorCode, ERROR_CODES } from '../errors.js';
 import { decodeError, decodeWelcome, encodeClose, encodeHeartbeat, encodeHello, frameTypeName, type Welcome } from '../server/wire/codec.js';
-import { FEATURE_CONFIRMS, FrameType, HEARTBEAT_MISSES_MAX } from '../server/wire/constants.js';
+import { FEATURE_CONFIRMS, FEATURE_DONE_RUNS, FEATURE_RECORDS, FrameType, HEARTBEAT_MISSES_MAX } from '../server/wire/constants.js';
 import { FrameReader } from '../server/wire/frame-reader.js';
 import { FrameWriter } from '../server/wire/frame-writer.js';
 import { type BrokerAddress, describeAddress } from './url.js';
@@ -58,6 +58,11 @@ export class ClientSession {
     return (this.welcome as Welcome).maxFrameBytes;
   }
 
+  /** The server takes DONE_RUNS frames (WELCOME `features`; an older server names none). */
+  get doneRuns(): boolean {
+    return (this.welcome as Welcome).features?.includes(FEATURE_DONE_RUNS) === true;
+  }
+
   /**
    * Connects and shakes hands. Rejects with SPOOL_ERR_DISCONNECTED (nothing listening, timeout)
    * or with the server's refusal (SPOOL_ERR_UNAUTHORIZED, SPOOL_ERR_PROTOCOL).
@@ -95,7 +100,7 @@ export class ClientSession {
         encodeHello(session.writer, {
           ...(options.token !== undefined ? { token: options.token } : {}),
           ...(options.clientName !== undefined ? { client: options.clientName } : {}),
-          features: [FEATURE_CONFIRMS],
+          features: [FEATURE_CONFIRMS, FEATURE_RECORDS, FEATURE_DONE_RUNS],
         });
         session.writer.flush();
       });

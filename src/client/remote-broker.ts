@@ -40,14 +40,18 @@ import {
   decodeResponse,
   encodeAck,
   encodeCredit,
+  encodeDoneRuns,
   encodeDoneTags,
   encodeNack,
   encodePublish,
   encodeRequest,
   requestJson,
   scanDelivery,
+  recordsCount,
+  scanRecordEntry,
 } from '../server/wire/codec.js';
-import { FRAME_TYPE_IGNORABLE, FrameType, MAX_FRAME_BYTES_DEFAULT, PUBLISH_MANDATORY, PUBLISH_TO_QUEUE } from '../server/wire/constants.js';
+import { r32 } from '../server/wire/bytes.js';
+import { FRAME_TYPE_IGNORABLE, FrameType, MAX_FRAME_BYTES_DEFAULT, PUBLISH_MANDATORY, PUBLISH_TO_QUEUE, RECORDS_ENTRY_FIXED_BYTES } from '../server/wire/constants.js';
 import type { FrameWriter } from '../server/wire/frame-writer.js';
 import { toWireJson, trimArgs } from '../server/wire/wire-json.js';
 import { TagTable } from '../server/tag-table.js';
@@ -180,8 +184,12 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private readonly doneFailures = new Map<number, string>();
   private readonly creditOwed = new Map<number, number>();
   private consumerIdNext = 1;
-  /** Filled by each DELIVERY as it arrives (one object, reused). */
+  /** Filled by each DELIVERY, and each delivery of a RECORDS, as it arrives (one object, reused). */
   private readonly layout: DeliveryLayout = newDeliveryLayout();
+  /** The messages of the RECORDS frame being read, made before any is handed on (reused). */
+  private readonly recordsBatch: RemoteMessage[] = [];
+  /** The session's server takes DONE_RUNS. */
+  private doneRuns = false;
   private serverMaxFrameBytes: number;
   private readonly sweeper: NodeJS.Timeout;
   private reconnectTimer: NodeJS.Timeout | null = null;
@@ -257,6 +265,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
 
   private adopt(session: ClientSession): void {
     this.session = session;
+    this.doneRuns = session.doneRuns;
     session.writer.beforeFlush = () => this.flushSettlements(session.writer);
     this.sessionSeq++;
     this.serverMaxFrameBytes = session.maxFrameBytes;
@@ -450,6 +459,10 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
       c.push(new RemoteMessage(buf, scanDelivery(buf, this.layout, start, end), c.queue, this.sessionSeq, c.ackMode === 'none', this));
       return;
     }
+    if (type === FrameType.RECORDS) {
+      this.onRecords(buf, start, end);
+      return;
+    }
     const payload = buf.subarray(start, end);
     switch (type) {
       case FrameType.CONFIRM:
@@ -483,6 +496,27 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
       default:
         if ((type & FRAME_TYPE_IGNORABLE) !== 0) return;
         throw new SpoolError('SPOOL_ERR_PROTOCOL', `unexpected frame type ${type} from the server`);
+    }
+  }
+
+  /**
+   * A RECORDS frame: deliveries to one consumer, each scanned in place. Every entry is checked
+   * before any handler runs, so a malformed frame delivers nothing (the session ends over it).
+   */
+  private onRecords(buf: Buffer, start: number, end: number): void {
+    const count = recordsCount(buf, start, end);
+    const c = this.consumers.get(r32(buf, start));
+    if (c === undefined) return; // closed here; the server takes them back when the close arrives
+    const batch = this.recordsBatch;
+    try {
+      let rec = start + 8 + count * RECORDS_ENTRY_FIXED_BYTES;
+      for (let i = 0; i < count; i++) {
+        rec = scanRecordEntry(buf, this.layout, start, count, i, rec, end);
+        batch.push(new RemoteMessage(buf, this.layout, c.queue, this.sessionSeq, c.ackMode === 'none', this));
+      }
+      for (let i = 0; i < count; i++) c.push(batch[i] as RemoteMessage);
+    } finally {
+      batch.length = 0;
     }
   }
 
@@ -759,7 +793,8 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   /** Writes the DONE and CREDIT gathered this turn (the session writer's beforeFlush). */
   private flushSettlements(w: FrameWriter): void {
     if (this.doneCount > 0) {
-      encodeDoneTags(w, this.doneTags, this.doneCount, this.doneFailures);
+      if (this.doneRuns) encodeDoneRuns(w, this.doneTags, this.doneCount, this.doneFailures);
+      else encodeDoneTags(w, this.doneTags, this.doneCount, this.doneFailures);
       this.doneCount = 0;
       this.doneFailures.clear();
     }

@@ -39,18 +39,19 @@ export interface RecordInput {
 }
 
 /**
- * What a reader gets back. The value is a view into the read buffer; the key and headers are
- * decoded on first access, so a reader that only wants values allocates nothing else. Their
- * structure was already checked when the record was decoded.
+ * What a reader gets back. The record's fields are positions in the read buffer: the value, key
+ * and headers are made (as views, or decoded) on first access, so a reader that only wants some of
+ * them allocates nothing for the others. Their structure was already checked when the record was
+ * decoded.
  */
 export class LogRecord {
+  private valueCache: Buffer | undefined;
   private keyCache: Buffer | null | undefined;
   private headersCache: Readonly<Record<string, Buffer>> | undefined;
 
   constructor(
     readonly offset: number,
     readonly timestamp: number,
-    readonly value: Buffer,
     private readonly buf: Buffer,
     /** -1 when the key is null. */
     private readonly keyStart: number,
@@ -58,7 +59,18 @@ export class LogRecord {
     /** Position of the first header (after the count). */
     private readonly headersStart: number,
     private readonly headerCount: number,
+    /** The value's bytes; it ends the record. */
+    private readonly valueStart: number,
+    private readonly valueEnd: number,
+    /** `metaBit` of every two-byte header name that starts with NUL (the broker's names): a clear bit means no such header. */
+    private readonly metaNames: number,
   ) {}
+
+  /** The value, a view into the read buffer (the same one on every access). */
+  get value(): Buffer {
+    if (this.valueCache === undefined) this.valueCache = this.buf.subarray(this.valueStart, this.valueEnd);
+    return this.valueCache;
+  }
 
   get key(): Buffer | null {
     if (this.keyCache === undefined) this.keyCache = this.keyStart < 0 ? null : this.buf.subarray(this.keyStart, this.keyEnd);
@@ -79,8 +91,8 @@ export class LogRecord {
         const buf = this.buf;
         let q = this.headersStart;
         for (let j = 0; j < this.headerCount; j++) {
-          const nameEnd = q + 2 + buf.readUInt16LE(q);
-          const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
+          const nameEnd = q + 2 + u16At(buf, q);
+          const valueEnd = nameEnd + 4 + u32At(buf, nameEnd);
           h[buf.toString('utf8', q + 2, nameEnd)] = buf.subarray(nameEnd + 4, valueEnd);
           q = valueEnd;
         }
@@ -92,20 +104,10 @@ export class LogRecord {
 
   /** One header's value as text (UTF-8), or undefined; does not build the header map. */
   headerText(name: string): string | undefined {
+    const at = this.headerValueAt(name);
+    if (at < 0) return undefined;
     const buf = this.buf;
-    let q = this.headersStart;
-    const nameBytes = Buffer.byteLength(name);
-    for (let j = 0; j < this.headerCount; j++) {
-      const nameLength = buf.readUInt16LE(q);
-      const nameEnd = q + 2 + nameLength;
-      const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
-      // An ASCII name (all of the broker's) is compared byte by byte, without decoding a string per header.
-      if (nameLength === nameBytes && (nameBytes === name.length ? asciiEquals(buf, q + 2, name) : buf.toString('utf8', q + 2, nameEnd) === name)) {
-        return buf.toString('utf8', nameEnd + 4, valueEnd);
-      }
-      q = valueEnd;
-    }
-    return undefined;
+    return buf.toString('utf8', at + 4, at + 4 + u32At(buf, at));
   }
 
   get headerNames(): number {
@@ -117,17 +119,72 @@ export class LogRecord {
    * copying a record onward byte for byte (the server's DELIVERY frames, src/server).
    */
   headerBytes(name: string): Buffer | undefined {
+    const at = this.headerValueAt(name);
+    if (at < 0) return undefined;
     const buf = this.buf;
-    let q = this.headersStart;
-    for (let j = 0; j < this.headerCount; j++) {
-      const nameLength = buf.readUInt16LE(q);
-      const nameEnd = q + 2 + nameLength;
-      const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
-      if (nameLength === name.length && asciiEquals(buf, q + 2, name)) return buf.subarray(nameEnd + 4, valueEnd);
-      q = valueEnd;
-    }
-    return undefined;
+    return buf.subarray(at + 4, at + 4 + u32At(buf, at));
   }
+
+  /**
+   * Where the first header called `name` has its value (its u32 length), or -1. An ASCII name (all
+   * of the broker's) is compared byte by byte, without measuring it or decoding a string per header.
+   */
+  private headerValueAt(name: string): number {
+    const count = this.headerCount;
+    if (count === 0) return -1;
+    // A broker header the record lacks (most lack `\0x`, expiry) is known absent without a scan.
+    if (name.length === 2 && name.charCodeAt(0) === 0 && name.charCodeAt(1) < 0x80 && (this.metaNames & metaBit(name.charCodeAt(1))) === 0) return -1;
+    const buf = this.buf;
+    let ascii = true;
+    for (let i = 0; i < name.length; i++) {
+      if (name.charCodeAt(i) >= 0x80) {
+        ascii = false;
+        break;
+      }
+    }
+    const nameBytes = ascii ? name.length : Buffer.byteLength(name);
+    let q = this.headersStart;
+    for (let j = 0; j < count; j++) {
+      const nameLength = u16At(buf, q);
+      const nameEnd = q + 2 + nameLength;
+      if (nameLength === nameBytes && (ascii ? asciiEquals(buf, q + 2, name) : buf.toString('utf8', q + 2, nameEnd) === name)) return nameEnd;
+      q = nameEnd + 4 + u32At(buf, nameEnd);
+    }
+    return -1;
+  }
+
+  /**
+   * The buffer the record was read into, and where the record lies in it as stored: from its length
+   * prefix to the end of its value (docs/format.md "Record"). For sending records on byte for byte,
+   * consecutive ones in one copy, without a view per field (the server's RECORDS frames,
+   * src/server). The batch's CRC was checked when it was read; the bytes never change.
+   */
+  get storedBuffer(): Buffer {
+    return this.buf;
+  }
+
+  get storedStart(): number {
+    // A null key adds no bytes (keyEnd − keyStart is 0 then).
+    return this.headersStart - 2 - (this.keyEnd - this.keyStart) - RECORD_FIXED_BYTES;
+  }
+
+  get storedEnd(): number {
+    return this.valueEnd;
+  }
+}
+
+/** One bit per second byte of a NUL-led two-byte header name, shared modulo 32 (a set bit only means "maybe"). */
+function metaBit(code: number): number {
+  return 1 << (code & 31);
+}
+
+/** Unchecked little-endian reads: every caller has checked the bounds (decodeRecords did, for a LogRecord's). */
+function u16At(buf: Buffer, at: number): number {
+  return (buf[at] as number) | ((buf[at + 1] as number) << 8);
+}
+
+function u32At(buf: Buffer, at: number): number {
+  return ((buf[at] as number) | ((buf[at + 1] as number) << 8) | ((buf[at + 2] as number) << 16)) + (buf[at + 3] as number) * 0x100_0000;
 }
 
 /** True when `buf` holds the ASCII `s` at `at` (the caller checked the length). */
@@ -449,18 +506,18 @@ export function decodeRecords(
   let p = pos + BATCH_HEADER_BYTES;
   for (let i = 0; i < header.recordCount; i++) {
     if (end - p < RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES) return fault(out, firstOutput, 'record header past batch end');
-    const recordEnd = p + 4 + buf.readUInt32LE(p);
+    const recordEnd = p + 4 + u32At(buf, p);
     if (recordEnd > end || recordEnd - p < RECORD_FIXED_BYTES + RECORD_TAIL_FIXED_BYTES) {
       return fault(out, firstOutput, 'record length out of bounds');
     }
-    if (buf.readUInt32LE(p + 4) !== i) return fault(out, firstOutput, 'offset delta out of sequence');
+    if (u32At(buf, p + 4) !== i) return fault(out, firstOutput, 'offset delta out of sequence');
     const offset = header.baseOffset + i;
     if (offset < fromOffset) {
       p = recordEnd;
       continue;
     }
-    const timestamp = header.firstTimestamp + buf.readInt32LE(p + 8);
-    const keyLength = buf.readInt32LE(p + 12);
+    const timestamp = header.firstTimestamp + (u32At(buf, p + 8) | 0);
+    const keyLength = u32At(buf, p + 12) | 0;
     let q = p + RECORD_FIXED_BYTES;
     let keyStart = -1;
     if (keyLength >= 0) {
@@ -470,21 +527,24 @@ export function decodeRecords(
     } else if (keyLength !== -1) {
       return fault(out, firstOutput, 'negative key length');
     }
-    const headerCount = buf.readUInt16LE(q);
+    const headerCount = u16At(buf, q);
     q += 2;
     const headersStart = q;
+    let metaNames = 0;
     for (let j = 0; j < headerCount; j++) {
       if (q + 2 > recordEnd) return fault(out, firstOutput, 'header past record end');
-      const nameEnd = q + 2 + buf.readUInt16LE(q);
+      const nameLength = u16At(buf, q);
+      const nameEnd = q + 2 + nameLength;
       if (nameEnd + 4 > recordEnd) return fault(out, firstOutput, 'header name past record end');
-      const valueEnd = nameEnd + 4 + buf.readUInt32LE(nameEnd);
+      const valueEnd = nameEnd + 4 + u32At(buf, nameEnd);
       if (valueEnd > recordEnd) return fault(out, firstOutput, 'header value past record end');
+      if (nameLength === 2 && buf[q + 2] === 0) metaNames |= metaBit(buf[q + 3] as number);
       q = valueEnd;
     }
     if (q + 4 > recordEnd) return fault(out, firstOutput, 'value length past record end');
-    const valueEnd = q + 4 + buf.readUInt32LE(q);
+    const valueEnd = q + 4 + u32At(buf, q);
     if (valueEnd !== recordEnd) return fault(out, firstOutput, 'value does not end the record');
-    out.push(new LogRecord(offset, timestamp, buf.subarray(q + 4, valueEnd), buf, keyStart, keyStart + Math.max(keyLength, 0), headersStart, headerCount));
+    out.push(new LogRecord(offset, timestamp, buf, keyStart, keyStart + Math.max(keyLength, 0), headersStart, headerCount, q + 4, valueEnd, metaNames));
     p = recordEnd;
     if (out.length - firstOutput >= maxRecords) return null;
   }

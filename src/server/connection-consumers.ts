@@ -2,22 +2,24 @@
  * The consumers one connection runs on the broker, and their deliveries (docs/protocol.md §4).
  *
  * Each remote consumer is a real `broker.consume` whose handler forwards the message as a
- * DELIVERY frame. The broker's own prefetch accounting is the credit: what the handler returns
+ * DELIVERY frame, or in a RECORDS frame to a client that takes them. The broker's own prefetch accounting is the credit: what the handler returns
  * decides when a slot comes back.
  * - 'manual': the handler returns at once; ACK/NACK settle the message (msg.ack()/msg.nack()).
- * - 'auto': the handler returns a promise that DONE resolves (ack) or rejects (nack or retry),
- *   so the broker applies exactly the embedded auto-ack and retry rules.
- * - 'none': the message is acked as it is delivered; the handler's promise resolves on CREDIT.
- * Closing a consumer (or losing the connection) settles every pending handler promise as a
- * failure ('auto') or as done ('none') so the broker's close can finish, and the broker hands the
+ * - 'auto': the handler returns a call (a HandlerCall, as good as a promise) that DONE ends well
+ *   (ack) or badly (nack or retry), so the broker applies exactly the embedded auto-ack and retry
+ *   rules.
+ * - 'none': the message is acked as it is delivered; the handler's call ends on CREDIT.
+ * Closing a consumer (or losing the connection) ends every pending handler call as a failure
+ * ('auto') or as done ('none') so the broker's close can finish, and the broker hands the
  * unsettled messages to the group's other consumers.
  */
 import assert from 'node:assert/strict';
 import type { Message } from '../broker/delivery.js';
-import type { Consumer } from '../broker/group.js';
+import { type Consumer, HandlerCall } from '../broker/group.js';
 import { SpoolError } from '../errors.js';
 import { META_HEADERS, META_ROUTE } from '../broker/message.js';
-import { encodeDeliveryBytes } from './wire/codec.js';
+import { encodeDeliveryBytes, encodeRecords } from './wire/codec.js';
+import { TAG_MAX } from './wire/constants.js';
 import type { FrameWriter } from './wire/frame-writer.js';
 import type { ServedBroker } from './served-broker.js';
 import { TagTable } from './tag-table.js';
@@ -34,38 +36,16 @@ interface RemoteConsumer {
 }
 
 /**
- * One delivery on its way to the client, and the broker's handler call for it. It is its own
- * thenable: the broker's consumer calls `then(ok, fail)` on what the handler returns, and DONE or
- * CREDIT calls those back, so no Promise is made per message.
+ * One delivery on its way to the client, and the broker's handler call for it: DONE or CREDIT
+ * ends it (`end`: resolved is an ack in 'auto', rejected a nack or retry), which the broker's
+ * consumer takes as its handler settling.
  */
-class Delivery {
-  private ok: (() => void) | null = null;
-  private fail: ((err: unknown) => void) | null = null;
-  /** 0 running, 1 ended well, 2 ended with `err` (fields, not an object: one allocation per message is enough). */
-  private state = 0;
-  private err: unknown = undefined;
-
+class Delivery extends HandlerCall {
   constructor(
     readonly msg: Message,
     readonly consumerId: number,
-  ) {}
-
-  then(ok: () => void, fail: (err: unknown) => void): void {
-    if (this.state === 1) return ok();
-    if (this.state === 2) return fail(this.err);
-    this.ok = ok;
-    this.fail = fail;
-  }
-
-  /** Ends the handler call: resolved (ack in 'auto'), or rejected (nack or retry in 'auto'). Idempotent. */
-  finish(ok: boolean, err?: unknown): void {
-    if (this.state !== 0) return;
-    this.state = ok ? 1 : 2;
-    this.err = err;
-    const cb = ok ? this.ok : this.fail;
-    this.ok = null;
-    this.fail = null;
-    if (cb !== null) (cb as (e?: unknown) => void)(err);
+  ) {
+    super();
   }
 }
 
@@ -82,11 +62,39 @@ export class ConnectionConsumers {
   private readonly deliveries = new TagTable<Delivery>();
   private tagNext = 1;
   private tagsWrapped = false;
+  /**
+   * Set when the client takes RECORDS frames (HELLO `features`): the most payload bytes of one.
+   * Deliveries are then gathered during a task (`pending*`, in order) and written at its end,
+   * those to one consumer in a row as one frame. What a task gathers is bounded by the credit of
+   * this connection's consumers (their prefetch), as the deliveries in flight are.
+   */
+  private recordsBytesMax = 0;
+  private pendingMsgs: (Message | null)[] = [];
+  private pendingTags: number[] = [];
+  private pendingConsumers: number[] = [];
+  private pendingCount = 0;
 
   constructor(
     private readonly broker: ServedBroker,
     private readonly writer: FrameWriter,
   ) {}
+
+  /** The client takes RECORDS frames: send every delivery from now on in one, of at most `bytesMax` payload bytes. */
+  sendRecords(bytesMax: number): void {
+    assert(bytesMax > 0, 'a RECORDS frame has room');
+    this.recordsBytesMax = bytesMax;
+  }
+
+  /** Writes the deliveries gathered during this task as RECORDS frames (from the writer's flush). */
+  writePending(): void {
+    const n = this.pendingCount;
+    if (n === 0) return;
+    this.pendingCount = 0;
+    const msgs = this.pendingMsgs as Message[];
+    for (let i = 0; i < n; ) i = encodeRecords(this.writer, this.recordsBytesMax, this.pendingConsumers, msgs, this.pendingTags, i, n);
+    // The messages (and the read buffers their records lie in) are not kept past their frame.
+    this.pendingMsgs.fill(null, 0, n);
+  }
 
   /** REQUEST consume: starts a broker consumer that forwards to this connection. Resolves to `{ group }`. */
   async open(id: number, queue: unknown, rawOptions: unknown): Promise<{ group: string }> {
@@ -117,20 +125,30 @@ export class ConnectionConsumers {
     return { group: (consumer as { groupName?: string }).groupName ?? ((options.group as string | undefined) ?? 'default') };
   }
 
-  /** The broker's handler: one DELIVERY frame, and a return value that says when the credit comes back. */
+  /** The broker's handler: one DELIVERY frame (or RECORDS entry), and a return value that says when the credit comes back. */
   private deliver(rc: RemoteConsumer, msg: Message): Delivery | undefined {
     if (rc.closed) {
       // Not sent: 'auto' gives it back, 'manual' is taken back when the close completes.
       if (rc.ack !== 'auto') return undefined;
       const d = new Delivery(msg, rc.id);
-      d.finish(false, new Error('consumer closed'));
+      d.end(false, new Error('consumer closed'));
       return d;
     }
     const tag = rc.ack === 'none' ? 0 : this.newTag();
-    // Straight from the stored bytes: the id, route and headers are never decoded here.
     const r = msg.record;
-    const headersJson = r.headerNames < 2 ? undefined : r.headerBytes(META_HEADERS);
-    encodeDeliveryBytes(this.writer, rc.id, tag, r.offset, r.timestamp, msg.deliveryId, msg.deliveryCount, r.key, r.headerBytes(META_ROUTE), headersJson, r.value);
+    if (this.recordsBytesMax > 0) {
+      // The record goes as stored, written at the end of the task with the others (writePending):
+      // the client finds the id, route, headers and body in it.
+      const n = this.pendingCount++;
+      this.pendingMsgs[n] = msg;
+      this.pendingTags[n] = tag;
+      this.pendingConsumers[n] = rc.id;
+      this.writer.schedule();
+    } else {
+      // Straight from the stored bytes: the id, route and headers are never decoded here.
+      const headersJson = r.headerNames < 2 ? undefined : r.headerBytes(META_HEADERS);
+      encodeDeliveryBytes(this.writer, rc.id, tag, r.offset, r.timestamp, msg.deliveryId, msg.deliveryCount, r.key, r.headerBytes(META_ROUTE), headersJson, r.value);
+    }
     const d = new Delivery(msg, rc.id);
     if (rc.ack === 'none') {
       rc.creditWaiters.push(d);
@@ -146,7 +164,7 @@ export class ConnectionConsumers {
     // Before the first wrap every tag is new, so only a wrapped counter checks for a live one.
     for (;;) {
       const tag = this.tagNext;
-      if (tag >= 0xffff_fffe) {
+      if (tag >= TAG_MAX) {
         this.tagNext = 1;
         this.tagsWrapped = true;
       } else {
@@ -162,7 +180,7 @@ export class ConnectionConsumers {
     if (d === null) return Promise.resolve('unknown');
     const settled = d.msg.ack();
     // An explicit ack inside an 'auto' handler: the handler call ends too, as a no-op settle.
-    d.finish(true);
+    d.end(true);
     return settled;
   }
 
@@ -171,7 +189,7 @@ export class ConnectionConsumers {
     const d = this.take(tag);
     if (d === null) return Promise.resolve('unknown');
     const settled = d.msg.nack({ requeue });
-    d.finish(true);
+    d.end(true);
     return settled;
   }
 
@@ -179,8 +197,29 @@ export class ConnectionConsumers {
   done(tag: number, failure: string | null): void {
     const d = this.deliveries.take(tag);
     if (d === undefined) return;
-    if (failure === null) d.finish(true);
-    else d.finish(false, new RemoteHandlerError(failure));
+    if (failure === null) d.end(true);
+    else d.end(false, new RemoteHandlerError(failure));
+  }
+
+  /**
+   * One DONE_RUNS entry: the 'auto' handlers of tags `first` … `first + count − 1` succeeded, in
+   * that order; tags not live (already settled, or taken back) are ignored, as in DONE.
+   */
+  doneRun(first: number, count: number): void {
+    const table = this.deliveries;
+    if (count <= table.size) {
+      // Settling runs no handler here (the consumers' concurrency is unbounded), so no tag is added meanwhile.
+      for (let tag = first, last = first + count; tag < last; tag++) table.take(tag)?.end(true);
+      return;
+    }
+    // More tags than are live (some were taken back, or a bad client's run): walk the table
+    // instead, so a run of 2^32 costs what the table holds, not 2^32 steps.
+    const tags: number[] = [];
+    table.forEach((_d, tag) => {
+      if (tag >= first && tag - first < count) tags.push(tag);
+    });
+    tags.sort((a, b) => a - b);
+    for (const tag of tags) table.take(tag)?.end(true);
   }
 
   /** CREDIT: the client finished `count` deliveries of a 'none' consumer. */
@@ -188,7 +227,7 @@ export class ConnectionConsumers {
     const rc = this.consumers.get(consumerId);
     if (rc === undefined) return;
     const released = rc.creditWaiters.splice(0, count);
-    for (const d of released) d.finish(true);
+    for (const d of released) d.end(true);
   }
 
   private take(tag: number): Delivery | null {
@@ -220,10 +259,10 @@ export class ConnectionConsumers {
     this.deliveries.forEach((d, tag) => {
       if (d.consumerId === rc.id) mine.push(tag);
     });
-    for (const tag of mine) this.deliveries.take(tag)?.finish(false, new Error('the remote consumer went away before finishing'));
+    for (const tag of mine) this.deliveries.take(tag)?.end(false, new Error('the remote consumer went away before finishing'));
     const waiters = rc.creditWaiters;
     rc.creditWaiters = [];
-    for (const d of waiters) d.finish(true);
+    for (const d of waiters) d.end(true);
     await closing;
   }
 }

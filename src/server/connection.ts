@@ -14,6 +14,7 @@ import { SpoolError, isSpoolError } from '../errors.js';
 import {
   decodeAck,
   decodeDone,
+  decodeDoneRuns,
   decodeHello,
   decodeNack,
   decodePublish,
@@ -32,11 +33,15 @@ import {
 } from './wire/codec.js';
 import {
   FEATURE_CONFIRMS,
+  FEATURE_DONE_RUNS,
+  FEATURE_RECORDS,
+  FRAME_LENGTH_MIN,
   FRAME_TYPE_IGNORABLE,
   FrameType,
   HEARTBEAT_MISSES_MAX,
   HELLO_TIMEOUT_MS,
   SERVER_INFLIGHT_MAX,
+  RECORDS_FRAME_BYTES_MAX,
   SERVER_OUTPUT_BYTES_HIGH,
 } from './wire/constants.js';
 import { FrameReader } from './wire/frame-reader.js';
@@ -67,6 +72,7 @@ const CLOSE_LINGER_MS = 1000;
 export class ServerConnection {
   private state: State = 'hello';
   private readonly onDone = (tag: number, failure: string | null) => this.consumers.done(tag, failure);
+  private readonly onDoneRun = (first: number, count: number) => this.consumers.doneRun(first, count);
   private readonly reader: FrameReader;
   private readonly writer: FrameWriter;
   private readonly consumers: ConnectionConsumers;
@@ -96,6 +102,8 @@ export class ServerConnection {
     this.writer = new FrameWriter(socket);
     this.reader = new FrameReader(options.maxFrameBytes, (type, requestId, buf, start, end) => this.onFrame(type, requestId, buf, start, end));
     this.consumers = new ConnectionConsumers(broker, this.writer);
+    // What a task gathers (a run of confirms, RECORDS deliveries) goes out with that task's write (frame-writer.ts).
+    this.writer.beforeFlush = () => this.writeGathered();
     this.publishes = new PublishBatcher(broker, (requestId, r, err) => this.published(requestId, r, err));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => {
@@ -164,6 +172,11 @@ export class ServerConnection {
       this.onPublish(requestId, buf, start, end);
       return;
     }
+    if (this.state === 'open' && type === FrameType.DONE_RUNS) {
+      this.publishes.flush();
+      decodeDoneRuns(buf, start, end, this.onDoneRun);
+      return;
+    }
     const payload = buf.subarray(start, end);
     if (this.state === 'hello') {
       if (type !== FrameType.HELLO) throw new SpoolError('SPOOL_ERR_PROTOCOL', `expected HELLO, got ${frameTypeName(type)}`);
@@ -207,12 +220,19 @@ export class ServerConnection {
       return;
     }
     this.state = 'open';
+    // WELCOME names the client's features this server takes up; the client uses no others.
+    const features: string[] = [];
     if (hello.features?.includes(FEATURE_CONFIRMS) === true) {
       this.confirmRuns = true;
-      // The run gathered during a task goes out with that task's write (frame-writer.ts).
-      this.writer.beforeFlush = () => this.writeRun();
+      features.push(FEATURE_CONFIRMS);
     }
-    encodeWelcome(this.writer, { heartbeatMs: this.options.heartbeatMs, maxFrameBytes: this.options.maxFrameBytes });
+    if (hello.features?.includes(FEATURE_RECORDS) === true) {
+      // A run stays within the frame limit this server announces, which the client accepts.
+      this.consumers.sendRecords(Math.min(RECORDS_FRAME_BYTES_MAX, this.options.maxFrameBytes - FRAME_LENGTH_MIN));
+      features.push(FEATURE_RECORDS);
+    }
+    if (hello.features?.includes(FEATURE_DONE_RUNS) === true) features.push(FEATURE_DONE_RUNS);
+    encodeWelcome(this.writer, { heartbeatMs: this.options.heartbeatMs, maxFrameBytes: this.options.maxFrameBytes, ...(features.length > 0 ? { features } : {}) });
   }
 
   private onPublish(requestId: number, buf: Buffer, start: number, end: number): void {
@@ -271,6 +291,12 @@ export class ServerConnection {
     this.runStatus = r.status;
     this.runQueues = r.queues;
     this.writer.schedule();
+  }
+
+  /** Writes what this task gathered so far: the run of confirms, the RECORDS deliveries. */
+  private writeGathered(): void {
+    this.writeRun();
+    this.consumers.writePending();
   }
 
   /** Writes the run of confirms gathered so far. */
@@ -352,7 +378,7 @@ export class ServerConnection {
   private fail(err: unknown, destroyNow = false): void {
     if (this.state === 'closed') return;
     this.reader.stop();
-    this.writeRun();
+    this.writeGathered();
     encodeError(this.writer, 0, wireErrorOf(err));
     this.close(err, (err as Error)?.message ?? String(err), destroyNow);
   }
@@ -377,7 +403,7 @@ export class ServerConnection {
     }
     // The peer may have gone while we waited.
     if ((this.state as State) === 'closed') return;
-    this.writeRun(); // the last confirms go before CLOSE
+    this.writeGathered(); // the last confirms go before CLOSE
     encodeClose(this.writer, 'server shutting down');
     await this.close(null, 'server shutting down');
   }

@@ -51,6 +51,13 @@ async function stillWorks(good: RemoteBroker, received: string[], tag: string): 
   await waitFor(() => received.includes(tag), `the good client to receive ${tag}`);
 }
 
+/** Little-endian u32s, e.g. DONE_RUNS runs. */
+function u32s(...v: number[]): Buffer {
+  const b = Buffer.alloc(v.length * 4);
+  v.forEach((x, i) => b.writeUInt32LE(x, i * 4));
+  return b;
+}
+
 /** A request a healthy connection answers: listQueues. */
 function listQueuesFrame(rid: number): Buffer {
   return frame(FrameType.REQUEST, rid, JSON.stringify({ op: 'listQueues', args: [] }));
@@ -86,6 +93,12 @@ describe('protocol errors close only their connection', () => {
       ['ACK with a short payload', [helloFrame(), frame(FrameType.ACK, 0, Buffer.from([1, 2]))]],
       ['NACK with unknown flags', [helloFrame(), frame(FrameType.NACK, 0, Buffer.from([1, 0, 0, 0, 0xfe]))]],
       ['CREDIT with trailing bytes', [helloFrame(), frame(FrameType.CREDIT, 0, Buffer.alloc(9))]],
+      ['server-only RECORDS', [helloFrame(), frame(FrameType.RECORDS, 0, Buffer.alloc(60))]],
+      ['empty DONE_RUNS', [helloFrame(), frame(FrameType.DONE_RUNS, 0)]],
+      ['DONE_RUNS with a partial run', [helloFrame(), frame(FrameType.DONE_RUNS, 0, u32s(1, 1, 7))]],
+      ['DONE_RUNS with a run of 0 tags', [helloFrame(), frame(FrameType.DONE_RUNS, 0, u32s(1, 0))]],
+      ['DONE_RUNS from tag 0', [helloFrame(), frame(FrameType.DONE_RUNS, 0, u32s(0, 3))]],
+      ['DONE_RUNS past the last tag', [helloFrame(), frame(FrameType.DONE_RUNS, 0, u32s(0xfffffffe, 2))]],
     ];
     for (const [name, bytes] of cases) {
       const c = await openRaw(path);
@@ -119,6 +132,7 @@ describe('protocol errors close only their connection', () => {
     c.send(frame(0x85, 0, 'a future, ignorable frame type'));
     c.send(frame(FrameType.ACK, 7, Buffer.from([9, 9, 9, 9]))); // unknown tag: 'unknown'
     c.send(frame(FrameType.DONE, 0, Buffer.from([9, 9, 9, 9, 0, 0, 0])));
+    c.send(frame(FrameType.DONE_RUNS, 0, u32s(9, 3, 1, 0xfffffffe))); // tags never issued: ignored
     c.send(frame(FrameType.CREDIT, 0, Buffer.from([5, 0, 0, 0, 1, 0, 0, 0])));
     c.send(frame(FrameType.REQUEST, 8, JSON.stringify({ op: 'close', args: [] }))); // not a remote op
     c.send(frame(FrameType.REQUEST, 9, JSON.stringify({ op: 'consume', args: ['nope', {}], consumer: 1 })));

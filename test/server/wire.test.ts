@@ -128,6 +128,18 @@ describe('codec', () => {
     expect(codec.decodeCredit(one((w) => codec.encodeCredit(w, 4, 10)).payload)).toEqual({ consumerId: 4, count: 10 });
     expect(codec.decodeHello(one((w) => codec.encodeHello(w, { token: 't', client: 'c' })).payload)).toEqual({ token: 't', client: 'c' });
     expect(codec.decodeWelcome(one((w) => codec.encodeWelcome(w, { heartbeatMs: 100, maxFrameBytes: 1 << 20 })).payload)).toEqual({ heartbeatMs: 100, maxFrameBytes: 1 << 20 });
+    // WELCOME's features: names a newer server adds pass through; junk is dropped; an older server sends none.
+    const welcome = one((w) => codec.encodeWelcome(w, { heartbeatMs: 100, maxFrameBytes: 1 << 20, features: ['records', 'later'] })).payload;
+    expect(codec.decodeWelcome(welcome).features).toEqual(['records', 'later']);
+    expect(codec.decodeWelcome(Buffer.from('\u0001{"heartbeatMs":1,"maxFrameBytes":9,"features":["a",3]}')).features).toEqual(['a']);
+    expect(codec.decodeWelcome(Buffer.from('\u0001{"heartbeatMs":1,"maxFrameBytes":9}')).features).toBeUndefined();
+    const runs: [number, number][] = [];
+    const doneRuns = one((w) => codec.encodeDoneRuns(w, [5, 6, 7, 9], 4, new Map())).payload;
+    codec.decodeDoneRuns(doneRuns, 0, doneRuns.length, (first, count) => void runs.push([first, count]));
+    expect(runs).toEqual([
+      [5, 3],
+      [9, 1],
+    ]);
     const json = codec.requestJson({ op: 'bindQueue', args: trimArgs(['q', undefined, 'p', undefined]) });
     expect(codec.decodeRequest(one((w) => codec.encodeRequest(w, 8, json)).payload)).toEqual({ op: 'bindQueue', args: ['q', undefined, 'p'] });
     expect(codec.decodeResponse(one((w) => codec.encodeResponse(w, 8, { at: new Date(3) })).payload)).toEqual({ at: new Date(3) });
@@ -158,6 +170,14 @@ describe('codec', () => {
     const noop = () => {};
     expect(() => codec.decodeDone(Buffer.from([1, 0, 0, 0, 0, 1, 0]), noop)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
     expect(() => codec.decodeDone(Buffer.from([1, 0, 0, 0, 1, 9, 0, 0x61]), noop)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    for (const runs of [[], [1, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0, 0, 0], [0xfe, 0xff, 0xff, 0xff, 2, 0, 0, 0]]) {
+      const b = Buffer.from(runs);
+      expect(() => codec.decodeDoneRuns(b, 0, b.length, noop), b.toString('hex')).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    }
+    // RECORDS: the count must be at least 1 and fit the payload (records.test.ts checks the records themselves).
+    for (const records of [Buffer.alloc(7), Buffer.alloc(60), Buffer.from([1, 0, 0, 0, 9, 0, 0, 0, ...Array(60).fill(0)])]) {
+      expect(() => codec.recordsCount(records, 0, records.length)).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_PROTOCOL' }));
+    }
     // A u64 beyond 2^53 is refused rather than rounded.
     const d = Buffer.from(one((w) => codec.encodeDelivery(w, 1, 1, 1, 1, 1, 1, 'i', '', '', '', Buffer.alloc(0))).payload);
     d.writeUInt32LE(0x0020_0000, 12);

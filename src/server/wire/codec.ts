@@ -5,18 +5,22 @@
  */
 import assert from 'node:assert/strict';
 import { SpoolError } from '../../errors.js';
+import { META_HEADERS, META_ROUTE } from '../../broker/message.js';
 import {
   CONFIRM_STATUSES,
+  DONE_RUN_BYTES,
   FrameType,
   HELLO_MAGIC,
   NACK_REQUEUE,
   PROTOCOL_VERSION,
   PUBLISH_MANDATORY,
   PUBLISH_TO_QUEUE,
+  RECORDS_ENTRY_FIXED_BYTES,
   STR16_MAX,
+  TAG_MAX,
 } from './constants.js';
 import { TextCache, r16, r32, readLatin1, readText, w16, w32, writeText } from './bytes.js';
-import type { FrameWriter } from './frame-writer.js';
+import { type FrameWriter, ZERO_COPY_BODY_BYTES } from './frame-writer.js';
 import { fromWireJson, toWireJson } from './wire-json.js';
 
 export type ConfirmStatus = (typeof CONFIRM_STATUSES)[number];
@@ -203,6 +207,8 @@ export function decodeHello(payload: Buffer): Hello {
 export interface Welcome {
   heartbeatMs: number;
   maxFrameBytes: number;
+  /** The HELLO features this server takes up (§3 WELCOME); absent when none, and from an older server. */
+  features?: string[];
 }
 
 export function encodeWelcome(w: FrameWriter, welcome: Welcome): void {
@@ -220,7 +226,9 @@ export function decodeWelcome(payload: Buffer): Welcome {
   const hb = o?.heartbeatMs;
   const max = o?.maxFrameBytes;
   if (typeof hb !== 'number' || !(hb > 0) || typeof max !== 'number' || !(max > 0)) throw protocolError('WELCOME lacks heartbeatMs or maxFrameBytes');
-  return { heartbeatMs: hb, maxFrameBytes: max };
+  // As in HELLO: names this client does not know (a newer server's) are kept and never matched.
+  const features = Array.isArray(o?.features) ? o.features.filter((f): f is string => typeof f === 'string') : undefined;
+  return { heartbeatMs: hb, maxFrameBytes: max, ...(features !== undefined ? { features } : {}) };
 }
 
 // --- REQUEST / RESPONSE / ERROR ---
@@ -728,6 +736,190 @@ export function decodeDelivery<T>(payload: Buffer, build: DeliveryBuilder<T>): T
   );
 }
 
+// --- RECORDS ---
+
+/** What a RECORDS entry carries from the log: a stored record (src/log `LogRecord`), copied as it lies. */
+export interface StoredRecord {
+  readonly offset: number;
+  readonly timestamp: number;
+  readonly storedBuffer: Buffer;
+  readonly storedStart: number;
+  readonly storedEnd: number;
+}
+
+/** One delivery of a stored record (the broker's `Message` is one). */
+export interface RecordDelivery {
+  readonly record: StoredRecord;
+  readonly deliveryId: number;
+  readonly deliveryCount: number;
+}
+
+/**
+ * Writes one RECORDS frame for the deliveries `ds[from, to)` with their `tags`, as many of them as
+ * go to the consumer of `ds[from]` in a row and fit in `bytesMax` payload bytes (always at least
+ * one); returns the index after the last one written. The records are copied as stored, and
+ * records that lie back to back in one read buffer (consecutive offsets, the usual case) in one
+ * copy. A record of ZERO_COPY_BODY_BYTES or more goes in a frame of its own, by reference.
+ */
+export function encodeRecords(
+  w: FrameWriter,
+  bytesMax: number,
+  consumers: readonly number[],
+  ds: readonly RecordDelivery[],
+  tags: readonly number[],
+  from: number,
+  to: number,
+): number {
+  const consumerId = consumers[from] as number;
+  const first = (ds[from] as RecordDelivery).record;
+  if (first.storedEnd - first.storedStart >= ZERO_COPY_BODY_BYTES) {
+    const at = w.beginWithBody(FrameType.RECORDS, 0, 8 + RECORDS_ENTRY_FIXED_BYTES, first.storedBuffer.subarray(first.storedStart, first.storedEnd));
+    w32(w.buf, at, consumerId);
+    w32(w.buf, at + 4, 1);
+    writeRecordHead(w.buf, at + 8, tags[from] as number, ds[from] as RecordDelivery);
+    return from + 1;
+  }
+  let bytes = 8;
+  let end = from;
+  while (end < to && consumers[end] === consumerId) {
+    const r = (ds[end] as RecordDelivery).record;
+    const n = r.storedEnd - r.storedStart;
+    if (n >= ZERO_COPY_BODY_BYTES || (end > from && bytes + RECORDS_ENTRY_FIXED_BYTES + n > bytesMax)) break;
+    bytes += RECORDS_ENTRY_FIXED_BYTES + n;
+    end++;
+  }
+  const count = end - from;
+  const at = w.begin(FrameType.RECORDS, 0, bytes);
+  const b = w.buf;
+  w32(b, at, consumerId);
+  w32(b, at + 4, count);
+  let p = at + 8;
+  for (let i = from; i < end; i++, p += RECORDS_ENTRY_FIXED_BYTES) writeRecordHead(b, p, tags[i] as number, ds[i] as RecordDelivery);
+  for (let i = from; i < end; ) {
+    const r = (ds[i++] as RecordDelivery).record;
+    const src = r.storedBuffer;
+    const start = r.storedStart;
+    let stop = r.storedEnd;
+    for (; i < end; i++) {
+      const next = (ds[i] as RecordDelivery).record;
+      if (next.storedBuffer !== src || next.storedStart !== stop) break;
+      stop = next.storedEnd;
+    }
+    src.copy(b, p, start, stop);
+    p += stop - start;
+  }
+  assert.equal(p, at + bytes, 'a RECORDS frame is filled to the size it was begun with');
+  return end;
+}
+
+function writeRecordHead(b: Buffer, at: number, tag: number, d: RecordDelivery): void {
+  w32(b, at, tag);
+  writeU64(b, at + 4, d.record.offset);
+  writeU64(b, at + 12, d.record.timestamp);
+  writeU64(b, at + 20, d.deliveryId);
+  w32(b, at + 28, d.deliveryCount);
+}
+
+/** docs/format.md "Record": offsetDelta, timestampDelta, keyLength, headerCount and valueLength after the length prefix. */
+const RECORD_BYTES_MIN = 4 + 4 + 4 + 2 + 4;
+
+/** The second byte of the broker's `\0m` (route) and `\0h` (user headers) header names: NUL and one letter each. */
+const META_ROUTE_CODE = META_ROUTE.charCodeAt(1);
+const META_HEADERS_CODE = META_HEADERS.charCodeAt(1);
+assert(META_ROUTE.length === 2 && META_ROUTE.charCodeAt(0) === 0 && META_HEADERS.length === 2 && META_HEADERS.charCodeAt(0) === 0, 'the broker header names are NUL and one ASCII letter');
+
+/**
+ * Checks a RECORDS payload `buf[start, end)` as far as its entry heads: returns how many
+ * deliveries it carries (the consumer id is its first u32, as a DELIVERY's).
+ */
+export function recordsCount(buf: Buffer, start: number, end: number): number {
+  if (end - start < 8) throw protocolError('RECORDS payload is truncated');
+  const count = r32(buf, start + 4);
+  if (count === 0) throw protocolError('RECORDS carries no delivery');
+  if (8 + count * (RECORDS_ENTRY_FIXED_BYTES + 4 + RECORD_BYTES_MIN) > end - start) throw protocolError(`RECORDS payload is too short for ${count} deliveries`);
+  return count;
+}
+
+/**
+ * Checks entry `i` of the `count` of a RECORDS payload starting at `start` whose record starts at
+ * `rec` (the frame ends at `end`; the last record must end it), and fills `out` with its layout, the same fields as a DELIVERY's: the id is
+ * the record's key, the exchange and routing key the two halves of its route header (`\0m`), the
+ * headers the JSON of `\0h` (parsed now, so bad JSON fails the frame), the body its value
+ * (src/broker/message.ts). The record's structure is checked as the log checks it (decodeRecords).
+ * Returns where the next record starts.
+ */
+export function scanRecordEntry(buf: Buffer, out: DeliveryLayout, start: number, count: number, i: number, rec: number, end: number): number {
+  const c = cursor(buf, 'RECORDS', start + 8 + i * RECORDS_ENTRY_FIXED_BYTES, end);
+  out.tag = c.u32();
+  out.offset = c.u64();
+  out.timestamp = c.u64();
+  out.deliveryId = c.u64();
+  out.deliveryCount = c.u32();
+  if (end - rec < 4 + RECORD_BYTES_MIN) throw protocolError('RECORDS payload is truncated');
+  const recEnd = rec + 4 + r32(buf, rec);
+  if (recEnd - rec < 4 + RECORD_BYTES_MIN || recEnd > end) throw protocolError('RECORDS has a record whose length is out of bounds');
+  if (i === count - 1 && recEnd !== end) throw protocolError(`RECORDS has ${end - recEnd} bytes after its last record`);
+  const keyLength = r32(buf, rec + 12) | 0;
+  let q = rec + 16;
+  if (keyLength === -1) {
+    out.idStart = out.idEnd = q;
+  } else if (keyLength < 0 || q + keyLength + 6 > recEnd) {
+    throw protocolError('RECORDS has a record whose key is out of bounds');
+  } else {
+    out.idStart = q;
+    q += keyLength;
+    out.idEnd = q;
+  }
+  const headerCount = r16(buf, q);
+  q += 2;
+  let routeStart = -1;
+  let routeEnd = -1;
+  let headersStart = -1;
+  let headersEnd = -1;
+  for (let j = 0; j < headerCount; j++) {
+    if (q + 2 > recEnd) throw protocolError('RECORDS has a record header past its end');
+    const nameLength = r16(buf, q);
+    const nameEnd = q + 2 + nameLength;
+    if (nameEnd + 4 > recEnd) throw protocolError('RECORDS has a record header past its end');
+    const valueEnd = nameEnd + 4 + r32(buf, nameEnd);
+    if (valueEnd > recEnd) throw protocolError('RECORDS has a record header past its end');
+    // The broker's names (src/broker/message.ts): the first of each counts, as when the log reads them.
+    if (nameLength === 2 && buf[q + 2] === 0) {
+      const kind = buf[q + 3];
+      if (kind === META_ROUTE_CODE && routeStart < 0) {
+        routeStart = nameEnd + 4;
+        routeEnd = valueEnd;
+      } else if (kind === META_HEADERS_CODE && headersStart < 0) {
+        headersStart = nameEnd + 4;
+        headersEnd = valueEnd;
+      }
+    }
+    q = valueEnd;
+  }
+  if (q + 4 > recEnd || q + 4 + r32(buf, q) !== recEnd) throw protocolError('RECORDS has a record whose value does not end it');
+  out.bodyStart = q + 4;
+  out.bodyEnd = recEnd;
+  // `exchange NUL routingKey`; without a NUL all of it is the exchange, without a route both are empty (as encodeDeliveryBytes).
+  out.exchangeStart = out.exchangeEnd = out.keyStart = out.keyEnd = routeEnd < 0 ? out.bodyStart : routeEnd;
+  if (routeStart >= 0) {
+    out.exchangeStart = routeStart;
+    for (let k = routeStart; k < routeEnd; k++) {
+      if (buf[k] === 0) {
+        out.exchangeEnd = k;
+        out.keyStart = k + 1;
+        break;
+      }
+    }
+  }
+  out.headers = undefined;
+  if (headersEnd > headersStart) {
+    const headers = parseJson(buf.toString('utf8', headersStart, headersEnd), 'RECORDS');
+    if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) throw protocolError('RECORDS headers must be an object');
+    out.headers = headers as Record<string, unknown>;
+  }
+  return recEnd;
+}
+
 // --- ACK / NACK / DONE / CREDIT ---
 
 export function encodeAck(w: FrameWriter, requestId: number, tag: number): void {
@@ -782,9 +974,15 @@ export function encodeDone(w: FrameWriter, entries: readonly DoneEntry[]): void 
  * makes no object for each.
  */
 export function encodeDoneTags(w: FrameWriter, tags: readonly number[], count: number, failures: ReadonlyMap<number, string>): void {
-  let bytes = 7 * count;
+  encodeDoneSpan(w, tags, 0, count, failures);
+}
+
+/** One DONE frame for the entries `tags[from, to)`; `failures` is by index into `tags`. */
+function encodeDoneSpan(w: FrameWriter, tags: readonly number[], from: number, to: number, failures: ReadonlyMap<number, string>): void {
+  let bytes = 7 * (to - from);
   const texts = new Map<number, Buffer>();
   for (const [i, f] of failures) {
+    if (i < from || i >= to) continue;
     const t = Buffer.from(f).subarray(0, DONE_TEXT_BYTES_MAX);
     texts.set(i, t);
     bytes += t.length;
@@ -792,7 +990,7 @@ export function encodeDoneTags(w: FrameWriter, tags: readonly number[], count: n
   const at = w.begin(FrameType.DONE, 0, bytes);
   const b = w.buf;
   let p = at;
-  for (let i = 0; i < count; i++) {
+  for (let i = from; i < to; i++) {
     const t = texts.size === 0 ? undefined : texts.get(i);
     w32(b, p, tags[i] as number);
     b[p + 4] = t === undefined ? 0 : 1;
@@ -822,6 +1020,63 @@ export function decodeDone(payload: Buffer, each: (tag: number, failure: string 
     each(tag, payload[p + 4] === 0 ? null : payload.toString('utf8', p + 7, p + 7 + n));
     p += 7 + n;
   }
+}
+
+/**
+ * `encodeDoneTags` for a server that takes DONE_RUNS (WELCOME `features`): each run of consecutive
+ * successful tags is one 8-byte DONE_RUNS entry; failures go in DONE frames between them, so the
+ * server still reads the outcomes in the order the handlers ended.
+ */
+export function encodeDoneRuns(w: FrameWriter, tags: readonly number[], count: number, failures: ReadonlyMap<number, string>): void {
+  let i = 0;
+  while (i < count) {
+    let j = i;
+    if (failures.size > 0 && failures.has(i)) {
+      while (j < count && failures.has(j)) j++;
+      encodeDoneSpan(w, tags, i, j, failures);
+      i = j;
+      continue;
+    }
+    j = i + 1;
+    let runs = 1;
+    for (; j < count && (failures.size === 0 || !failures.has(j)); j++) if (tags[j] !== (tags[j - 1] as number) + 1) runs++;
+    const at = w.begin(FrameType.DONE_RUNS, 0, runs * DONE_RUN_BYTES);
+    const b = w.buf;
+    let p = at;
+    let first = tags[i] as number;
+    let n = 1;
+    for (let k = i + 1; k < j; k++) {
+      const t = tags[k] as number;
+      if (t === first + n) {
+        n++;
+        continue;
+      }
+      w32(b, p, first);
+      w32(b, p + 4, n);
+      p += DONE_RUN_BYTES;
+      first = t;
+      n = 1;
+    }
+    w32(b, p, first);
+    w32(b, p + 4, n);
+    assert.equal(p + DONE_RUN_BYTES, at + runs * DONE_RUN_BYTES, 'DONE_RUNS fills the runs it counted');
+    i = j;
+  }
+}
+
+/**
+ * Calls `each(first, count)` for every run of a DONE_RUNS payload `buf[start, end)`, in order,
+ * after validating the whole frame: at least one run, each of at least one tag, from tag 1 up to
+ * TAG_MAX without wrapping.
+ */
+export function decodeDoneRuns(buf: Buffer, start: number, end: number, each: (first: number, count: number) => void): void {
+  if (end === start || (end - start) % DONE_RUN_BYTES !== 0) throw protocolError(`DONE_RUNS payload of ${end - start} bytes is not a whole number of runs`);
+  for (let p = start; p < end; p += DONE_RUN_BYTES) {
+    const first = r32(buf, p);
+    const count = r32(buf, p + 4);
+    if (first === 0 || count === 0 || first + count - 1 > TAG_MAX) throw protocolError(`DONE_RUNS has a bad run (${count} tags from ${first})`);
+  }
+  for (let p = start; p < end; p += DONE_RUN_BYTES) each(r32(buf, p), r32(buf, p + 4));
 }
 
 export function encodeCredit(w: FrameWriter, consumerId: number, count: number): void {

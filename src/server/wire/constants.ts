@@ -30,6 +30,8 @@ export const FrameType = {
   HEARTBEAT: 0x0d,
   CLOSE: 0x0e,
   CONFIRMS: 0x0f,
+  RECORDS: 0x10,
+  DONE_RUNS: 0x11,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 
@@ -44,6 +46,18 @@ export const NACK_REQUEUE = 0x01;
 
 /** §3 HELLO `features`: the client takes CONFIRMS frames (one answer for a run of publishes). */
 export const FEATURE_CONFIRMS = 'confirms';
+/** §3 HELLO `features`: the client takes RECORDS frames (deliveries carrying the stored record). */
+export const FEATURE_RECORDS = 'records';
+/** §3 HELLO and WELCOME `features`: the server takes DONE_RUNS frames (a run of successful tags as one entry). */
+export const FEATURE_DONE_RUNS = 'done-runs';
+/** §3 RECORDS: the fixed fields of an entry before its record (tag, offset, timestamp, delivery id, delivery count). */
+export const RECORDS_ENTRY_FIXED_BYTES = 32;
+/** §3 RECORDS: the most payload bytes of one frame of several deliveries (about the socket read size, so a client starts on a frame soon). */
+export const RECORDS_FRAME_BYTES_MAX = 64 * 1024;
+/** §3 DONE_RUNS: first tag u32 + count u32. */
+export const DONE_RUN_BYTES = 8;
+/** §3: the largest delivery tag (tags run 1..this, then wrap). */
+export const TAG_MAX = 0xffff_fffe;
 
 /** §3 CONFIRM status byte, in wire order. */
 export const CONFIRM_STATUSES = ['confirmed', 'duplicate', 'unroutable'] as const;
