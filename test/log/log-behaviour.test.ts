@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Log, type LogOptions, type LogRecord, type ReadOptions, type RecordInput } from '../../src/log/index.js';
 import { SpoolError, type SpoolErrorCode } from '../../src/errors.js';
 import { BATCH_HEADER_BYTES, CHECKPOINT_FILE, SEGMENT_HEADER_BYTES, crc32, parseSegmentFileName } from '../../src/log/format.js';
-import { encodedRecordBytes } from '../../src/log/record-batch.js';
+import { encodedRecordBytes, recordBytesBound } from '../../src/log/record-batch.js';
 import { SegmentIndex } from '../../src/log/segment-index.js';
 import { FaultyStorage, seededRandom } from '../support/faulty-storage.js';
 
@@ -266,6 +266,27 @@ describe('size limits', () => {
     expect(await log.append(Array.from({ length: 4 }, () => justFits))).toEqual({ baseOffset: 2, lastOffset: 5, count: 4 });
     const all = await readAll(log);
     expect(all.map((r) => r.value.length)).toEqual([5, 978, 978, 978, 978, 978]);
+    await log.close();
+  });
+});
+
+describe('size limits with short strings (sized by a bound, judged on the exact size)', () => {
+  it('accepts a record or batch whose exact size fits though its bound does not, and refuses one byte more', async () => {
+    // Proves the log's limits use the exact UTF-8 size: short string keys and values are first sized by a 3-bytes-a-unit bound, which must never refuse an append that fits.
+    const dir = tmpDir();
+    const { log } = await Log.open(dir, { recordBytesMax: 100, batchBytesMax: 1000 });
+    const fits = { key: 'k'.repeat(30), value: 'v'.repeat(48) };
+    expect(encodedRecordBytes(fits)).toBe(100);
+    expect(recordBytesBound(fits)).toBeGreaterThan(100);
+    expect(await log.appendOne(fits)).toBe(0);
+    await expectCode(log.appendOne({ key: fits.key, value: 'v'.repeat(49) }), 'SPOOL_ERR_RECORD_TOO_LARGE');
+    const n = Math.floor((1000 - BATCH_HEADER_BYTES) / 100);
+    expect(n * recordBytesBound(fits) + BATCH_HEADER_BYTES).toBeGreaterThan(1000);
+    expect(await log.append(Array.from({ length: n }, () => fits))).toEqual({ baseOffset: 1, lastOffset: n, count: n });
+    await expectCode(log.append(Array.from({ length: n + 1 }, () => fits)), 'SPOOL_ERR_BATCH_TOO_LARGE');
+    const all = await readAll(log);
+    expect(all.length).toBe(n + 1);
+    expect(all.every((r) => r.key?.toString() === fits.key && r.value.toString() === fits.value)).toBe(true);
     await log.close();
   });
 });
