@@ -56,60 +56,83 @@ function bodies(count: number, bytes: number): Buffer[] {
   return out;
 }
 
-/** Runs the three workloads `repeats` times through `ops`; returns the median and the runs. */
-async function figuresOf(
-  label: string,
-  p: PeerRunParams,
-  ops: (run: number) => Promise<{
-    publish: (i: number) => Promise<unknown>;
-    drain: (n: number, maxSeconds: number) => Promise<{ count: number; seconds: number; capped: boolean }>;
-    latency: (i: number) => Promise<unknown>;
-    /** The peer's batch API: publish messages first..first+count-1 in one call. */
-    publishBatch?: { call: (first: number, count: number) => Promise<unknown>; inFlight: number };
-    cleanup?: () => Promise<void>;
-  }>,
-): Promise<{ figures: Figures; runs: Figures[] }> {
-  const runs: Figures[] = [];
-  for (let r = 0; r < p.repeats; r++) {
-    const o = await ops(r);
-    try {
-      if (p.warmup > 0) {
-        await pumpWindow(p.warmup, p.window, p.maxSeconds, o.publish);
-        await o.drain(p.warmup, p.maxSeconds);
-      }
-      progress(`${label}: run ${r + 1}/${p.repeats}: publish ${p.messages} x ${p.bodyBytes} B, ${p.window} outstanding`);
-      const pub = await pumpWindow(p.messages, p.window, p.maxSeconds, o.publish);
-      progress(`${label}: ${Math.round(pub.count / pub.seconds)} msgs/s published${pub.capped ? ` (capped at ${p.maxSeconds} s: ${pub.count})` : ''}; draining`);
-      const dr = await o.drain(pub.count, p.maxSeconds * 2);
-      progress(`${label}: ${Math.round(dr.count / dr.seconds)} msgs/s drained; ${p.latencyIterations} lone publishes`);
-      const lat = await loneLatencies(p.latencyIterations, p.maxSeconds, o.latency);
-      let batchPublishPerSec: number | undefined;
-      if (o.publishBatch !== undefined) {
-        // Warmed up like the single publishes above (the JIT has not seen the batch path yet in run 1).
-        if (p.warmup > 0) await pumpBatches(p.warmup, o.publishBatch.inFlight, p.maxSeconds, o.publishBatch.call);
-        progress(`${label}: batch API, ${p.messages} messages in calls of ${BATCH_SIZE}, ${o.publishBatch.inFlight} in flight`);
-        const b = await pumpBatches(p.messages, o.publishBatch.inFlight, p.maxSeconds, o.publishBatch.call);
-        batchPublishPerSec = b.count / b.seconds;
-        progress(`${label}: ${Math.round(batchPublishPerSec)} msgs/s through the batch API`);
-      }
-      runs.push({
-        publishPerSec: pub.count / pub.seconds,
-        published: pub.count,
-        publishSeconds: pub.seconds,
-        publishCapped: pub.capped,
-        drainPerSec: dr.count / dr.seconds,
-        drained: dr.count,
-        drainSeconds: dr.seconds,
-        drainCapped: dr.capped,
-        confirmP50Us: median(lat),
-        confirmP99Us: percentile(lat, 99),
-        latencyIterations: lat.length,
-        ...(batchPublishPerSec === undefined ? {} : { batchPublishPerSec }),
-      });
-    } finally {
-      await o.cleanup?.();
+/** A fresh instance of a peer, ready for one run of the workloads. */
+interface PeerOps {
+  publish: (i: number) => Promise<unknown>;
+  drain: (n: number, maxSeconds: number) => Promise<{ count: number; seconds: number; capped: boolean }>;
+  latency: (i: number) => Promise<unknown>;
+  /** The peer's batch API: publish messages first..first+count-1 in one call. */
+  publishBatch?: { call: (first: number, count: number) => Promise<unknown>; inFlight: number };
+  cleanup?: () => Promise<void>;
+}
+
+/** A peer's runs: `open(run)` makes the instance that run `run` measures. */
+interface PeerRuns {
+  label: string;
+  params: PeerRunParams;
+  open: (run: number) => Promise<PeerOps>;
+}
+
+/** Runs the workloads once on a fresh instance of the peer. */
+async function measureRun({ label, params: p, open }: PeerRuns, r: number): Promise<Figures> {
+  const o = await open(r);
+  try {
+    if (p.warmup > 0) {
+      await pumpWindow(p.warmup, p.window, p.maxSeconds, o.publish);
+      await o.drain(p.warmup, p.maxSeconds);
     }
+    progress(`${label}: run ${r + 1}/${p.repeats}: publish ${p.messages} x ${p.bodyBytes} B, ${p.window} outstanding`);
+    const pub = await pumpWindow(p.messages, p.window, p.maxSeconds, o.publish);
+    progress(`${label}: ${Math.round(pub.count / pub.seconds)} msgs/s published${pub.capped ? ` (capped at ${p.maxSeconds} s: ${pub.count})` : ''}; draining`);
+    const dr = await o.drain(pub.count, p.maxSeconds * 2);
+    progress(`${label}: ${Math.round(dr.count / dr.seconds)} msgs/s drained; ${p.latencyIterations} lone publishes`);
+    const lat = await loneLatencies(p.latencyIterations, p.maxSeconds, o.latency);
+    let batchPublishPerSec: number | undefined;
+    if (o.publishBatch !== undefined) {
+      // Warmed up like the single publishes above (the JIT has not seen the batch path yet in run 1).
+      if (p.warmup > 0) await pumpBatches(p.warmup, o.publishBatch.inFlight, p.maxSeconds, o.publishBatch.call);
+      progress(`${label}: batch API, ${p.messages} messages in calls of ${BATCH_SIZE}, ${o.publishBatch.inFlight} in flight`);
+      const b = await pumpBatches(p.messages, o.publishBatch.inFlight, p.maxSeconds, o.publishBatch.call);
+      batchPublishPerSec = b.count / b.seconds;
+      progress(`${label}: ${Math.round(batchPublishPerSec)} msgs/s through the batch API`);
+    }
+    return {
+      publishPerSec: pub.count / pub.seconds,
+      published: pub.count,
+      publishSeconds: pub.seconds,
+      publishCapped: pub.capped,
+      drainPerSec: dr.count / dr.seconds,
+      drained: dr.count,
+      drainSeconds: dr.seconds,
+      drainCapped: dr.capped,
+      confirmP50Us: median(lat),
+      confirmP99Us: percentile(lat, 99),
+      latencyIterations: lat.length,
+      ...(batchPublishPerSec === undefined ? {} : { batchPublishPerSec }),
+    };
+  } finally {
+    await o.cleanup?.();
   }
+}
+
+/**
+ * Runs each peer's workloads `repeats` times, taking turns run by run (A B, B A, A B, ...), and
+ * returns each peer's runs. For peers in this process: a slow spell of the shared machine then
+ * falls on both sides of a ratio instead of on one peer's whole turn.
+ */
+async function interleavedRuns(peers: readonly PeerRuns[], repeats: number): Promise<Figures[][]> {
+  const runs: Figures[][] = peers.map(() => []);
+  for (let r = 0; r < repeats; r++) {
+    const order = peers.map((_, i) => i);
+    if (r % 2 === 1) order.reverse();
+    for (const i of order) (runs[i] as Figures[]).push(await measureRun(peers[i] as PeerRuns, r));
+  }
+  return runs;
+}
+
+/** Runs the workloads `repeats` times on fresh instances; returns the median and the runs. */
+async function figuresOf(peer: PeerRuns): Promise<{ figures: Figures; runs: Figures[] }> {
+  const [runs] = (await interleavedRuns([peer], peer.params.repeats)) as [Figures[]];
   return { figures: medianFigures(runs), runs };
 }
 
@@ -147,8 +170,68 @@ export async function spoolDelaySupported(tempBase: string): Promise<{ supported
   }
 }
 
+/** A peer measured by `runPeer` or `runInterleaved`: `runs` undefined when it cannot run here (`outcome.error`). */
+interface Peer {
+  outcome: PeerOutcome;
+  runs?: PeerRuns;
+  /** After the workloads (also when they failed): more workloads, cleanup. */
+  after?: () => Promise<void>;
+}
+
+async function runPeer(peer: Peer): Promise<PeerOutcome> {
+  if (peer.runs !== undefined) {
+    try {
+      const { figures, runs } = await figuresOf(peer.runs);
+      peer.outcome.figures = figures;
+      peer.outcome.runs = runs;
+    } catch (err) {
+      peer.outcome.error = errText(err);
+    }
+  }
+  await peer.after?.();
+  return peer.outcome;
+}
+
+/**
+ * Peers in this process measured run by run in turn (`interleavedRuns`), so their ratios compare
+ * runs made seconds apart; each outcome is marked `interleavedWith` the others.
+ */
+async function runInterleaved(peers: readonly Peer[], repeats: number): Promise<PeerOutcome[]> {
+  const able = peers.filter((x) => x.runs !== undefined);
+  try {
+    const runs = await interleavedRuns(
+      able.map((x) => x.runs as PeerRuns),
+      repeats,
+    );
+    able.forEach((x, i) => {
+      x.outcome.runs = runs[i] as Figures[];
+      x.outcome.figures = medianFigures(runs[i] as Figures[]);
+      x.outcome.interleavedWith = able.filter((y) => y !== x).map((y) => y.outcome.key);
+      x.outcome.notes.push(`runs made in turn with ${x.outcome.interleavedWith.join(', ')} (run by run, the order alternating): the targets against it are judged on the median of the per-run ratios`);
+    });
+  } catch (err) {
+    for (const x of able) x.outcome.error = errText(err);
+  }
+  for (const x of peers) await x.after?.();
+  return peers.map((x) => x.outcome);
+}
+
+/** Spool and SQLite (batched) in turn run by run, then SQLite with single transactions alone. */
+export async function runSpoolAndSqlite(p: PeerRunParams): Promise<PeerOutcome[]> {
+  const both = await runInterleaved([spoolPeer(p), sqlitePeer(p, 1000)], p.repeats);
+  return [...both, await runPeer(sqlitePeer(p, 1))];
+}
+
+export function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
+  return runPeer(spoolPeer(p));
+}
+
+export function runSqlite(p: PeerRunParams, batch: number): Promise<PeerOutcome> {
+  return runPeer(sqlitePeer(p, batch));
+}
+
 /** Spool embedded: single publishes with 1,000 outstanding, and its batch API (`publishBatch`). */
-export async function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
+function spoolPeer(p: PeerRunParams): Peer {
   const outcome: PeerOutcome = {
     key: 'spool',
     name: 'Spool (embedded), topic exchange',
@@ -162,8 +245,10 @@ export async function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
   };
   const body = bodies(4096, p.bodyBytes);
   const dirs: string[] = [];
-  try {
-    const { figures, runs } = await figuresOf(outcome.key, p, async (run) => {
+  const runs: PeerRuns = {
+    label: outcome.key,
+    params: p,
+    open: async (run) => {
       const dir = makeTempDir('peers-spool', p.tempBase);
       dirs.push(dir);
       const h = await openBenchBroker(path.join(dir, 'data'));
@@ -185,13 +270,10 @@ export async function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
           removeTempDir(dir);
         },
       };
-    });
-    outcome.figures = figures;
-    outcome.runs = runs;
-  } catch (err) {
-    outcome.error = errText(err);
-  }
-  if (p.delays) {
+    },
+  };
+  const after = async (): Promise<void> => {
+    if (p.delays) {
     const probe = await spoolDelaySupported(p.tempBase).catch((err: unknown) => ({ supported: false, how: errText(err) }));
     if (!probe.supported) {
       outcome.notes.push(`delays: not yet (${probe.how})`);
@@ -204,8 +286,9 @@ export async function runSpool(p: PeerRunParams): Promise<PeerOutcome> {
       }
     }
   }
-  for (const d of dirs) removeTempDir(d);
-  return outcome;
+    for (const d of dirs) removeTempDir(d);
+  };
+  return { outcome, runs, after };
 }
 
 async function spoolDelays(p: PeerRunParams): Promise<DelayFigures> {
@@ -271,7 +354,7 @@ type SqliteCtor = new (file: string) => SqliteDb;
  * `batch` rows, then DELETE them (the ack), in one transaction per batch. better-sqlite3 is
  * synchronous, so "outstanding" does not apply: publishes are issued back to back.
  */
-export async function runSqlite(p: PeerRunParams, batch: number): Promise<PeerOutcome> {
+function sqlitePeer(p: PeerRunParams, batch: number): Peer {
   const outcome: PeerOutcome = {
     key: batch > 1 ? 'sqlite-batch' : 'sqlite-single',
     name: batch > 1 ? `SQLite WAL, synchronous=FULL, transactions of ${batch.toLocaleString('en-US')}` : 'SQLite WAL, synchronous=FULL, one transaction per publish',
@@ -290,13 +373,16 @@ export async function runSqlite(p: PeerRunParams, batch: number): Promise<PeerOu
     Database = require('better-sqlite3') as SqliteCtor;
   } catch (err) {
     outcome.error = `better-sqlite3 cannot be loaded (run bench/peers/setup.sh): ${errText(err)}`;
-    return outcome;
+    return { outcome };
   }
   // One fsync per message is slow and steady: 20 s of it tell as much as the full count would.
   const params: PeerRunParams = batch > 1 ? p : { ...p, maxSeconds: Math.min(p.maxSeconds, 20) };
   if (params.maxSeconds < p.maxSeconds) outcome.notes.push(`each timed workload capped at ${params.maxSeconds} s`);
-  try {
-    const { figures, runs } = await figuresOf(outcome.key, params, async () => {
+  outcome.notes.push('confirm latency: one INSERT committed alone (the same for both SQLite rows)');
+  const runs: PeerRuns = {
+    label: outcome.key,
+    params,
+    open: async () => {
       const dir = makeTempDir('peers-sqlite', p.tempBase);
       const db = new Database(path.join(dir, 'queue.db'));
       db.pragma('journal_mode = WAL');
@@ -385,14 +471,9 @@ export async function runSqlite(p: PeerRunParams, batch: number): Promise<PeerOu
           removeTempDir(dir);
         },
       };
-    });
-    outcome.figures = figures;
-    outcome.runs = runs;
-    outcome.notes.push('confirm latency: one INSERT committed alone (the same for both SQLite rows)');
-  } catch (err) {
-    outcome.error = errText(err);
-  }
-  return outcome;
+    },
+  };
+  return { outcome, runs };
 }
 
 function pkgVersion(name: string): string {
@@ -517,7 +598,7 @@ export async function runRabbit(p: PeerRunParams): Promise<PeerOutcome[]> {
         o.version = ver !== '' ? `RabbitMQ ${ver} (Debian ${debVersion('rabbitmq-server') ?? '?'}), amqplib ${pkgVersion('amqplib')}` : started.version;
         o.notes.push('publish to a durable topic exchange bound to the queue, persistent, confirm channel; drain: prefetch 1,000, basic.ack per message (acks are not confirmed to the client)');
         try {
-          const { figures, runs } = await figuresOf(k.key, p, async (run) => {
+          const { figures, runs } = await figuresOf({ label: k.key, params: p, open: async (run) => {
             const ch = await conn.createConfirmChannel();
             const cch = await conn.createChannel();
             const ex = `bench.${k.type}.${run}`;
@@ -552,7 +633,7 @@ export async function runRabbit(p: PeerRunParams): Promise<PeerOutcome[]> {
                 await ch.close().catch(() => {});
               },
             };
-          });
+          } });
           o.figures = figures;
           o.runs = runs;
         } catch (err) {
@@ -664,7 +745,7 @@ export async function runNats(p: PeerRunParams): Promise<PeerOutcome> {
     try {
       const jsm = await nc.jetstreamManager();
       const js = nc.jetstream();
-      const { figures, runs } = await figuresOf('nats', p, async (run) => {
+      const { figures, runs } = await figuresOf({ label: 'nats', params: p, open: async (run) => {
         const stream = `BENCH${run}`;
         const lstream = `LAT${run}`;
         await jsm.streams.add({ name: stream, subjects: [`bench${run}.>`], storage: nats.StorageType.File, retention: nats.RetentionPolicy.Workqueue });
@@ -702,7 +783,7 @@ export async function runNats(p: PeerRunParams): Promise<PeerOutcome> {
             await jsm.streams.delete(lstream).catch(() => {});
           },
         };
-      });
+      } });
       outcome.figures = figures;
       outcome.runs = runs;
     } finally {
@@ -761,7 +842,7 @@ export async function runBullmq(p: PeerRunParams): Promise<PeerOutcome> {
       startTimeoutMs: 20_000,
     });
     const connection = { host: '127.0.0.1', port, maxRetriesPerRequest: null };
-    const { figures, runs } = await figuresOf('bullmq', p, async (run) => {
+    const { figures, runs } = await figuresOf({ label: 'bullmq', params: p, open: async (run) => {
       const queue = new bull.Queue(`bench${run}`, { connection, defaultJobOptions: { removeOnComplete: true, removeOnFail: true } });
       const lq = new bull.Queue(`lat${run}`, { connection, defaultJobOptions: { removeOnComplete: true } });
       await queue.waitUntilReady();
@@ -789,7 +870,7 @@ export async function runBullmq(p: PeerRunParams): Promise<PeerOutcome> {
           await lq.close();
         },
       };
-    });
+    } });
     outcome.figures = figures;
     outcome.runs = runs;
     if (p.delays) {

@@ -22,10 +22,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureRawLimits, type RawLimits } from '../lib/raw-limits.js';
-import { type SummaryRow, fmt, fmtRatio, installSignalCleanup, machineInfo, out, progress, sourceFingerprint, summaryTable, table, verdict } from '../lib/report.js';
+import { type SummaryRow, fmt, fmtRatio, installSignalCleanup, machineInfo, median, out, progress, sourceFingerprint, summaryTable, table, verdict } from '../lib/report.js';
 import { type ChartBar, renderChart, writeChart } from '../chart.js';
-import { type PeerRunParams, runBullmq, runNats, runRabbit, runSpool, runSqlite } from './adapters.js';
-import { BATCH_SIZE, type PeerOutcome } from './workloads.js';
+import { type PeerRunParams, runBullmq, runNats, runRabbit, runSpool, runSpoolAndSqlite, runSqlite } from './adapters.js';
+import { BATCH_SIZE, type Figures, type PeerOutcome } from './workloads.js';
 
 export const PEERS = ['spool', 'sqlite', 'rabbitmq', 'nats', 'bullmq'] as const;
 export type PeerName = (typeof PEERS)[number];
@@ -129,17 +129,24 @@ export function parsePeersArgs(argv: readonly string[]): PeersCli {
   return o;
 }
 
-/** Runs the selected peers one after the other (Spool first), each failure reported, never fatal. */
+/**
+ * Runs the selected peers one after the other (Spool first), each failure reported, never fatal.
+ * Spool and SQLite both run in this process, so their runs take turns (the targets against SQLite
+ * are judged run by run); the servers cannot, and run after.
+ */
 export async function runPeers(o: PeersCli): Promise<PeerOutcome[]> {
   const outcomes: PeerOutcome[] = [];
+  const withSqlite = o.only.includes('spool') && o.only.includes('sqlite');
   for (const peer of o.only) {
-    progress(`peer ${peer}`);
+    progress(`peer ${peer}${peer === 'spool' && withSqlite ? ', in turn with sqlite' : ''}`);
     try {
       switch (peer) {
         case 'spool':
-          outcomes.push(await runSpool(o));
+          if (withSqlite) outcomes.push(...(await runSpoolAndSqlite(o)));
+          else outcomes.push(await runSpool(o));
           break;
         case 'sqlite':
+          if (withSqlite) break;
           outcomes.push(await runSqlite(o, 1000));
           outcomes.push(await runSqlite(o, 1));
           break;
@@ -160,6 +167,26 @@ export async function runPeers(o: PeersCli): Promise<PeerOutcome[]> {
   return outcomes;
 }
 
+/** A ratio judged run by run: each run of Spool against the run of the peer made in turn with it. */
+interface PairedRatio {
+  median: number;
+  runs: number[];
+}
+
+/** Spool/peer run by run (peer/Spool when lower is better), when their runs took turns; else undefined. */
+export function pairedRatio(spool: PeerOutcome | undefined, peer: PeerOutcome | undefined, pick: (f: Figures) => number | undefined, higherIsBetter: boolean): PairedRatio | undefined {
+  if (spool?.runs === undefined || peer?.runs === undefined || !(spool.interleavedWith ?? []).includes(peer.key)) return undefined;
+  if (spool.runs.length !== peer.runs.length || spool.runs.length === 0) return undefined;
+  const runs: number[] = [];
+  for (let i = 0; i < spool.runs.length; i++) {
+    const mine = pick(spool.runs[i] as Figures);
+    const theirs = pick(peer.runs[i] as Figures);
+    if (mine === undefined || theirs === undefined || !(mine > 0) || !(theirs > 0)) return undefined;
+    runs.push(higherIsBetter ? mine / theirs : theirs / mine);
+  }
+  return { median: median(runs), runs };
+}
+
 function ratioCell(spool: number | undefined, peer: number | undefined): string {
   if (spool === undefined || peer === undefined || !Number.isFinite(spool) || !Number.isFinite(peer) || peer <= 0) return 'n/a';
   return fmtRatio(spool / peer);
@@ -171,16 +198,17 @@ export function peerTargets(outcomes: readonly PeerOutcome[], raw: RawLimits | n
   const spool = by('spool');
   const s = spool?.figures;
   const rows: SummaryRow[] = [];
-  const ratioRow = (metric: string, mine: number | undefined, theirs: number | undefined, min: number, peer: string, higherIsBetter = true): void => {
+  const ratioRow = (metric: string, mine: number | undefined, theirs: number | undefined, min: number, peer: string, higherIsBetter = true, paired?: PairedRatio): void => {
     const ok = mine !== undefined && theirs !== undefined && Number.isFinite(mine) && Number.isFinite(theirs) && theirs > 0;
-    const v = ok ? (higherIsBetter ? (mine as number) / (theirs as number) : (theirs as number) / (mine as number)) : Number.NaN;
+    const v = paired !== undefined ? paired.median : ok ? (higherIsBetter ? (mine as number) / (theirs as number) : (theirs as number) / (mine as number)) : Number.NaN;
+    const how = paired !== undefined ? `; median of ${paired.runs.length} runs in turn: ${paired.runs.map((r) => fmtRatio(r)).join(', ')}` : '';
     rows.push({
       scenario: 'peers',
       metric,
       value: v,
       unit: 'x',
       target: { kind: 'min', value: min, text: `>= ${min}x ${peer}` },
-      ratios: ok ? `Spool ${fmt(mine)} vs ${fmt(theirs)}` : `not measured (${peer} or Spool did not run)`,
+      ratios: ok ? `Spool ${fmt(mine)} vs ${fmt(theirs)}${how}` : `not measured (${peer} or Spool did not run)`,
       ...(ok ? {} : { unmeasured: true }),
     });
   };
@@ -188,9 +216,11 @@ export function peerTargets(outcomes: readonly PeerOutcome[], raw: RawLimits | n
   const sb = by('sqlite-batch')?.figures;
   const ss = by('sqlite-single')?.figures;
   ratioRow('confirmed publish vs RabbitMQ quorum', s?.publishPerSec, q?.publishPerSec, 10, 'RabbitMQ quorum');
-  ratioRow('confirmed publish, batch API, vs SQLite batched', s?.batchPublishPerSec, sb?.batchPublishPerSec, 2, 'SQLite batched');
+  const withBatch = by('sqlite-batch');
+  const pairedBatch = (pick: (f: Figures) => number | undefined, higherIsBetter = true) => pairedRatio(spool, withBatch, pick, higherIsBetter);
+  ratioRow('confirmed publish, batch API, vs SQLite batched', s?.batchPublishPerSec, sb?.batchPublishPerSec, 2, 'SQLite batched', true, pairedBatch((f) => f.batchPublishPerSec));
   ratioRow('confirmed publish (1,000 outstanding) vs SQLite single', s?.publishPerSec, ss?.publishPerSec, 1.3, 'SQLite single');
-  ratioRow('drain with acks vs SQLite batched', s?.drainPerSec, sb?.drainPerSec, 3, 'SQLite batched');
+  ratioRow('drain with acks vs SQLite batched', s?.drainPerSec, sb?.drainPerSec, 3, 'SQLite batched', true, pairedBatch((f) => f.drainPerSec));
   ratioRow('drain with acks vs RabbitMQ quorum', s?.drainPerSec, q?.drainPerSec, 10, 'RabbitMQ quorum');
   if (s !== undefined && raw !== null) {
     rows.push({
@@ -202,7 +232,7 @@ export function peerTargets(outcomes: readonly PeerOutcome[], raw: RawLimits | n
       ratios: `Spool ${fmt(s.confirmP50Us)} us vs raw write+fdatasync median ${fmt(raw.fsyncMedianUs)} us (this run)`,
     });
   }
-  ratioRow('confirm p50: SQLite / Spool (>= 1 = no worse)', s?.confirmP50Us, sb?.confirmP50Us ?? ss?.confirmP50Us, 1, 'SQLite', false);
+  ratioRow('confirm p50: SQLite / Spool (>= 1 = no worse)', s?.confirmP50Us, sb?.confirmP50Us ?? ss?.confirmP50Us, 1, 'SQLite', false, sb !== undefined ? pairedBatch((f) => f.confirmP50Us, false) : undefined);
   const sd = spool?.delay;
   const bd = by('bullmq')?.delay;
   rows.push({

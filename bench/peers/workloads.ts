@@ -93,6 +93,8 @@ export interface PeerOutcome {
   figures?: Figures;
   /** Per-run figures when repeated. */
   runs?: Figures[];
+  /** Peers whose runs took turns with this one's (run i of each made seconds apart): their ratios are judged run by run. */
+  interleavedWith?: string[];
   delay?: DelayFigures;
   /** Why this peer (or a part of it) did not run. */
   error?: string;

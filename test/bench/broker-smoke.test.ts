@@ -21,10 +21,10 @@ import { SCENARIOS, parseArgs, selectScenarios } from '../../bench/run.js';
 import type { ScenarioContext } from '../../bench/lib/context.js';
 import { measureRawLimits, type RawLimits } from '../../bench/lib/raw-limits.js';
 import { type ScenarioReport, verdict } from '../../bench/lib/report.js';
-import { runSpool, runSqlite, spoolDelaySupported } from '../../bench/peers/adapters.js';
+import { runSpool, runSpoolAndSqlite, runSqlite, spoolDelaySupported } from '../../bench/peers/adapters.js';
 import { parsePeersArgs, peerTargets, peersChart } from '../../bench/peers/run.js';
 import { freePort } from '../../bench/peers/servers.js';
-import { type PeerOutcome, pumpWindow, randomDelays, textBodies } from '../../bench/peers/workloads.js';
+import { type PeerOutcome, medianFigures, pumpWindow, randomDelays, textBodies } from '../../bench/peers/workloads.js';
 
 let base: string;
 let raw: RawLimits;
@@ -189,6 +189,41 @@ describe('peers bench smoke (no servers)', () => {
       expect(o.durableAtAck).toBe(true);
     }
     expect(fs.readdirSync(base)).toEqual([]);
+  });
+
+  it('Spool and SQLite take turns run by run, marked so that their ratios are judged per run', async () => {
+    const outcomes = await runSpoolAndSqlite({ ...tiny, repeats: 2, tempBase: base });
+    expect(outcomes.map((o) => o.key)).toEqual(['spool', 'sqlite-batch', 'sqlite-single']);
+    const [spool, batched] = outcomes as [PeerOutcome, PeerOutcome];
+    expect(spool.error).toBeUndefined();
+    expect(spool.runs).toHaveLength(2);
+    if (batched.error === undefined) {
+      expect(batched.runs).toHaveLength(2);
+      expect(spool.interleavedWith).toEqual(['sqlite-batch']);
+      expect(batched.interleavedWith).toEqual(['spool']);
+      positive(batched.figures?.batchPublishPerSec, 'sqlite batch API');
+    } else {
+      expect(batched.error).toMatch(/better-sqlite3/);
+    }
+    expect(fs.readdirSync(base)).toEqual([]);
+  });
+
+  it('judges ratios against a peer that took turns with Spool run by run: the median of the per-run ratios', () => {
+    const f = (batch: number, drain: number, p50: number) => ({ publishPerSec: 1, published: 1, publishSeconds: 1, publishCapped: false, drainPerSec: drain, drained: 1, drainSeconds: 1, drainCapped: false, confirmP50Us: p50, confirmP99Us: p50, latencyIterations: 1, batchPublishPerSec: batch });
+    const spoolRuns = [f(900_000, 1_200_000, 150), f(1_500_000, 1_500_000, 200), f(1_000_000, 1_000_000, 120)];
+    const sqliteRuns = [f(600_000, 400_000, 100), f(500_000, 500_000, 210), f(450_000, 300_000, 125)];
+    const outcome = (key: string, runs: ReturnType<typeof f>[], interleavedWith?: string[]): PeerOutcome => ({ key, name: key, version: '', ackMeans: '', durableAtAck: true, notes: [], runs, figures: medianFigures(runs), ...(interleavedWith ? { interleavedWith } : {}) });
+    const get = (rows: ReturnType<typeof peerTargets>, m: string) => rows.find((r) => r.metric === m)?.value;
+    const paired = peerTargets([outcome('spool', spoolRuns, ['sqlite-batch']), outcome('sqlite-batch', sqliteRuns, ['spool'])], raw);
+    // Per run: 1.5, 3.0, 2.22 (median 2.22); the ratio of the medians would be 1.0M / 500k = 2.0.
+    expect(get(paired, 'confirmed publish, batch API, vs SQLite batched')).toBeCloseTo(1_000_000 / 450_000);
+    // Per run: 3.0, 3.0, 3.33 (median 3.0); of the medians 1.2M / 400k = 3.0 as well, so also check p50.
+    expect(get(paired, 'drain with acks vs SQLite batched')).toBeCloseTo(3);
+    // SQLite / Spool per run: 0.667, 1.05, 1.04 (median 1.04); of the medians 125 / 150 = 0.833.
+    expect(get(paired, 'confirm p50: SQLite / Spool (>= 1 = no worse)')).toBeCloseTo(125 / 120);
+    const apart = peerTargets([outcome('spool', spoolRuns), outcome('sqlite-batch', sqliteRuns)], raw);
+    expect(get(apart, 'confirmed publish, batch API, vs SQLite batched')).toBeCloseTo(2);
+    expect(get(apart, 'confirm p50: SQLite / Spool (>= 1 = no worse)')).toBeCloseTo(125 / 150);
   });
 
   it('judges the targets of issue 6 from outcomes, leaving out what was not measured', () => {
