@@ -241,7 +241,7 @@ export function peerTargets(outcomes: readonly PeerOutcome[], raw: RawLimits | n
     value: sd?.p99Ms ?? Number.NaN,
     unit: 'ms',
     target: { kind: 'max', value: 20, text: '< 20 ms' },
-    ratios: sd === undefined ? 'not measured: Spool has no publish delay yet' : `${fmt(sd.received)} of ${fmt(sd.messages)} fired`,
+    ratios: sd === undefined ? `not measured in this run (${spool === undefined ? 'Spool did not run' : (spool.notes.find((n) => n.startsWith('delays')) ?? 'delays skipped: --no-delays')})` : `${fmt(sd.received)} of ${fmt(sd.messages)} fired`,
     ...(sd === undefined ? { unmeasured: true } : {}),
   });
   ratioRow('delay lateness p99: BullMQ / Spool', sd?.p99Ms, bd?.p99Ms, 25, 'BullMQ', false);
