@@ -32,6 +32,8 @@ import { median, percentile } from '../lib/report.js';
 
 export interface PeerRunParams extends WorkloadParams {
   repeats: number;
+  /** Runs of Spool and SQLite batched when they take turns (`runSpoolAndSqlite`). */
+  turns: number;
   /** Parent of the temp dirs. */
   tempBase: string;
   delays: boolean;
@@ -218,7 +220,8 @@ async function runInterleaved(peers: readonly Peer[], repeats: number): Promise<
 
 /** Spool and SQLite (batched) in turn run by run, then SQLite with single transactions alone. */
 export async function runSpoolAndSqlite(p: PeerRunParams): Promise<PeerOutcome[]> {
-  const both = await runInterleaved([spoolPeer(p), sqlitePeer(p, 1000)], p.repeats);
+  const inTurn = { ...p, repeats: p.turns };
+  const both = await runInterleaved([spoolPeer(inTurn), sqlitePeer(inTurn, 1000)], p.turns);
   return [...both, await runPeer(sqlitePeer(p, 1))];
 }
 

@@ -3,7 +3,7 @@
  *
  *   npm run bench:peers            (= npm run build && node dist/bench/peers/run.js)
  *   node dist/bench/peers/run.js [--only spool,sqlite,rabbitmq,nats,bullmq] [--messages n]
- *        [--window n] [--latency n] [--repeats n] [--max-seconds s] [--no-delays]
+ *        [--window n] [--latency n] [--repeats n] [--turns n] [--max-seconds s] [--no-delays]
  *        [--delay-messages n] [--out dir] [--dir tmpdir]
  *
  * Install the peers first: bash bench/peers/setup.sh (Debian packages rabbitmq-server, nats-server,
@@ -36,11 +36,13 @@ export interface PeersCli extends PeerRunParams {
 }
 
 const USAGE = `usage: node dist/bench/peers/run.js [--only ${PEERS.join(',')}] [--messages n] [--window n] [--latency n]
-       [--repeats n] [--max-seconds s] [--no-delays] [--delay-messages n] [--out dir] [--dir tmpdir]
+       [--repeats n] [--turns n] [--max-seconds s] [--no-delays] [--delay-messages n] [--out dir] [--dir tmpdir]
   --messages        messages per throughput workload (default 200,000), 100 B bodies (--body-bytes)
   --window          publishes outstanding (default 1,000)
   --latency         lone publishes for the confirm latency (default 2,000)
   --repeats         runs of each workload per peer, median reported (default 3)
+  --turns           runs of Spool and SQLite batched, taken in turn (default 5): the targets against
+                    SQLite are judged on the median of their per-run ratios
   --max-seconds     cap of one timed workload (default 60): a slower peer reports the rate over what it did
   --no-delays       skip the delay workloads (10,000 messages, random delays 0-5 s)`;
 
@@ -55,6 +57,7 @@ export function parsePeersArgs(argv: readonly string[]): PeersCli {
     maxSeconds: 60,
     warmup: 5000,
     repeats: 3,
+    turns: 5,
     tempBase: os.tmpdir(),
     delays: true,
     delayMessages: 10_000,
@@ -98,6 +101,9 @@ export function parsePeersArgs(argv: readonly string[]): PeersCli {
         break;
       case '--repeats':
         o.repeats = Math.max(1, int());
+        break;
+      case '--turns':
+        o.turns = Math.max(1, int());
         break;
       case '--max-seconds':
         o.maxSeconds = Math.max(1, int());
@@ -255,7 +261,7 @@ function durability(o: PeerOutcome): string {
 export function printPeers(o: PeersCli, outcomes: readonly PeerOutcome[], raw: RawLimits | null): SummaryRow[] {
   const spool = outcomes.find((x) => x.key === 'spool')?.figures;
   const withFigures = outcomes.filter((x) => x.figures !== undefined);
-  out(`== peers: ${fmt(o.bodyBytes, 0)} B bodies, ${fmt(o.messages)} messages, ${fmt(o.window)} publishes outstanding; medians of ${o.repeats}; ratios are Spool/peer from this same run`);
+  out(`== peers: ${fmt(o.bodyBytes, 0)} B bodies, ${fmt(o.messages)} messages, ${fmt(o.window)} publishes outstanding; medians of ${o.repeats} runs (Spool and SQLite batched: ${o.turns}, in turn); ratios are Spool/peer from this same run`);
   out(
     table(
       ['peer', 'ack', 'confirmed publish msgs/s', 'Spool/peer', 'drain with acks msgs/s', 'Spool/peer', 'confirm p50 ms', 'p99 ms', 'Spool/peer'],
@@ -376,7 +382,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   fs.writeFileSync(path.join(o.outDir, 'peers-latest.json'), json);
   const root = fileURLToPath(new URL('../../../', import.meta.url));
   const everyPeer = o.only.length === PEERS.length;
-  const svg = peersChart(o, outcomes, started, `${machine.cpus} x ${machine.cpuModel}, ${machine.tempDirFs}, node ${machine.node}; medians of ${o.repeats}; raw ${fmt(raw.fsyncCallsPerSec)} fdatasync/s, ${fmt(raw.seqWriteMBps)} MB/s`);
+  const svg = peersChart(o, outcomes, started, `${machine.cpus} x ${machine.cpuModel}, ${machine.tempDirFs}, node ${machine.node}; medians of ${o.repeats} (Spool, SQLite batched: ${o.turns} in turn); raw ${fmt(raw.fsyncCallsPerSec)} fdatasync/s, ${fmt(raw.seqWriteMBps)} MB/s`);
   const charts = writeChart(o.outDir, svg, started, 'peers-', everyPeer ? path.join(root, 'docs', 'benchmarks-peers.svg') : undefined);
   out(`results: ${peersFile} (and peers-latest.json); chart: ${charts.join(', ')}`);
   return 0;

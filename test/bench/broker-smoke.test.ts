@@ -130,11 +130,11 @@ describe('broker bench smoke', () => {
 });
 
 describe('peers bench smoke (no servers)', () => {
-  const tiny = { messages: 300, bodyBytes: 100, window: 50, latencyIterations: 5, maxSeconds: 20, warmup: 50, repeats: 1, delays: false, delayMessages: 0, delayMaxMs: 0 };
+  const tiny = { messages: 300, bodyBytes: 100, window: 50, latencyIterations: 5, maxSeconds: 20, warmup: 50, repeats: 1, turns: 1, delays: false, delayMessages: 0, delayMaxMs: 0 };
 
   it('parses its flags', () => {
     const o = parsePeersArgs(['--only', 'spool,sqlite', '--messages', '1000', '--no-delays', '--repeats=2']);
-    expect(o).toMatchObject({ only: ['spool', 'sqlite'], messages: 1000, delays: false, repeats: 2, window: 1000, bodyBytes: 100 });
+    expect(o).toMatchObject({ only: ['spool', 'sqlite'], messages: 1000, delays: false, repeats: 2, turns: 5, window: 1000, bodyBytes: 100 });
     expect(() => parsePeersArgs(['--only', 'kafka'])).toThrow(/unknown peer/);
   });
 
@@ -192,7 +192,7 @@ describe('peers bench smoke (no servers)', () => {
   });
 
   it('Spool and SQLite take turns run by run, marked so that their ratios are judged per run', async () => {
-    const outcomes = await runSpoolAndSqlite({ ...tiny, repeats: 2, tempBase: base });
+    const outcomes = await runSpoolAndSqlite({ ...tiny, turns: 2, tempBase: base });
     expect(outcomes.map((o) => o.key)).toEqual(['spool', 'sqlite-batch', 'sqlite-single']);
     const [spool, batched] = outcomes as [PeerOutcome, PeerOutcome];
     expect(spool.error).toBeUndefined();
