@@ -600,12 +600,22 @@ export function backoffMs(backoff: { initial: number; factor: number; max: numbe
  * seen it (the outcome is kept).
  */
 export class HandlerCall {
-  private consumer: Consumer | null = null;
-  private called: Message | null = null;
-  private attempt = 0;
+  // Set in the constructor rather than as class fields: one is made per served delivery, and
+  // class-field initializers made that ~60% slower (a subclass's construction ~22 -> ~14 ns).
+  declare private consumer: Consumer | null;
+  declare private called: Message | null;
+  declare private attempt: number;
   /** 0 running, 1 ended well, 2 ended with `err`. */
-  private state = 0;
-  private err: unknown = undefined;
+  declare private state: number;
+  declare private err: unknown;
+
+  constructor() {
+    this.consumer = null;
+    this.called = null;
+    this.attempt = 0;
+    this.state = 0;
+    this.err = undefined;
+  }
 
   /** Called by the consumer that ran the handler. */
   started(consumer: Consumer, msg: Message, attempt: number): void {

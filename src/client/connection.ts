@@ -9,6 +9,7 @@ import { decodeError, decodeWelcome, encodeClose, encodeHeartbeat, encodeHello, 
 import { FEATURE_CONFIRMS, FEATURE_DONE_RUNS, FEATURE_RECORDS, FrameType, HEARTBEAT_MISSES_MAX } from '../server/wire/constants.js';
 import { FrameReader } from '../server/wire/frame-reader.js';
 import { FrameWriter } from '../server/wire/frame-writer.js';
+import { ReadSlab } from './read-slab.js';
 import { type BrokerAddress, describeAddress } from './url.js';
 
 export interface ConnectionSink {
@@ -69,8 +70,19 @@ export class ClientSession {
    */
   static open(address: BrokerAddress, options: SessionOptions, sink: ConnectionSink): Promise<ClientSession> {
     return new Promise((resolve, reject) => {
-      const socket = address.kind === 'unix' ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port });
+      // Reads go straight to the session, into a slab (read-slab.ts), not through a Readable's 'data'.
+      const slab = new ReadSlab();
+      let toSession: ((chunk: Buffer) => void) | null = null;
+      const onread = {
+        buffer: slab.next,
+        callback: (n: number, window: Uint8Array): boolean => {
+          toSession?.(slab.take(window as Buffer, n));
+          return true;
+        },
+      };
+      const socket = address.kind === 'unix' ? net.connect({ path: address.path, onread }) : net.connect({ host: address.host, port: address.port, onread });
       const session = new ClientSession(socket, options.maxFrameBytes);
+      toSession = (chunk) => session.onData(chunk);
       let settled = false;
       const fail = (err: SpoolError) => {
         if (settled) return;
@@ -104,7 +116,6 @@ export class ClientSession {
         });
         session.writer.flush();
       });
-      socket.on('data', (chunk: Buffer) => session.onData(chunk));
       socket.on('error', (err: NodeJS.ErrnoException) => {
         const e = new SpoolError('SPOOL_ERR_DISCONNECTED', `connection to ${describeAddress(address)} failed: ${err.code ?? err.message}`, { cause: err });
         if (!settled) fail(e);

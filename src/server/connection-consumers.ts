@@ -41,11 +41,14 @@ interface RemoteConsumer {
  * consumer takes as its handler settling.
  */
 class Delivery extends HandlerCall {
-  constructor(
-    readonly msg: Message,
-    readonly consumerId: number,
-  ) {
+  // Assigned after super() (no class fields: see HandlerCall).
+  declare readonly msg: Message;
+  declare readonly consumerId: number;
+
+  constructor(msg: Message, consumerId: number) {
     super();
+    this.msg = msg;
+    this.consumerId = consumerId;
   }
 }
 

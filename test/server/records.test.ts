@@ -300,6 +300,22 @@ function recordsOf(raw: RawClient): { tag: number; id: string }[] {
   return raw.ofType(FrameType.RECORDS).flatMap((f) => readRecords(f.payload).msgs.map((m) => ({ tag: m.tag, id: m.id })));
 }
 
+describe('RECORDS frame size', () => {
+  it('a run of deliveries goes in frames of at most 16 KiB of payload, so a 64 KiB socket read holds whole frames', async () => {
+    // Proves the server cuts a run to a quarter of a socket read: 400 deliveries of ~200 B (~80 KB) arrive in several frames, none over 16 KiB, in order (at 64 KiB they came in two, each straddling reads).
+    const { broker, server } = await h.served();
+    await broker.assertQueue('q');
+    for (let i = 0; i < 400; i++) await broker.sendToQueue('q', Buffer.alloc(100, i), { id: `id-${i}` });
+    const { raw } = await rawSession(server.socketPath as string, [FEATURE_CONFIRMS, FEATURE_RECORDS, FEATURE_DONE_RUNS]);
+    raw.send(consumeFrame(1, 1, { group: 'g', ack: 'manual', prefetch: 1000 }));
+    await waitFor(() => recordsOf(raw).length === 400, '400 deliveries');
+    const sizes = raw.ofType(FrameType.RECORDS).map((f) => f.payload.length);
+    expect(sizes.length).toBeGreaterThan(3);
+    for (const n of sizes) expect(n).toBeLessThanOrEqual(16 * 1024);
+    expect(recordsOf(raw).map((d) => d.id)).toEqual(Array.from({ length: 400 }, (_, i) => `id-${i}`));
+  });
+});
+
 describe('DONE_RUNS on the server', () => {
   async function tenInFlight() {
     const { broker, server } = await h.served();

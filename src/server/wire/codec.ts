@@ -820,6 +820,13 @@ function writeRecordHead(b: Buffer, at: number, tag: number, d: RecordDelivery):
   w32(b, at + 28, d.deliveryCount);
 }
 
+/** A u64 restricted to safe integers (as PayloadCursor.u64), from bytes the caller bounds-checked. */
+function safeU64(buf: Buffer, at: number): number {
+  const hi = r32(buf, at + 4);
+  if (hi > 0x1f_ffff) throw protocolError('RECORDS: a u64 field exceeds 2^53');
+  return hi * 0x1_0000_0000 + r32(buf, at);
+}
+
 /** docs/format.md "Record": offsetDelta, timestampDelta, keyLength, headerCount and valueLength after the length prefix. */
 const RECORD_BYTES_MIN = 4 + 4 + 4 + 2 + 4;
 
@@ -849,12 +856,15 @@ export function recordsCount(buf: Buffer, start: number, end: number): number {
  * Returns where the next record starts.
  */
 export function scanRecordEntry(buf: Buffer, out: DeliveryLayout, start: number, count: number, i: number, rec: number, end: number): number {
-  const c = cursor(buf, 'RECORDS', start + 8 + i * RECORDS_ENTRY_FIXED_BYTES, end);
-  out.tag = c.u32();
-  out.offset = c.u64();
-  out.timestamp = c.u64();
-  out.deliveryId = c.u64();
-  out.deliveryCount = c.u32();
+  // The entry heads lie within the frame (recordsCount checked room for `count` of them), so
+  // they are read without a cursor's check per field.
+  const h = start + 8 + i * RECORDS_ENTRY_FIXED_BYTES;
+  assert(i < count && h + RECORDS_ENTRY_FIXED_BYTES <= end, 'a RECORDS entry head lies within the frame');
+  out.tag = r32(buf, h);
+  out.offset = safeU64(buf, h + 4);
+  out.timestamp = safeU64(buf, h + 12);
+  out.deliveryId = safeU64(buf, h + 20);
+  out.deliveryCount = r32(buf, h + 28);
   if (end - rec < 4 + RECORD_BYTES_MIN) throw protocolError('RECORDS payload is truncated');
   const recEnd = rec + 4 + r32(buf, rec);
   if (recEnd - rec < 4 + RECORD_BYTES_MIN || recEnd > end) throw protocolError('RECORDS has a record whose length is out of bounds');
