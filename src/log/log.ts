@@ -755,6 +755,8 @@ export class Log {
     // The sealed segment keeps its handle, now only for reads.
     this.segments = [...this.segments, next];
     this.active = next;
+    // Only now: a failed roll leaves `sealed` active, writing on with its index.
+    sealed.releaseIndex();
     this.bytesSinceIndex = 0;
     this.written = { size: next.size, nextOffset: next.nextOffset, bytesSinceIndex: 0, maxTimestamp: next.maxTimestamp };
     await this.writeCheckpoint().catch(() => {
@@ -833,9 +835,6 @@ export class Log {
     try {
       const file = segment === this.active ? segment.file : await segment.openForRead();
       if (file === null) throw new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed');
-      if (segment.index === null) {
-        if (await segment.loadIndex(this.options.indexIntervalBytes)) this.counters.indexesRebuilt++;
-      }
       const end = segment.size;
       const limitOffset = segment.nextOffset;
       if (end < SEGMENT_HEADER_BYTES) throw new CorruptError(segment.logPath, 0, `segment is ${end} bytes, shorter than its header`);
@@ -845,7 +844,9 @@ export class Log {
       if (hint !== undefined && hint.segment === segment) {
         position = hint.position;
         expected = fromOffset;
-      } else {
+      } else if (fromOffset > segment.baseOffset) {
+        // Only a lookup needs the index: a sequential reader moves on by hints, and enters the next segment at its start.
+        if (segment.index === null && (await segment.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
         const entry = (segment.index as SegmentIndex).lookupOffset(fromOffset - segment.baseOffset);
         if (entry !== null) {
           position = entry.position;
@@ -907,10 +908,9 @@ export class Log {
   async offsetForTime(timestamp: number): Promise<number> {
     this.checkReadable();
     for (const segment of this.segments) {
-      if (segment !== this.active && segment.index === null) {
-        if (await segment.loadIndex(this.options.indexIntervalBytes)) this.counters.indexesRebuilt++;
-      }
+      if (!segment.timestampKnown && (await segment.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
       if (segment.maxTimestamp < timestamp) continue;
+      if (segment.index === null && (await segment.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
       const entry = (segment.index as SegmentIndex).lookupTime(timestamp);
       let offset = entry === null ? segment.baseOffset : segment.baseOffset + entry.relOffset;
       while (offset < segment.nextOffset) {
@@ -935,7 +935,7 @@ export class Log {
   async deleteOlderThan(ageMs: number): Promise<number> {
     const cutoff = this.options.clock.now() - ageMs;
     for (const s of this.segments) {
-      if (s !== this.active && s.index === null && (await s.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
+      if (!s.timestampKnown && (await s.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
     }
     return this.deleteWhile((s) => s.maxTimestamp < cutoff);
   }

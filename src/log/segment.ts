@@ -2,6 +2,7 @@
  * One segment: a records file plus its sparse offset and time index, named by base offset.
  * A segment is either the active one (the log appends to it) or sealed (immutable, fully synced).
  */
+import assert from 'node:assert/strict';
 import path from 'node:path';
 import { CorruptError } from '../errors.js';
 import {
@@ -48,6 +49,12 @@ export class Segment {
   /** Largest record timestamp; Number.MIN_SAFE_INTEGER while unknown or empty. */
   maxTimestamp = Number.MIN_SAFE_INTEGER;
   index: SegmentIndex | null = null;
+  /**
+   * Set when the segment was sealed in this process and its index let go (it is on disk, and
+   * `nextOffset` and `maxTimestamp` stay known): kept in memory, the indexes of every sealed
+   * segment would grow with the log (16 B per 4 KiB written). A lookup loads it again.
+   */
+  indexReleased = false;
   /** Reads in flight; a deleted segment closes its handle once this drops to zero. */
   readers = 0;
   deleted = false;
@@ -122,6 +129,18 @@ export class Segment {
    * Loads the index of a sealed segment from its files, rebuilding (and rewriting) it when the
    * files are missing or damaged. Returns true when it had to rebuild.
    */
+  /** Whether `maxTimestamp` is known without loading the index (it is for the active segment, always). */
+  get timestampKnown(): boolean {
+    return this.index !== null || this.indexReleased;
+  }
+
+  /** Sealed, with its index files written: lets go of the in-memory index (see `indexReleased`). */
+  releaseIndex(): void {
+    assert(this.index !== null, 'a segment sealed in this process has its index');
+    this.index = null;
+    this.indexReleased = true;
+  }
+
   async loadIndex(indexIntervalBytes: number): Promise<boolean> {
     if (this.index !== null) return false;
     const file = await this.openForRead();
