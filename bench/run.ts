@@ -46,6 +46,8 @@ export interface CliOptions {
   quick: boolean;
   /** broker-backlog with 10,000,000 messages (the issue's figure) instead of 1,000,000 (200,000 with --quick). */
   big: boolean;
+  /** broker-backlog with exactly this many messages (overrides --big): does RSS level off further out? */
+  backlog?: number;
   only: string[] | null;
   outDir: string;
   tempBase: string;
@@ -56,7 +58,7 @@ interface Scenario {
   name: string;
   /** Whether its ratios need the raw limits. */
   usesRaw: boolean;
-  run(ctx: ScenarioContext, quick: boolean, tempBase: string, opts?: { big: boolean }): Promise<ScenarioReport>;
+  run(ctx: ScenarioContext, quick: boolean, tempBase: string, opts?: { big: boolean; backlog?: number }): Promise<ScenarioReport>;
 }
 
 export const SCENARIOS: readonly Scenario[] = [
@@ -116,7 +118,7 @@ export const SCENARIOS: readonly Scenario[] = [
     usesRaw: true,
     run: (ctx, quick, dir, o) => {
       const s = BROKER_SIZES[quick ? 'quick' : 'full'];
-      return benchBrokerBacklog(ctx, { messages: o?.big === true ? s.backlogBig : s.backlog, bodyBytes: 100, sampleMs: 250, dir });
+      return benchBrokerBacklog(ctx, { messages: o?.backlog ?? (o?.big === true ? s.backlogBig : s.backlog), bodyBytes: 100, sampleMs: 250, dir });
     },
   },
   {
@@ -147,6 +149,7 @@ const GROUPS: Record<string, string[]> = {
 const USAGE = `usage: node dist/bench/run.js [--quick] [--big] [--only name,name] [--out dir] [--dir tmpdir] [--repeats n]
   --quick        smaller sizes, 3 repeats instead of 5
   --big          broker-backlog with 10,000,000 messages (default 1,000,000; 200,000 with --quick)
+  --backlog n    broker-backlog with n messages (e.g. 30000000: does RSS level off past 10M?)
   --only         scenarios to run: ${SCENARIOS.map((s) => s.name).join(', ')}
                  or groups: ${Object.keys(GROUPS).join(', ')} (raw: only the raw limits)
   --out          results directory (default bench/results)
@@ -171,6 +174,12 @@ export function parseArgs(argv: readonly string[]): CliOptions {
       case '--big':
         o.big = true;
         break;
+      case '--backlog': {
+        const n = Number(value().replace(/_/g, ''));
+        if (!Number.isSafeInteger(n) || n < 1000) throw new Error(`--backlog must be an integer >= 1,000\n${USAGE}`);
+        o.backlog = n;
+        break;
+      }
       case '--only':
         o.only = value()
           .split(',')
@@ -284,7 +293,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     const scenario = SCENARIOS.find((s) => s.name === name) as Scenario;
     progress(`scenario ${name}`);
     try {
-      const report = await scenario.run(ctx, opts.quick, opts.tempBase, { big: opts.big });
+      const report = await scenario.run(ctx, opts.quick, opts.tempBase, { big: opts.big, ...(opts.backlog === undefined ? {} : { backlog: opts.backlog }) });
       report.loadAfter = os.loadavg()[0] as number;
       reports.push(report);
       printScenario(report);
@@ -311,6 +320,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       finishedAt: new Date().toISOString(),
       mode: opts.quick ? 'quick' : 'full',
       big: opts.big,
+      ...(opts.backlog === undefined ? {} : { backlog: opts.backlog }),
       repeats: opts.repeats,
       machine,
       source,

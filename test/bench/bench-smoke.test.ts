@@ -139,6 +139,9 @@ describe('bench suite smoke', () => {
     expect(selectScenarios(['raw'])).toEqual({ names: [], raw: true });
     expect(selectScenarios(null).names.length).toBe(SCENARIOS.length);
     expect(() => parseArgs(['--bogus'])).toThrow(/unknown argument/);
+    expect(parseArgs(['--backlog', '30_000_000']).backlog).toBe(30_000_000);
+    expect(parseArgs([]).backlog).toBeUndefined();
+    expect(() => parseArgs(['--backlog', '12.5'])).toThrow(/--backlog/);
     expect(() => selectScenarios(['nope'])).toThrow(/unknown scenario/);
   });
 
