@@ -77,7 +77,8 @@ async function storedMessages(): Promise<Message[]> {
   await b.sendToQueue('q', ''); // generated id, empty body, no headers
   await b.publish('ex', 'order.créé', Buffer.from([0, 1, 2, 255]), { id: 'ид-2' });
   await b.publish('ex', 'big', Buffer.alloc(ZERO_COPY_BODY_BYTES + 5, 0xab), { id: 'big' });
-  await b.publish('ex', 'ttl', 'expires later', { id: 'ttl', ttl: 3_600_000, headers: { k: 'v' } });
+  // Headers shaped like the wire JSON's markers stay plain objects, as embedded.
+  await b.publish('ex', 'ttl', 'expires later', { id: 'ttl', ttl: 3_600_000, headers: { k: 'v', when: { $date: 5 }, gone: { $undefined: true } } });
   await b.publishBatch('ex', [
     { routingKey: 'batch', body: 'b1' },
     { routingKey: 'batch', body: 'b2', headers: { n: 2 } },

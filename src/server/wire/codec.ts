@@ -112,12 +112,12 @@ export class PayloadCursor {
     this.lastLength = n;
     return this.need(n);
   }
-  /** A u32-prefixed wire JSON value, or undefined when the length is 0. */
-  json32(): unknown {
+  /** A u32-prefixed wire JSON value (`plain`: plain JSON, no wire conventions), or undefined when the length is 0. */
+  json32(plain = false): unknown {
     const n = this.u32();
     if (n === 0) return undefined;
     const at = this.need(n);
-    return parseJson(this.buf.toString('utf8', at, at + n), this.what);
+    return parseJson(this.buf.toString('utf8', at, at + n), this.what, plain);
   }
   /** The rest of the payload, as a view. */
   rest(): Buffer {
@@ -141,9 +141,14 @@ export function cursor(payload: Buffer, what: string, start?: number, end?: numb
   return shared.reset(payload, what, start, end);
 }
 
-function parseJson(text: string, what: string): unknown {
+/**
+ * `plain`: the text is JSON the broker stored (a message's user headers), parsed as the embedded
+ * broker parses it: a header that happens to look like {"$date": n} stays an object, as it does
+ * embedded, instead of becoming a Date.
+ */
+function parseJson(text: string, what: string, plain = false): unknown {
   try {
-    return fromWireJson(text);
+    return plain ? JSON.parse(text) : fromWireJson(text);
   } catch {
     throw protocolError(`${what} carries malformed JSON`);
   }
@@ -678,7 +683,7 @@ export function scanDelivery(buf: Buffer, out: DeliveryLayout, start?: number, e
   out.idEnd = (out.idStart = c.skip16()) + c.lastLength;
   out.exchangeEnd = (out.exchangeStart = c.skip16()) + c.lastLength;
   out.keyEnd = (out.keyStart = c.skip32()) + c.lastLength;
-  const headers = c.json32();
+  const headers = c.json32(true);
   if (headers !== undefined && (headers === null || typeof headers !== 'object' || Array.isArray(headers))) throw protocolError('DELIVERY headers must be an object');
   out.headers = headers as Record<string, unknown> | undefined;
   out.bodyStart = c.position;
@@ -923,7 +928,7 @@ export function scanRecordEntry(buf: Buffer, out: DeliveryLayout, start: number,
   }
   out.headers = undefined;
   if (headersEnd > headersStart) {
-    const headers = parseJson(buf.toString('utf8', headersStart, headersEnd), 'RECORDS');
+    const headers = parseJson(buf.toString('utf8', headersStart, headersEnd), 'RECORDS', true);
     if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) throw protocolError('RECORDS headers must be an object');
     out.headers = headers as Record<string, unknown>;
   }
