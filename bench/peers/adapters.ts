@@ -18,13 +18,12 @@ import {
   type Figures,
   type PeerOutcome,
   type WorkloadParams,
-  delayFigures,
+  delayWorkload,
   loneLatencies,
   medianFigures,
   BATCH_SIZE,
   pumpBatches,
   pumpWindow,
-  randomDelays,
   sleep,
   waitFor,
 } from './workloads.js';
@@ -308,16 +307,9 @@ async function spoolDelays(p: PeerRunParams): Promise<DelayFigures> {
         },
         { group: 'delays', prefetch: 1000 },
       );
-      const delays = randomDelays(p.delayMessages, p.delayMaxMs);
-      const t0 = performance.now();
-      const pub = await pumpWindow(delays.length, p.window, p.maxSeconds, (i) => {
-        const d = delays[i] as number;
-        return h.broker.publish(EXCHANGE, ROUTING_KEY, String(Date.now() + d), { delay: d } as unknown as PublishOptions);
-      });
-      const schedule = pub.count / ((performance.now() - t0) / 1000);
-      await waitFor(() => lateness.length, pub.count, 15_000, p.delayMaxMs + 60_000);
+      const figures = await delayWorkload(p, lateness, (d) => h.broker.publish(EXCHANGE, ROUTING_KEY, String(Date.now() + d), { delay: d } as unknown as PublishOptions));
       await c.close();
-      return delayFigures(lateness, pub.count, p.delayMaxMs, schedule);
+      return figures;
     } finally {
       await closeBroker(h.broker);
     }
@@ -681,18 +673,11 @@ async function rabbitDelays(conn: import('amqplib').ChannelModel, p: PeerRunPara
     lateness.push(Date.now() - Number(msg.content.toString('utf8')));
     cch.ack(msg);
   });
-  const delays = randomDelays(p.delayMessages, p.delayMaxMs);
-  progress(`rabbitmq delays: ${delays.length} messages, random delays 0-${p.delayMaxMs} ms`);
-  const t0 = performance.now();
-  const pub = await pumpWindow(delays.length, p.window, p.maxSeconds, (i) => {
-    const d = delays[i] as number;
-    return confirmPublish(ch, '', 'delay.hold', Buffer.from(String(Date.now() + d)), { persistent: true, expiration: String(d) });
-  });
-  const schedule = pub.count / ((performance.now() - t0) / 1000);
-  await waitFor(() => lateness.length, pub.count, 15_000, p.delayMaxMs + 60_000);
+  progress(`rabbitmq delays: ${p.delayMessages} messages, random delays 0-${p.delayMaxMs} ms`);
+  const figures = await delayWorkload(p, lateness, (d) => confirmPublish(ch, '', 'delay.hold', Buffer.from(String(Date.now() + d)), { persistent: true, expiration: String(d) }));
   await cch.close().catch(() => {});
   await ch.close().catch(() => {});
-  return delayFigures(lateness, pub.count, p.delayMaxMs, schedule);
+  return figures;
 }
 
 // --- NATS JetStream ---
@@ -907,17 +892,10 @@ async function bullDelays(bull: BullMQ, connection: { host: string; port: number
     { connection, concurrency: 100 },
   );
   await worker.waitUntilReady();
-  const delays = randomDelays(p.delayMessages, p.delayMaxMs);
-  progress(`bullmq delays: ${delays.length} delayed jobs, random delays 0-${p.delayMaxMs} ms`);
-  const t0 = performance.now();
-  const pub = await pumpWindow(delays.length, p.window, p.maxSeconds, (i) => {
-    const d = delays[i] as number;
-    return queue.add('d', String(Date.now() + d), { delay: d });
-  });
-  const schedule = pub.count / ((performance.now() - t0) / 1000);
-  await waitFor(() => lateness.length, pub.count, 15_000, p.delayMaxMs + 60_000);
+  progress(`bullmq delays: ${p.delayMessages} delayed jobs, random delays 0-${p.delayMaxMs} ms`);
+  const figures = await delayWorkload(p, lateness, (d) => queue.add('d', String(Date.now() + d), { delay: d }));
   await worker.close();
   await queue.close();
-  return delayFigures(lateness, pub.count, p.delayMaxMs, schedule);
+  return figures;
 }
 

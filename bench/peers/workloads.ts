@@ -183,6 +183,34 @@ export function randomDelays(count: number, maxMs: number): number[] {
   return out;
 }
 
+/** Messages, and their longest delay, in the untimed warm-up round of the delay workload. */
+export const DELAY_WARMUP = { messages: 1000, maxDelayMs: 200 } as const;
+
+/**
+ * The delay workload, the same for every peer: `schedule(delayMs)` publishes a message due in
+ * `delayMs` (resolving on the peer's confirm), whose consumer pushes its lateness (ms) onto
+ * `lateness`. First an untimed warm-up round of DELAY_WARMUP messages, waited for until all have
+ * fired and then forgotten, like the other workloads' warm-ups: the first delayed publishes of a
+ * process run cold code, and the messages due while the timed round is still being published
+ * (the shortest delays) set its p99. Then `delayMessages` with random delays of 0-`delayMaxMs`.
+ */
+export async function delayWorkload(
+  p: Pick<WorkloadParams, 'window' | 'maxSeconds'> & { delayMessages: number; delayMaxMs: number },
+  lateness: number[],
+  schedule: (delayMs: number) => Promise<unknown>,
+): Promise<DelayFigures> {
+  const warm = randomDelays(DELAY_WARMUP.messages, DELAY_WARMUP.maxDelayMs);
+  const warmed = await pumpWindow(warm.length, p.window, p.maxSeconds, (i) => schedule(warm[i] as number));
+  await waitFor(() => lateness.length, warmed.count, 15_000, DELAY_WARMUP.maxDelayMs + 60_000);
+  lateness.length = 0;
+  const delays = randomDelays(p.delayMessages, p.delayMaxMs);
+  const t0 = performance.now();
+  const pub = await pumpWindow(delays.length, p.window, p.maxSeconds, (i) => schedule(delays[i] as number));
+  const schedulePerSec = pub.count / ((performance.now() - t0) / 1000);
+  await waitFor(() => lateness.length, pub.count, 15_000, p.delayMaxMs + 60_000);
+  return delayFigures(lateness, pub.count, p.delayMaxMs, schedulePerSec);
+}
+
 export function delayFigures(lateness: readonly number[], messages: number, maxDelayMs: number, schedulePerSec: number): DelayFigures {
   return {
     messages,

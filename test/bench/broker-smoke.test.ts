@@ -24,7 +24,7 @@ import { type ScenarioReport, verdict } from '../../bench/lib/report.js';
 import { runSpool, runSpoolAndSqlite, runSqlite, spoolDelaySupported } from '../../bench/peers/adapters.js';
 import { parsePeersArgs, peerTargets, peersChart } from '../../bench/peers/run.js';
 import { freePort } from '../../bench/peers/servers.js';
-import { type PeerOutcome, medianFigures, pumpWindow, randomDelays, textBodies } from '../../bench/peers/workloads.js';
+import { DELAY_WARMUP, type PeerOutcome, delayWorkload, medianFigures, pumpWindow, randomDelays, textBodies } from '../../bench/peers/workloads.js';
 
 let base: string;
 let raw: RawLimits;
@@ -166,6 +166,22 @@ describe('peers bench smoke (no servers)', () => {
     positive(o.figures?.batchPublishPerSec, 'batch API');
     expect(o.figures?.drained).toBe(300);
     expect(fs.readdirSync(base)).toEqual([]);
+  });
+
+  it('the delay workload warms up untimed, then counts only its timed messages', async () => {
+    const lateness: number[] = [];
+    const scheduled: number[] = [];
+    const figures = await delayWorkload({ window: 100, maxSeconds: 20, delayMessages: 50, delayMaxMs: 30 }, lateness, async (d) => {
+      scheduled.push(d);
+      const due = Date.now() + d;
+      setTimeout(() => lateness.push(Date.now() - due), d);
+    });
+    expect(scheduled.length).toBe(DELAY_WARMUP.messages + 50);
+    expect(Math.max(...scheduled.slice(0, DELAY_WARMUP.messages))).toBeLessThanOrEqual(DELAY_WARMUP.maxDelayMs);
+    expect(figures.messages).toBe(50);
+    expect(figures.received).toBe(50);
+    expect(lateness.length).toBe(50);
+    expect(figures.p99Ms).toBeGreaterThanOrEqual(0);
   });
 
   it('checks at run time whether publish(..., { delay }) exists', async () => {
