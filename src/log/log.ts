@@ -160,6 +160,8 @@ interface WrittenFlush {
   /** Settles with null when the fdatasync succeeded, else its error (it never rejects). */
   sync: Promise<unknown>;
   error: SpoolError | null;
+  /** Written and fdatasynced on this thread, successfully (a blocking commit): nothing to wait for. */
+  syncedHere: boolean;
 }
 
 interface PendingAppend {
@@ -409,6 +411,11 @@ export class Log {
         if (syncing === null) break;
         const last: WrittenFlush = syncing;
         syncing = null;
+        if (last.syncedHere) {
+          // A blocking commit's fdatasync is done: commit now, not after a wait on its settled promise.
+          this.commit(last);
+          continue;
+        }
         // Wait for its fdatasync, unless enough new appends arrive first: then write them alongside.
         const woken = await new Promise<boolean>((resolve) => {
           this.wake = () => resolve(true);
@@ -537,7 +544,7 @@ export class Log {
       await this.rollBackFlush(writeError, batch, w.size);
       return null;
     }
-    const flush: WrittenFlush = { batch, encoded, startPosition: w.size, startOffset: w.nextOffset, sync: null as unknown as Promise<unknown>, error: null };
+    const flush: WrittenFlush = { batch, encoded, startPosition: w.size, startOffset: w.nextOffset, sync: null as unknown as Promise<unknown>, error: null, syncedHere: false };
     this.written = { size: w.size + encoded.bytes.length, nextOffset: encoded.nextOffset, bytesSinceIndex: encoded.bytesSinceIndex, maxTimestamp: encoded.maxTimestamp };
     flush.sync = file.sync().then(
       () => null,
@@ -575,7 +582,7 @@ export class Log {
       this.blockingAverageMs = BLOCKING_COMMIT_SLOW_MS / 2;
     }
     this.counters.blockingCommits++;
-    const flush: WrittenFlush = { batch, encoded, startPosition: w.size, startOffset: w.nextOffset, sync: Promise.resolve(syncError), error: null };
+    const flush: WrittenFlush = { batch, encoded, startPosition: w.size, startOffset: w.nextOffset, sync: Promise.resolve(syncError), error: null, syncedHere: syncError === null };
     this.written = { size: w.size + encoded.bytes.length, nextOffset: encoded.nextOffset, bytesSinceIndex: encoded.bytesSinceIndex, maxTimestamp: encoded.maxTimestamp };
     return flush;
   }
