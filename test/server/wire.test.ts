@@ -409,6 +409,12 @@ describe('wire JSON', () => {
     expect(() => toWireJson({ at: new Date(Number.NaN) })).toThrow(expect.objectContaining({ code: 'SPOOL_ERR_INVALID_ARGUMENT' }));
     expect(trimArgs(['a', undefined, undefined])).toEqual(['a']);
   });
+
+  it('carries plain objects that look like its markers as they were', () => {
+    const v = { when: { $date: 5 }, gone: { $undefined: true }, esc: { $escape: [[1]] }, deep: { $date: { $undefined: true } }, two: { $date: 1, x: 2 }, list: [{ $date: 3 }], at: new Date(9) };
+    expect(fromWireJson(toWireJson(v))).toEqual(v);
+    expect(() => fromWireJson('{"$escape":[1]}')).toThrow(); // not entries: the caller maps it to a protocol error
+  });
 });
 
 describe('broker URLs', () => {
