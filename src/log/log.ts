@@ -143,6 +143,8 @@ const EARLY_FLUSH_BYTES = 64 * 1024;
  */
 const PREALLOCATE_BYTES = 8 * 1024 * 1024;
 const POSITION_HINTS_MAX = 64;
+/** Sealed segments whose index a lookup loaded and that keep it (see `indexOf`). */
+const LOADED_INDEXES_MAX = 8;
 /**
  * Blocking commits averaging longer than this (a moving average, so that one slow fdatasync among
  * fast ones does not count) mean a slow disk: the event loop must not wait on it...
@@ -203,6 +205,8 @@ export class Log {
   private readonly positionHints = new Map<number, { segment: Segment; position: number }>();
   private readonly appendListeners = new Set<(endOffset: number) => void>();
   private idleWaiters: (() => void)[] = [];
+  /** Sealed segments holding an index a lookup loaded, oldest first (see `indexOf`). */
+  private loadedIndexes: Segment[] = [];
   private counters = { flushes: 0, earlyFlushes: 0, flushesDuringSync: 0, blockingCommits: 0, appendedRecords: 0, indexesRebuilt: 0 };
   /** performance.now() before which no blocking commit is made (they were slow). */
   private blockingPausedUntil = 0;
@@ -853,8 +857,7 @@ export class Log {
         expected = fromOffset;
       } else if (fromOffset > segment.baseOffset) {
         // Only a lookup needs the index: a sequential reader moves on by hints, and enters the next segment at its start.
-        if (segment.index === null && (await segment.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
-        const entry = (segment.index as SegmentIndex).lookupOffset(fromOffset - segment.baseOffset);
+        const entry = (await this.indexOf(segment)).lookupOffset(fromOffset - segment.baseOffset);
         if (entry !== null) {
           position = entry.position;
           expected = segment.baseOffset + entry.relOffset;
@@ -908,6 +911,28 @@ export class Log {
   }
 
   /**
+   * A segment's index, loaded from its files when it is not in memory. At most
+   * LOADED_INDEXES_MAX sealed segments keep a loaded index; the one loaded longest ago lets go of
+   * it (its timestamps stay known), so lookups across a long log do not pile indexes up. The
+   * caller gets the index itself, which stays valid if it is let go meanwhile.
+   */
+  private async indexOf(segment: Segment): Promise<SegmentIndex> {
+    const present = segment.index;
+    if (present !== null) return present;
+    if (await segment.loadIndex(this.options.indexIntervalBytes)) this.counters.indexesRebuilt++;
+    const index = segment.index as SegmentIndex | null;
+    assert(index !== null, 'loadIndex leaves the index in memory');
+    if (segment !== this.active && !this.loadedIndexes.includes(segment)) {
+      this.loadedIndexes.push(segment);
+      if (this.loadedIndexes.length > LOADED_INDEXES_MAX) {
+        const oldest = this.loadedIndexes.shift() as Segment;
+        if (oldest.index !== null && oldest !== this.active) oldest.releaseIndex();
+      }
+    }
+    return index;
+  }
+
+  /**
    * The first offset whose record has a timestamp >= `timestamp`, or `endOffset` when none has.
    * @example
    *   const from = await log.offsetForTime(Date.now() - 60_000); // a minute ago
@@ -915,10 +940,9 @@ export class Log {
   async offsetForTime(timestamp: number): Promise<number> {
     this.checkReadable();
     for (const segment of this.segments) {
-      if (!segment.timestampKnown && (await segment.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
+      if (!segment.timestampKnown) await this.indexOf(segment);
       if (segment.maxTimestamp < timestamp) continue;
-      if (segment.index === null && (await segment.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
-      const entry = (segment.index as SegmentIndex).lookupTime(timestamp);
+      const entry = (await this.indexOf(segment)).lookupTime(timestamp);
       let offset = entry === null ? segment.baseOffset : segment.baseOffset + entry.relOffset;
       while (offset < segment.nextOffset) {
         const records = await this.read(offset, { maxBytes: 256 * 1024 });
@@ -942,7 +966,7 @@ export class Log {
   async deleteOlderThan(ageMs: number): Promise<number> {
     const cutoff = this.options.clock.now() - ageMs;
     for (const s of this.segments) {
-      if (!s.timestampKnown && (await s.loadIndex(this.options.indexIntervalBytes))) this.counters.indexesRebuilt++;
+      if (!s.timestampKnown) await this.indexOf(s);
     }
     return this.deleteWhile((s) => s.maxTimestamp < cutoff);
   }

@@ -50,9 +50,10 @@ export class Segment {
   maxTimestamp = Number.MIN_SAFE_INTEGER;
   index: SegmentIndex | null = null;
   /**
-   * Set when the segment was sealed in this process and its index let go (it is on disk, and
-   * `nextOffset` and `maxTimestamp` stay known): kept in memory, the indexes of every sealed
-   * segment would grow with the log (16 B per 4 KiB written). A lookup loads it again.
+   * Set when a sealed segment let go of its index (it is on disk, and `nextOffset` and
+   * `maxTimestamp` stay known): at its roll, or when newer lookups needed room (log.ts `indexOf`).
+   * Kept in memory, the indexes of every sealed segment would grow with the log (16 B per 4 KiB
+   * written). A lookup loads it again.
    */
   indexReleased = false;
   /** Reads in flight; a deleted segment closes its handle once this drops to zero. */
@@ -136,7 +137,7 @@ export class Segment {
 
   /** Sealed, with its index files written: lets go of the in-memory index (see `indexReleased`). */
   releaseIndex(): void {
-    assert(this.index !== null, 'a segment sealed in this process has its index');
+    assert(this.index !== null, 'only a segment holding its index lets go of it');
     this.index = null;
     this.indexReleased = true;
   }

@@ -122,3 +122,32 @@ describe('sealed segments let go of their indexes', () => {
     }
   });
 });
+
+describe('indexes loaded by lookups', () => {
+  it('stay in memory for at most 8 sealed segments, and an index let go is loaded again when needed', async () => {
+    const dir = tmpDir();
+    const log = await build(dir);
+    await log.close();
+    const { log: again } = await Log.open(dir, OPTS);
+    try {
+      const sealed = segmentsOf(again).slice(0, -1);
+      expect(sealed.length).toBeGreaterThan(9);
+      // A lookup inside every sealed segment, twice over: each needs that segment's index.
+      for (let round = 0; round < 2; round++) {
+        for (const s of sealed) {
+          const offset = s.baseOffset + 3;
+          const [r] = await again.read(offset, { maxRecords: 1 });
+          expect(r?.key?.toString()).toBe(`k${offset}`);
+          expect(sealedIndexes(again).filter((i) => i !== null).length).toBeLessThanOrEqual(8);
+        }
+      }
+      // Age retention learns every segment's newest timestamp and keeps it after letting go.
+      expect(await again.deleteOlderThan(now)).toBe(0);
+      expect(sealedIndexes(again).filter((i) => i !== null).length).toBeLessThanOrEqual(8);
+      expect(segmentsOf(again).every((s) => s.timestampKnown)).toBe(true);
+      expect(again.stats().indexesRebuilt).toBe(0);
+    } finally {
+      await again.close();
+    }
+  });
+});
