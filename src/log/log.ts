@@ -995,6 +995,8 @@ export class Log {
       this.segments = this.segments.slice(1);
       s.deleted = true;
       for (const [k, h] of this.positionHints) if (h.segment === s) this.positionHints.delete(k);
+      // A deleted segment must not hold one of the few places for loaded indexes.
+      this.loadedIndexes = this.loadedIndexes.filter((x) => x !== s);
       await this.storage.unlink(s.logPath);
       for (const p of [s.indexPath, s.timeIndexPath]) {
         await this.storage.unlink(p).catch((err: NodeJS.ErrnoException) => {

@@ -126,10 +126,6 @@ export class Segment {
     return { index, end: result.end, nextOffset, maxTimestamp, problem: result.problem };
   }
 
-  /**
-   * Loads the index of a sealed segment from its files, rebuilding (and rewriting) it when the
-   * files are missing or damaged. Returns true when it had to rebuild.
-   */
   /** Whether `maxTimestamp` is known without loading the index (it is for the active segment, always). */
   get timestampKnown(): boolean {
     return this.index !== null || this.indexReleased;
@@ -142,6 +138,10 @@ export class Segment {
     this.indexReleased = true;
   }
 
+  /**
+   * Loads the index of a sealed segment from its files, rebuilding (and rewriting) it when the
+   * files are missing or damaged. Returns true when it had to rebuild.
+   */
   async loadIndex(indexIntervalBytes: number): Promise<boolean> {
     if (this.index !== null) return false;
     const file = await this.openForRead();

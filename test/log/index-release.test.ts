@@ -146,6 +146,11 @@ describe('indexes loaded by lookups', () => {
       expect(sealedIndexes(again).filter((i) => i !== null).length).toBeLessThanOrEqual(8);
       expect(segmentsOf(again).every((s) => s.timestampKnown)).toBe(true);
       expect(again.stats().indexesRebuilt).toBe(0);
+      // Deleted segments give up their places (and their indexes) at once.
+      for (const s of sealed.slice(0, 8)) await again.read(s.baseOffset + 3, { maxRecords: 1 });
+      await again.deleteBefore((sealed[8] as Segment).baseOffset);
+      const held = (again as unknown as { loadedIndexes: Segment[] }).loadedIndexes;
+      expect(held.filter((s) => s.deleted)).toEqual([]);
     } finally {
       await again.close();
     }
