@@ -24,7 +24,7 @@ import { type DelayedRecord, DelayStore, deliverAtOf } from './delay-store.js';
 import { TimingWheel } from './timing-wheel.js';
 import { DirLock } from './lock.js';
 import type { LogRecord } from '../log/index.js';
-import { BATCH_MESSAGES_MAX, type Body, type Headers, type StoredMessage, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, generateIds, routeOf, userHeadersOf } from './message.js';
+import { BATCH_MESSAGES_MAX, type Body, type Headers, type StoredMessage, META_CALLER_ID, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, generateIds, routeOf, userHeadersOf } from './message.js';
 import { checkExchangeName, checkName } from './names.js';
 import { Queue, type QueueOptions } from './queue.js';
 import { EXCHANGE_TYPES, ExchangeRouter, type ExchangeType } from './routing.js';
@@ -410,17 +410,35 @@ export class Broker extends EventEmitter<BrokerEvents> {
     );
   }
 
-  /** A delayed message is due: route it now, with a dedupe key so a re-fire after a crash lands once. */
+  /**
+   * Whether the caller id `id` is in the dedupe window of every queue the route reaches now (false
+   * when it reaches none: routing happens again at the fire).
+   */
+  private async storedInEveryQueue(id: string, exchange: string, routingKey: string): Promise<boolean> {
+    const queues = this.route(exchange, routingKey);
+    if (queues.length === 0) return false;
+    for (const q of queues) if (!(await (this.queues.get(q) as Queue).holdsDedupeKey(id))) return false;
+    return true;
+  }
+
+  /**
+   * A delayed message is due: route it now, with a dedupe key so that it lands once however often
+   * it fires. A caller id is the key itself, as for an immediate publish: a resend of the publish
+   * after a lost connection, scheduled again because the first had fired already, is dropped by
+   * the queues' dedupe windows. Without one (or in a record from before the mark), the key is the
+   * broker's id and due time, which covers a re-fire after a crash.
+   */
   private async fireDelayed(r: DelayedRecord): Promise<void> {
     const id = r.keyText();
     const route = routeOf(r);
     const ttl = r.headerText(META_TTL);
     const deliverAt = deliverAtOf(r);
     const headersRaw = r.headerText('\0h');
+    const callerId = r.headerText(META_CALLER_ID) !== undefined;
     const stored: StoredMessage = {
       id,
-      callerId: false,
-      dedupeKey: `${id}\0at\0${deliverAt}`,
+      callerId,
+      dedupeKey: callerId ? undefined : `${id}\0at\0${deliverAt}`,
       exchange: route.exchange,
       routingKey: route.routingKey,
       headers: headersRaw === undefined ? undefined : (JSON.parse(headersRaw) as Headers),
@@ -772,8 +790,16 @@ export class Broker extends EventEmitter<BrokerEvents> {
     deliverAt: number,
   ): Promise<PublishResult> {
     const h: Record<string, string> = { [META_ROUTE]: `${exchange}\0${routingKey}`, [META_DELIVER_AT]: String(deliverAt) };
+    // A caller id marks the record, so its fire is deduplicated by that id (see fireDelayed).
+    if (callerId) h[META_CALLER_ID] = '';
     if (headers !== undefined) h['\0h'] = JSON.stringify(headers);
     if (ttl !== undefined) h[META_TTL] = String(ttl);
+    // The id fired already, within the dedupe window of every queue it routes to: a resend (the
+    // client's after a lost connection) or a reuse, answered as an immediate publish would be.
+    if (callerId && (await this.storedInEveryQueue(id, exchange, routingKey))) {
+      this.counters.duplicates++;
+      return { id, status: 'duplicate', queues: [], deliverAt };
+    }
     const status = await (this.delays as DelayStore).schedule(id, callerId, deliverAt, { value: body, headers: h });
     if (status === 'duplicate') {
       this.counters.duplicates++;

@@ -178,6 +178,31 @@ export class DedupeWindow {
     );
   }
 
+  /**
+   * Whether `key` is stored or claimed within the window, without claiming it: what `claim` would
+   * answer 'duplicate' to. Synchronous unless a stored entry's hash matches (its record is read).
+   */
+  holds(key: string, now: number): boolean | Promise<boolean> {
+    this.evict(now);
+    const h = keyHashing.hashKey(key, this.scratch);
+    const k1 = h.h1;
+    const k2 = h.h2;
+    const t = this.table;
+    const mask = this.tableMask;
+    let offsets: number[] | null = null;
+    for (let i = k1 & mask; t[2 * i + 1] !== EMPTY; i = (i + 1) & mask) {
+      if (t[2 * i] !== k1) continue;
+      const r = this.seqOfSlot(i) & this.ringMask;
+      if (this.h2[r] !== k2 || this.until[r]! <= now) continue;
+      if (this.state[r] === CLAIMED) {
+        if (this.pendingKeys[this.offset[r]! & this.pendingMask] === key) return true;
+        continue;
+      }
+      (offsets ??= []).push(this.offset[r]!);
+    }
+    return offsets === null ? false : this.confirm(key, offsets);
+  }
+
   /** The append of a claimed key is durable at `offset`: remember it for the rest of its window. */
   stored(key: string, offset: number): void {
     const c = this.findPending(key);

@@ -145,6 +145,11 @@ export class Queue {
     return this.options.dedupeWindowMs ?? DEDUPE_WINDOW_MS_DEFAULT;
   }
 
+  /** Whether `key` was stored (or is being stored) within the dedupe window: a publish of it now would be a duplicate. */
+  holdsDedupeKey(key: string): boolean | Promise<boolean> {
+    return this.dedupe.holds(key, this.clock.now());
+  }
+
   /** The dedupe key stored at `offset` ('' when it has none), or null when the record is gone. */
   private async dedupeKeyAt(offset: number): Promise<string | null> {
     if (offset < this.log.startOffset || offset >= this.log.endOffset) return null;

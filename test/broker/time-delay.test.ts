@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BrokerHarness, Inbox, expectCode, fakeClock, sleep } from '../support/broker-helpers.js';
+import { BrokerHarness, Inbox, expectCode, fakeClock, sleep, waitFor } from '../support/broker-helpers.js';
 import { at, gatedStorage, openFake, openFds } from '../support/time-helpers.js';
 
 
@@ -207,6 +207,58 @@ describe('delay: cancel and duplicate ids', () => {
     await inbox.waitForCount(1);
     await inbox.expectStays(1, 50);
     expect(inbox.bodies()).toEqual(['first']);
+  });
+
+  // Found by the soak (npm run soak): a remote publisher's resend of a delayed publish whose
+  // confirm a SIGKILL cut off, arriving after the message had fired at the restart, was scheduled
+  // again and fired a second copy (its dedupe key held the new due time).
+  it("a caller id resent after its message fired is a 'duplicate', also across a restart; the queue holds one copy", async () => {
+    const clock = fakeClock(T0);
+    let { b } = await openFake(h, clock);
+    await topology(b);
+    expect((await b.publish('ex', 'k', 'first', { id: 'job-7', delay: 1000 })).status).toBe('confirmed');
+    // The broker stops before the publisher heard back; it fires the overdue message at startup.
+    await h.close(b);
+    clock.t = T0 + 1500;
+    ({ b } = await openFake(h, clock, { dataDir: b.dataDir }));
+    await at(b, clock, T0 + 1500);
+    await waitFor(() => routed(b) === 1, 'the overdue message routed at startup');
+    // The resend, with the same id and delay.
+    expect((await b.publish('ex', 'k', 'first', { id: 'job-7', delay: 1000 })).status).toBe('duplicate');
+    await at(b, clock, T0 + 5000);
+    expect(routed(b)).toBe(1);
+    // Within the window the id stays taken, as for an immediate publish.
+    expect((await b.publish('ex', 'k', 'again', { id: 'job-7', delay: 10 })).status).toBe('duplicate');
+    expect((await b.publish('ex', 'k', 'again', { id: 'job-7' })).status).toBe('duplicate');
+  });
+
+  it('a caller id scheduled again after its fire lands once in each queue: queues that hold it drop the copy', async () => {
+    // The resend now also routes to a queue bound meanwhile, so it is scheduled: when it fires, 'q'
+    // (which holds the id) drops its copy and 'late' stores its first.
+    const clock = fakeClock(T0);
+    const { b } = await openFake(h, clock);
+    await topology(b);
+    expect((await b.publish('ex', 'k', 'first', { id: 'job-8', delay: 1000 })).status).toBe('confirmed');
+    await at(b, clock, T0 + 1000);
+    expect(routed(b)).toBe(1);
+    await b.assertQueue('late');
+    await b.bindQueue('late', 'ex', '#');
+    expect((await b.publish('ex', 'k', 'first', { id: 'job-8', delay: 1000 })).status).toBe('confirmed');
+    await at(b, clock, T0 + 2000);
+    await waitFor(() => routed(b, 'late') === 1, "the copy routed to 'late'");
+    expect(routed(b)).toBe(1);
+  });
+
+  it('delayed publishes without a caller id are never duplicates of each other', async () => {
+    // Broker-made ids are unique and the fire's key is id + due time, as before: two publishes of
+    // equal content are two messages.
+    const clock = fakeClock(T0);
+    const { b } = await openFake(h, clock);
+    await topology(b);
+    await b.publish('ex', 'k', 'same', { delay: 1000 });
+    await b.publish('ex', 'k', 'same', { delay: 1000 });
+    await at(b, clock, T0 + 1000);
+    await waitFor(() => routed(b) === 2, 'both routed');
   });
 });
 
