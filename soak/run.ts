@@ -67,8 +67,8 @@ const median = sorted.length === 0 ? 0 : (sorted[sorted.length >> 1] as number);
 const lines = [
   `published ${r.published} (${r.delayed} delayed): ${r.confirmed} confirmed (${r.duplicateAnswers} answered 'duplicate'), ${r.failed} failed`,
   `kills ${r.kills}, reconnects ${r.reconnects}, down time median ${median} ms, max ${sorted.at(-1) ?? 0} ms`,
-  `workers: ${r.workerDeliveries} deliveries (${r.workerRedeliveries} redeliveries, ${r.nacks} nacks); auditor: ${r.auditorDeliveries} deliveries`,
-  `stored: work ${r.stored.work}, audit ${r.stored.audit} records`,
+  `workers: ${r.workerDeliveries} deliveries (${r.workerRedeliveries} redeliveries, ${r.nacks} requeued, ${r.rejects} rejected); auditor: ${r.auditorDeliveries} deliveries`,
+  `stored: work ${r.stored.work}, audit ${r.stored.audit}, dead ${r.stored.dead} records`,
   `took ${((Date.now() - started) / 1000).toFixed(1)} s`,
 ];
 for (const l of lines) process.stdout.write(`${l}\n`);

@@ -9,10 +9,11 @@
  *              message n has the id `m-<n>`, a body derived from n (20–400 B, some 8–64 KiB) and
  *              the header `n`; some are delayed by 0–1.5 s. Both queues get every message.
  *   workers    group 'workers' on queue 'work': two competing consumers, ack 'manual' (32 handlers
- *              each, every one awaiting its ack), that nack
- *              (requeue) about one delivery in twelve and ack the rest
+ *              each, every one awaiting its settle), that nack (requeue) about one delivery in
+ *              twelve, reject (nack without requeue) one in forty and ack the rest
+ *   dead       'work' dead-letters to the fanout exchange 'soak.dlx', bound to the queue 'dead'
  *   auditor    group 'auditor' on queue 'audit', ack 'auto'
- *   ledger     group 'ledger' on both queues, made before anything is published and read only at
+ *   ledger     group 'ledger' on all three queues, made before anything is published and read only at
  *              the end: it holds retention back, so it sees every record the queues ever stored
  *
  * What must hold, checked at the end (each is a violation, listed in the report):
@@ -21,6 +22,9 @@
  *   - every confirmed message is delivered to both groups, and 'workers' ends with nothing unacked
  *     (its group state; an ack made durable just before a kill is never answered): nothing
  *     confirmed is lost;
+ *   - every confirmed message's last fate in 'workers' is an ack, or it is in 'dead' (once, with an
+ *     x-death entry 'rejected' from 'work', and only if a worker rejected it): a rejected message
+ *     is moved, not lost or copied, and a requeued one comes back;
  *   - every message delivered has the body and header its id says: nothing is corrupted;
  *   - no 'workers' delivery arrives after an ack of that message resolved 'acked': an ack, once
  *     confirmed, survives the crash;
@@ -97,8 +101,9 @@ export interface SoakReport {
   workerRedeliveries: number;
   nacks: number;
   auditorDeliveries: number;
+  rejects: number;
   /** Records each queue stored. */
-  stored: { work: number; audit: number };
+  stored: { work: number; audit: number; dead: number };
 }
 
 /** A small seeded generator (mulberry32), so a failing run can be repeated with its seed. */
@@ -121,6 +126,10 @@ export function bodyOf(n: number, seed: number, largeFraction: number): Buffer {
   for (let i = 0; i < size; i++) b[i] = Math.floor(r() * 256);
   return b;
 }
+
+const ACTION_ACKED = 1;
+const ACTION_REQUEUED = 2;
+const ACTION_REJECTED = 3;
 
 function idOf(n: number): string {
   return `m-${n}`;
@@ -207,12 +216,15 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
   client.on('disconnect', () => {});
 
   await client.assertExchange('soak', 'topic');
-  await client.assertQueue('work');
+  await client.assertExchange('soak.dlx', 'fanout');
+  await client.assertQueue('work', { deadLetterExchange: 'soak.dlx' });
   await client.assertQueue('audit');
+  await client.assertQueue('dead');
   await client.bindQueue('work', 'soak', 'job.*');
   await client.bindQueue('audit', 'soak', '#');
+  await client.bindQueue('dead', 'soak.dlx');
   // The ledger groups exist before the first publish, so retention keeps every record for the end.
-  for (const q of ['work', 'audit']) await (await client.consume(q, () => {}, { group: 'ledger', ack: 'manual', prefetch: 1 })).close();
+  for (const q of ['work', 'audit', 'dead']) await (await client.consume(q, () => {}, { group: 'ledger', ack: 'manual', prefetch: 1 })).close();
 
   // --- consumers ---
   const checkMessage = (m: RemoteMessage, who: string): number => {
@@ -230,7 +242,24 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
   let workerDeliveries = 0;
   let workerRedeliveries = 0;
   let nacks = 0;
+  let rejects = 0;
   const nackRnd = random(o.seed ^ 0x5eed);
+  /** Per message number: the last settle a worker made of it (ACTION_*), and whether it was ever rejected. */
+  let lastAction = new Uint8Array(1 << 16);
+  let everRejected = new Uint8Array(1 << 16);
+  const act = (n: number, action: number): void => {
+    if (n >= lastAction.length) {
+      const size = Math.max(n + 1, lastAction.length * 2);
+      const grown = new Uint8Array(size);
+      grown.set(lastAction);
+      lastAction = grown;
+      const grownRejected = new Uint8Array(size);
+      grownRejected.set(everRejected);
+      everRejected = grownRejected;
+    }
+    lastAction[n] = action;
+    if (action === ACTION_REJECTED) everRejected[n] = 1;
+  };
   const worker = async (m: RemoteMessage): Promise<void> => {
     workerDeliveries++;
     if (m.deliveryCount > 1) workerRedeliveries++;
@@ -238,15 +267,23 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     if (n < 0) return;
     if (workerAcked.has(n)) violate(`workers: ${m.id} delivered again (count ${m.deliveryCount}) after its ack resolved 'acked'`);
     workerSeen.add(n);
+    // The action is recorded before the settle: one cut off by a kill may have happened or not.
+    const r = nackRnd();
     try {
-      if (nackRnd() < 1 / 12) {
+      if (r < 1 / 12) {
         nacks++;
+        act(n, ACTION_REQUEUED);
         await m.nack({ requeue: true });
-      } else if ((await m.ack()) === 'acked') {
-        workerAcked.add(n);
+      } else if (r < 1 / 12 + 1 / 40) {
+        rejects++;
+        act(n, ACTION_REJECTED);
+        await m.nack({ requeue: false });
+      } else {
+        act(n, ACTION_ACKED);
+        if ((await m.ack()) === 'acked') workerAcked.add(n);
       }
     } catch {
-      // The connection went down under the settle: the message comes again, which is allowed.
+      // The connection went down under the settle: the message comes again unless it was done.
     }
   };
   const workerOptions = { group: 'workers', ack: 'manual' as const, prefetch: 64, concurrency: 32 };
@@ -340,8 +377,9 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
   log(`drained in ${Date.now() - drainStart} ms`);
 
   // --- exactly once per queue, read back through the ledger group ---
-  const stored = { work: 0, audit: 0 };
-  for (const q of ['work', 'audit'] as const) {
+  const stored = { work: 0, audit: 0, dead: 0 };
+  const deadCounts = new Map<number, number>();
+  for (const q of ['work', 'audit', 'dead'] as const) {
     const stats = await client.queueStats(q);
     const records = stats.endOffset - stats.startOffset;
     stored[q] = records;
@@ -354,6 +392,10 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
         read++;
         const n = checkMessage(m, `ledger ${q}`);
         if (n >= 0) counts.set(n, (counts.get(n) ?? 0) + 1);
+        if (q === 'dead') {
+          const death = (m.headers['x-death'] as { reason?: string; queue?: string }[] | undefined)?.[0];
+          if (death?.reason !== 'rejected' || death.queue !== 'work') violate(`dead: ${m.id} has x-death ${JSON.stringify(m.headers['x-death'])}`);
+        }
       },
       { group: 'ledger', ack: 'none', prefetch: 1000 },
     );
@@ -364,7 +406,22 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       if (c > 1) violate(`${q}: ${idOf(n)} stored ${c} times`);
       if (!confirmed.has(n) && !failedSet.has(n)) violate(`${q}: ${idOf(n)} stored but never published`);
     }
-    for (const n of confirmed) if (!counts.has(n)) violate(`${q}: confirmed ${idOf(n)} is not stored`);
+    if (q === 'dead') {
+      for (const [n, c] of counts) {
+        deadCounts.set(n, c);
+        if (everRejected[n] !== 1) violate(`dead: ${idOf(n)} was dead-lettered but no worker rejected it`);
+      }
+    } else {
+      for (const n of confirmed) if (!counts.has(n)) violate(`${q}: confirmed ${idOf(n)} is not stored`);
+    }
+  }
+  // Each message's fate in 'workers': its last settle was an ack (answered or cut off, and then
+  // not delivered again), or it is in 'dead'. A last requeue, or a last reject with no dead copy,
+  // means the broker dropped it.
+  for (const n of confirmed) {
+    const last = lastAction[n] ?? 0;
+    if (deadCounts.has(n) || last === ACTION_ACKED) continue;
+    violate(`workers: ${idOf(n)} is neither acked nor dead-lettered (last settle: ${['none', 'ack', 'requeue', 'reject'][last]})`);
   }
 
   await client.close();
@@ -398,6 +455,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     workerDeliveries,
     workerRedeliveries,
     nacks,
+    rejects,
     auditorDeliveries,
     stored,
   };

@@ -1,6 +1,7 @@
 // The durability soak of soak/soak.ts, short: a real `spool serve` SIGKILLed several times while
 // a client publishes (some delayed) and two groups consume. Nothing confirmed may be lost,
-// stored twice or changed, no confirmed ack may be undone, and `spool verify` must pass.
+// stored twice or changed, no confirmed ack may be undone, a rejected message must be moved to
+// the dead-letter queue once, and `spool verify` must pass.
 // `npm run soak` runs the same for two minutes. (This soak found the delayed-resend duplicate
 // fixed with it: a resend of a delayed publish after its message fired was stored again.)
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -21,6 +22,9 @@ describe('the durability soak, short', () => {
     expect(r.confirmed).toBeGreaterThan(1000);
     expect(r.delayed).toBeGreaterThan(50);
     expect(r.nacks).toBeGreaterThan(50);
+    expect(r.rejects).toBeGreaterThan(10);
+    expect(r.stored.dead).toBeGreaterThan(0);
+    expect(r.stored.dead).toBeLessThanOrEqual(r.rejects);
     // Each queue stored every confirmed message, and nothing beyond the publishes that failed.
     for (const stored of [r.stored.work, r.stored.audit]) {
       expect(stored).toBeGreaterThanOrEqual(r.confirmed);
