@@ -3,11 +3,11 @@
  * minutes; prints what happened and every violation, and exits 1 when there was one.
  *
  *   node dist/soak/run.js [--seconds 120] [--kill-min-ms 1000] [--kill-max-ms 4000] [--seed 1]
- *                         [--window 64] [--dir /tmp] [--keep]
+ *                         [--window 64] [--workers 2] [--dir /tmp] [--keep]
  */
 import { SOAK_DEFAULTS, type SoakOptions, runSoak } from './soak.js';
 
-const USAGE = 'usage: node dist/soak/run.js [--seconds n] [--kill-min-ms n] [--kill-max-ms n] [--seed n] [--window n] [--dir path] [--keep]';
+const USAGE = 'usage: node dist/soak/run.js [--seconds n] [--kill-min-ms n] [--kill-max-ms n] [--seed n] [--window n] [--workers n] [--dir path] [--keep]';
 
 function parse(argv: string[]): Partial<SoakOptions> {
   const o: Partial<SoakOptions> = {};
@@ -30,6 +30,9 @@ function parse(argv: string[]): Partial<SoakOptions> {
         break;
       case '--seed':
         o.seed = num();
+        break;
+      case '--workers':
+        o.workers = Math.max(1, Math.floor(num()));
         break;
       case '--window':
         o.window = Math.max(1, Math.floor(num()));
@@ -66,9 +69,10 @@ const sorted = [...r.downMs].sort((a, b) => a - b);
 const median = sorted.length === 0 ? 0 : (sorted[sorted.length >> 1] as number);
 const lines = [
   `published ${r.published} (${r.delayed} delayed): ${r.confirmed} confirmed (${r.duplicateAnswers} answered 'duplicate'), ${r.failed} failed`,
-  `kills ${r.kills}, reconnects ${r.reconnects}, down time median ${median} ms, max ${sorted.at(-1) ?? 0} ms`,
+  `server kills ${r.kills}, reconnects ${r.reconnects}, down time median ${median} ms, max ${sorted.at(-1) ?? 0} ms; worker process kills ${r.workerKills}`,
   `workers: ${r.workerDeliveries} deliveries (${r.workerRedeliveries} redeliveries, ${r.nacks} requeued, ${r.rejects} rejected); auditor: ${r.auditorDeliveries} deliveries`,
-  `stored: work ${r.stored.work}, audit ${r.stored.audit}, dead ${r.stored.dead} records`,
+  `retriers: ${r.retrierDeliveries} deliveries, ${r.retrierFailures} handler failures`,
+  `stored: work ${r.stored.work}, audit ${r.stored.audit}, dead ${r.stored.dead}, retry ${r.stored.retry}, gaveup ${r.stored.gaveup} records`,
   `took ${((Date.now() - started) / 1000).toFixed(1)} s`,
 ];
 for (const l of lines) process.stdout.write(`${l}\n`);

@@ -8,12 +8,18 @@
  *   producer   one client keeps `window` publishes in flight through the topic exchange 'soak';
  *              message n has the id `m-<n>`, a body derived from n (20–400 B, some 8–64 KiB) and
  *              the header `n`; some are delayed by 0–1.5 s. Both queues get every message.
- *   workers    group 'workers' on queue 'work': two competing consumers, ack 'manual' (32 handlers
- *              each, every one awaiting its settle), that nack (requeue) about one delivery in
- *              twelve, reject (nack without requeue) one in forty and ack the rest
+ *   workers    group 'workers' on queue 'work': `workers` competing consumers, each in its own
+ *              process (soak/consumer-child.ts), SIGKILLed every workerKillMinMs–workerKillMaxMs
+ *              and started again; ack 'manual' (32 handlers each, every one awaiting its
+ *              settle), they requeue about one delivery in twelve, reject (nack without requeue)
+ *              one in forty and ack the rest, journaling each step to a file (soak/worker.ts)
  *   dead       'work' dead-letters to the fanout exchange 'soak.dlx', bound to the queue 'dead'
+ *   retriers   group 'retriers' on queue 'retry', ack 'auto' with retries (3 attempts, backoff
+ *              20 ms doubling): its handler throws on about one attempt in eight, so some
+ *              messages are retried after a durable delay and about one in 500 is given up, to
+ *              the queue 'gaveup' (through 'retry''s dead-letter exchange 'soak.gaveup')
  *   auditor    group 'auditor' on queue 'audit', ack 'auto'
- *   ledger     group 'ledger' on all three queues, made before anything is published and read only at
+ *   ledger     group 'ledger' on every queue, made before anything is published and read only at
  *              the end: it holds retention back, so it sees every record the queues ever stored
  *
  * What must hold, checked at the end (each is a violation, listed in the report):
@@ -25,9 +31,13 @@
  *   - every confirmed message's last fate in 'workers' is an ack, or it is in 'dead' (once, with an
  *     x-death entry 'rejected' from 'work', and only if a worker rejected it): a rejected message
  *     is moved, not lost or copied, and a requeued one comes back;
+ *   - every confirmed message's handler in 'retriers' succeeded once, or it is in 'gaveup' (once,
+ *     x-death 'rejected' from 'retry' with the handler's error, only if the handler failed on it):
+ *     retries and their due times survive the kills;
  *   - every message delivered has the body and header its id says: nothing is corrupted;
- *   - no 'workers' delivery arrives after an ack of that message resolved 'acked': an ack, once
- *     confirmed, survives the crash;
+ *   - no 'workers' delivery (in any worker process) comes after an ack of that message resolved
+ *     'acked': an ack, once confirmed, survives the crash;
+ *   - a worker process killed with deliveries unsettled loses none: they go to the others;
  *   - each queue stores each id once, and no id nobody published: the client's resends after a
  *     reconnect land exactly once (a publish that failed may be stored once or not at all);
  *   - the server stops cleanly at the end and `spool verify` finds every checksum good.
@@ -42,6 +52,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PublishResult } from '../src/broker/broker.js';
 import { connect, type RemoteBroker, type RemoteMessage } from '../src/client/index.js';
+import { bodyOf, idOf, numberOf, problemWith, random } from './messages.js';
+import { readJournals } from './worker.js';
 
 export interface SoakOptions {
   /** How long to publish and kill, in seconds (the drain and the checks come after). */
@@ -59,6 +71,10 @@ export interface SoakOptions {
   largeFraction: number;
   /** How long the drain may take once publishing stopped, in ms. */
   drainTimeoutMs: number;
+  /** Worker processes (group 'workers'), each SIGKILLed every workerKillMinMs–workerKillMaxMs and started again. */
+  workers: number;
+  workerKillMinMs: number;
+  workerKillMaxMs: number;
   /** Parent of the temporary data dir (default: the OS's). */
   dir?: string;
   /** Keep the data dir afterwards. */
@@ -76,6 +92,9 @@ export const SOAK_DEFAULTS: SoakOptions = {
   delayedFraction: 0.1,
   largeFraction: 0.02,
   drainTimeoutMs: 60_000,
+  workers: 2,
+  workerKillMinMs: 1500,
+  workerKillMaxMs: 5000,
 };
 
 export interface SoakReport {
@@ -84,6 +103,8 @@ export interface SoakReport {
   dataDir: string;
   seconds: number;
   kills: number;
+  /** SIGKILLs of worker processes. */
+  workerKills: number;
   reconnects: number;
   /** Time from each kill to the client being connected again, in ms. */
   downMs: number[];
@@ -102,51 +123,23 @@ export interface SoakReport {
   nacks: number;
   auditorDeliveries: number;
   rejects: number;
+  retrierDeliveries: number;
+  retrierFailures: number;
   /** Records each queue stored. */
-  stored: { work: number; audit: number; dead: number };
+  stored: { work: number; audit: number; dead: number; retry: number; gaveup: number };
 }
 
-/** A small seeded generator (mulberry32), so a failing run can be repeated with its seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Message n's body: its size and bytes follow from n and the seed alone, so a receiver can check it. */
-export function bodyOf(n: number, seed: number, largeFraction: number): Buffer {
-  const r = random((n * 2654435761) ^ seed);
-  const size = r() < largeFraction ? 8192 + Math.floor(r() * 57_344) : 20 + Math.floor(r() * 380);
-  const b = Buffer.allocUnsafe(size);
-  for (let i = 0; i < size; i++) b[i] = Math.floor(r() * 256);
-  return b;
-}
-
-const ACTION_ACKED = 1;
-const ACTION_REQUEUED = 2;
-const ACTION_REJECTED = 3;
-
-function idOf(n: number): string {
-  return `m-${n}`;
-}
-
-function numberOf(id: string): number {
-  const m = /^m-(\d+)$/.exec(id);
-  return m === null ? -1 : Number(m[1]);
-}
-
-/** The CLI entry the server child runs: dist/src/cli/main.js, from this module's place in or out of dist. */
-function cliPath(): string {
+const QUEUES = ['work', 'audit', 'dead', 'retry', 'gaveup'] as const;
+/**
+ * A compiled file the soak runs in a child process (`rel`, e.g. src/cli/main.js), found from this
+ * module's place inside dist/ or beside it.
+ */
+function compiled(rel: string): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const inDist = path.join(here, '..', 'src', 'cli', 'main.js');
+  const inDist = path.join(here, '..', rel);
   if (here.split(path.sep).includes('dist') && fs.existsSync(inDist)) return inDist;
-  const built = path.join(here, '..', 'dist', 'src', 'cli', 'main.js');
-  if (!fs.existsSync(built)) throw new Error(`the soak runs the compiled server: ${built} is missing (npm run build)`);
+  const built = path.join(here, '..', 'dist', rel);
+  if (!fs.existsSync(built)) throw new Error(`the soak runs compiled code in its children: ${built} is missing (npm run build)`);
   return built;
 }
 
@@ -195,7 +188,8 @@ async function waitUntil(ok: () => boolean | Promise<boolean>, timeoutMs: number
 export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakReport> {
   const o: SoakOptions = { ...SOAK_DEFAULTS, ...partial };
   const log = o.log ?? (() => {});
-  const cli = cliPath();
+  const cli = compiled(path.join('src', 'cli', 'main.js'));
+  const workerScript = compiled(path.join('soak', 'consumer-child.js'));
   const base = fs.mkdtempSync(path.join(o.dir ?? os.tmpdir(), 'spool-soak-'));
   const dataDir = path.join(base, 'data');
   const rnd = random(o.seed);
@@ -204,259 +198,317 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     if (violations.length < 50) violations.push(what);
   };
 
-  let server = await startServer(cli, dataDir);
-  const client: RemoteBroker = await connect(server.url, { reconnect: { initialDelayMs: 20, maxDelayMs: 250 }, timeoutMs: 30_000 });
-  const downMs: number[] = [];
-  let reconnects = 0;
-  client.on('reconnect', (r) => {
-    reconnects++;
-    downMs.push(r.downMs);
-  });
-  client.on('error', (err) => violate(`client error event: ${err.message}`));
-  client.on('disconnect', () => {});
+  /** Every child process still running, SIGKILLed if the soak itself fails. */
+  const children = new Set<ChildProcess>();
+  try {
+    return await soak();
+  } finally {
+    for (const c of children) c.kill('SIGKILL');
+  }
 
-  await client.assertExchange('soak', 'topic');
-  await client.assertExchange('soak.dlx', 'fanout');
-  await client.assertQueue('work', { deadLetterExchange: 'soak.dlx' });
-  await client.assertQueue('audit');
-  await client.assertQueue('dead');
-  await client.bindQueue('work', 'soak', 'job.*');
-  await client.bindQueue('audit', 'soak', '#');
-  await client.bindQueue('dead', 'soak.dlx');
-  // The ledger groups exist before the first publish, so retention keeps every record for the end.
-  for (const q of ['work', 'audit', 'dead']) await (await client.consume(q, () => {}, { group: 'ledger', ack: 'manual', prefetch: 1 })).close();
+  async function soak(): Promise<SoakReport> {
+    let server = await startServer(cli, dataDir);
+    children.add(server.child.proc);
+    const client: RemoteBroker = await connect(server.url, { reconnect: { initialDelayMs: 20, maxDelayMs: 250 }, timeoutMs: 30_000 });
+    const downMs: number[] = [];
+    let reconnects = 0;
+    client.on('reconnect', (r) => {
+      reconnects++;
+      downMs.push(r.downMs);
+    });
+    client.on('error', (err) => violate(`client error event: ${err.message}`));
+    client.on('disconnect', () => {});
 
-  // --- consumers ---
-  const checkMessage = (m: RemoteMessage, who: string): number => {
-    const n = numberOf(m.id);
-    if (n < 0) {
-      violate(`${who}: a message nobody published: id ${JSON.stringify(m.id)}`);
-      return -1;
-    }
-    if (!m.body.equals(bodyOf(n, o.seed, o.largeFraction))) violate(`${who}: ${m.id} has a changed body (${m.body.length} B)`);
-    if (m.headers.n !== n) violate(`${who}: ${m.id} has header n = ${JSON.stringify(m.headers.n)}`);
-    return n;
-  };
-  const workerAcked = new Set<number>();
-  const workerSeen = new Set<number>();
-  let workerDeliveries = 0;
-  let workerRedeliveries = 0;
-  let nacks = 0;
-  let rejects = 0;
-  const nackRnd = random(o.seed ^ 0x5eed);
-  /** Per message number: the last settle a worker made of it (ACTION_*), and whether it was ever rejected. */
-  let lastAction = new Uint8Array(1 << 16);
-  let everRejected = new Uint8Array(1 << 16);
-  const act = (n: number, action: number): void => {
-    if (n >= lastAction.length) {
-      const size = Math.max(n + 1, lastAction.length * 2);
-      const grown = new Uint8Array(size);
-      grown.set(lastAction);
-      lastAction = grown;
-      const grownRejected = new Uint8Array(size);
-      grownRejected.set(everRejected);
-      everRejected = grownRejected;
-    }
-    lastAction[n] = action;
-    if (action === ACTION_REJECTED) everRejected[n] = 1;
-  };
-  const worker = async (m: RemoteMessage): Promise<void> => {
-    workerDeliveries++;
-    if (m.deliveryCount > 1) workerRedeliveries++;
-    const n = checkMessage(m, 'workers');
-    if (n < 0) return;
-    if (workerAcked.has(n)) violate(`workers: ${m.id} delivered again (count ${m.deliveryCount}) after its ack resolved 'acked'`);
-    workerSeen.add(n);
-    // The action is recorded before the settle: one cut off by a kill may have happened or not.
-    const r = nackRnd();
-    try {
-      if (r < 1 / 12) {
-        nacks++;
-        act(n, ACTION_REQUEUED);
-        await m.nack({ requeue: true });
-      } else if (r < 1 / 12 + 1 / 40) {
-        rejects++;
-        act(n, ACTION_REJECTED);
-        await m.nack({ requeue: false });
-      } else {
-        act(n, ACTION_ACKED);
-        if ((await m.ack()) === 'acked') workerAcked.add(n);
-      }
-    } catch {
-      // The connection went down under the settle: the message comes again unless it was done.
-    }
-  };
-  const workerOptions = { group: 'workers', ack: 'manual' as const, prefetch: 64, concurrency: 32 };
-  await client.consume('work', worker, workerOptions);
-  await client.consume('work', worker, workerOptions);
-  const auditorSeen = new Set<number>();
-  let auditorDeliveries = 0;
-  await client.consume(
-    'audit',
-    (m: RemoteMessage) => {
-      auditorDeliveries++;
-      const n = checkMessage(m, 'auditor');
-      if (n >= 0) auditorSeen.add(n);
-    },
-    { group: 'auditor', ack: 'auto', prefetch: 100 },
-  );
+    await client.assertExchange('soak', 'topic');
+    await client.assertExchange('soak.dlx', 'fanout');
+    await client.assertQueue('work', { deadLetterExchange: 'soak.dlx' });
+    await client.assertQueue('audit');
+    await client.assertQueue('dead');
+    await client.assertExchange('soak.gaveup', 'fanout');
+    await client.assertQueue('retry', { deadLetterExchange: 'soak.gaveup' });
+    await client.assertQueue('gaveup');
+    await client.bindQueue('work', 'soak', 'job.*');
+    await client.bindQueue('audit', 'soak', '#');
+    await client.bindQueue('dead', 'soak.dlx');
+    await client.bindQueue('retry', 'soak', '#');
+    await client.bindQueue('gaveup', 'soak.gaveup');
+    // The ledger groups exist before the first publish, so retention keeps every record for the end.
+    for (const q of QUEUES) await (await client.consume(q, () => {}, { group: 'ledger', ack: 'manual', prefetch: 1 })).close();
 
-  // --- the killer ---
-  let kills = 0;
-  let stopKilling = false;
-  const killer = (async () => {
-    while (!stopKilling) {
-      await sleep(o.killMinMs + rnd() * (o.killMaxMs - o.killMinMs));
-      if (stopKilling) break;
-      server.child.proc.kill('SIGKILL');
-      await server.child.exited;
-      kills++;
-      server = await startServer(cli, dataDir);
-      log(`kill ${kills}: restarted (pid ${server.child.proc.pid})`);
-      // The next kill counts from when the client is back, so every kill hits a working session.
-      await waitUntil(() => client.connected, 15_000);
-    }
-  })();
-
-  // --- the producer ---
-  const confirmed = new Set<number>();
-  const failedSet = new Set<number>();
-  let published = 0;
-  let duplicateAnswers = 0;
-  let delayed = 0;
-  const until = Date.now() + o.seconds * 1000;
-  await new Promise<void>((resolve) => {
-    let inFlight = 0;
-    const issue = (): void => {
-      if (Date.now() >= until) {
-        if (inFlight === 0) resolve();
-        return;
-      }
-      const n = published++;
-      const delay = rnd() < o.delayedFraction ? Math.floor(rnd() * 1500) : undefined;
-      if (delay !== undefined) delayed++;
-      inFlight++;
-      const options = { id: idOf(n), headers: { n }, ...(delay !== undefined ? { delay } : {}) };
-      client.publish('soak', `job.${n % 5}`, bodyOf(n, o.seed, o.largeFraction), options).then(
-        (r: PublishResult) => {
-          if (r.status === 'duplicate') duplicateAnswers++;
-          if (r.status === 'confirmed') confirmed.add(n);
-          else violate(`publish ${idOf(n)} answered ${r.status}: each id is published once, and a resend that finds it stored is 'confirmed'`);
-        },
-        () => failedSet.add(n),
-      ).finally(() => {
-        inFlight--;
-        issue();
-      });
+    // --- consumers ---
+    const checkMessage = (m: RemoteMessage, who: string): number => {
+      const problem = problemWith(m, o.seed, o.largeFraction);
+      if (problem !== null) violate(`${who}: ${problem}`);
+      return numberOf(m.id);
     };
-    for (let i = 0; i < o.window; i++) issue();
-  });
-  stopKilling = true;
-  await killer;
-  log(`published ${published} (${confirmed.size} confirmed, ${failedSet.size} failed) with ${kills} kills; draining`);
-
-  // --- drain: everything confirmed reaches both groups, and 'workers' acks all of it ---
-  // An ack the server made durable just before a kill is never answered: the client counts it
-  // as not acked, and the message rightly never comes again. So the group's own state says
-  // when everything is acked; the client's records say that every message was delivered.
-  const lost = (seen: Set<number>): number[] => [...confirmed].filter((n) => !seen.has(n));
-  const workersDone = async (): Promise<boolean> => {
-    const g = (await client.queueStats('work')).groups.workers;
-    return g !== undefined && g.lag === 0 && g.inFlight === 0;
-  };
-  const drainStart = Date.now();
-  const drained = await waitUntil(async () => lost(workerSeen).length === 0 && lost(auditorSeen).length === 0 && (await workersDone()), o.drainTimeoutMs);
-  if (!drained) {
-    const w = lost(workerSeen);
-    const a = lost(auditorSeen);
-    if (w.length > 0) violate(`workers never got ${w.length} confirmed messages, e.g. ${w.slice(0, 5).map(idOf).join(', ')}`);
-    if (a.length > 0) violate(`auditor never saw ${a.length} confirmed messages, e.g. ${a.slice(0, 5).map(idOf).join(', ')}`);
-    if (!(await workersDone())) violate(`group 'workers' did not ack everything: ${JSON.stringify((await client.queueStats('work')).groups.workers)}`);
-  }
-
-  log(`drained in ${Date.now() - drainStart} ms`);
-
-  // --- exactly once per queue, read back through the ledger group ---
-  const stored = { work: 0, audit: 0, dead: 0 };
-  const deadCounts = new Map<number, number>();
-  for (const q of ['work', 'audit', 'dead'] as const) {
-    const stats = await client.queueStats(q);
-    const records = stats.endOffset - stats.startOffset;
-    stored[q] = records;
-    if (stats.startOffset !== 0) violate(`${q}: retention dropped records below the ledger group (start offset ${stats.startOffset})`);
-    const counts = new Map<number, number>();
-    let read = 0;
-    const reader = await client.consume(
-      q,
-      (m: RemoteMessage) => {
-        read++;
-        const n = checkMessage(m, `ledger ${q}`);
-        if (n >= 0) counts.set(n, (counts.get(n) ?? 0) + 1);
-        if (q === 'dead') {
-          const death = (m.headers['x-death'] as { reason?: string; queue?: string }[] | undefined)?.[0];
-          if (death?.reason !== 'rejected' || death.queue !== 'work') violate(`dead: ${m.id} has x-death ${JSON.stringify(m.headers['x-death'])}`);
-        }
-      },
-      { group: 'ledger', ack: 'none', prefetch: 1000 },
-    );
-    if (!(await waitUntil(() => read >= records, 30_000))) violate(`${q}: the ledger read ${read} of ${records} records`);
-    await reader.close();
-    log(`ledger ${q}: ${read} records read back`);
-    for (const [n, c] of counts) {
-      if (c > 1) violate(`${q}: ${idOf(n)} stored ${c} times`);
-      if (!confirmed.has(n) && !failedSet.has(n)) violate(`${q}: ${idOf(n)} stored but never published`);
-    }
-    if (q === 'dead') {
-      for (const [n, c] of counts) {
-        deadCounts.set(n, c);
-        if (everRejected[n] !== 1) violate(`dead: ${idOf(n)} was dead-lettered but no worker rejected it`);
+    // The workers: child processes, journaling what they do (soak/worker.ts).
+    const journals: string[] = [];
+    let workerKills = 0;
+    let stopWorkerKills = false;
+    /** Starts a worker process; one that cannot connect (the server is down just then) is started again, as a supervisor would. */
+    const startWorker = async (slot: number): Promise<ChildProcess> => {
+      for (let attempt = 1; ; attempt++) {
+        const journal = path.join(base, `worker-${slot}-${journals.length}.journal`);
+        journals.push(journal);
+        const proc = spawn(process.execPath, [workerScript, server.url, journal, String(o.seed), String(o.largeFraction), String(o.seed * 1000 + journals.length)], { stdio: ['ignore', 'pipe', 'pipe'] });
+        children.add(proc);
+        proc.once('exit', () => children.delete(proc));
+        let stderr = '';
+        proc.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+        const ready = await new Promise<boolean>((resolve) => {
+          let out = '';
+          proc.stdout?.setEncoding('utf8').on('data', (d: string) => {
+            out += d;
+            if (out.includes('ready\n')) resolve(true);
+          });
+          proc.once('exit', () => resolve(false));
+        });
+        if (ready) return proc;
+        if (attempt >= 50) throw new Error(`a worker could not start 50 times; the last said: ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
+        await sleep(100);
       }
-    } else {
-      for (const n of confirmed) if (!counts.has(n)) violate(`${q}: confirmed ${idOf(n)} is not stored`);
+    };
+    const workerProcs: ChildProcess[] = [];
+    for (let slot = 0; slot < o.workers; slot++) workerProcs.push(await startWorker(slot));
+    const workerKillers = workerProcs.map(async (_p, slot) => {
+      while (!stopWorkerKills) {
+        await sleep(o.workerKillMinMs + rnd() * (o.workerKillMaxMs - o.workerKillMinMs));
+        if (stopWorkerKills) break;
+        const proc = workerProcs[slot] as ChildProcess;
+        const exited = new Promise((resolve) => proc.once('exit', resolve));
+        proc.kill('SIGKILL');
+        await exited;
+        workerKills++;
+        // Started again only while the server is up (it waits for the server otherwise).
+        await waitUntil(() => client.connected, 15_000);
+        workerProcs[slot] = await startWorker(slot);
+      }
+    });
+
+    const auditorSeen = new Set<number>();
+    let auditorDeliveries = 0;
+    await client.consume(
+      'audit',
+      (m: RemoteMessage) => {
+        auditorDeliveries++;
+        const n = checkMessage(m, 'auditor');
+        if (n >= 0) auditorSeen.add(n);
+      },
+      { group: 'auditor', ack: 'auto', prefetch: 100 },
+    );
+    // Whether the retriers' handler fails message n on its attempt k: a fixed coin per (n, k), so
+    // a redelivery after a kill decides the same way.
+    const failsOn = (n: number, attempt: number): boolean => random((n * 31 + attempt) ^ (o.seed * 977))() < 1 / 8;
+    const retrierSucceeded = new Set<number>();
+    let retrierFailed = new Uint8Array(1 << 16);
+    let retrierDeliveries = 0;
+    let retrierFailures = 0;
+    await client.consume(
+      'retry',
+      (m: RemoteMessage) => {
+        retrierDeliveries++;
+        const n = checkMessage(m, 'retriers');
+        if (n < 0) return;
+        if (failsOn(n, m.deliveryCount)) {
+          retrierFailures++;
+          if (n >= retrierFailed.length) {
+            const grown = new Uint8Array(Math.max(n + 1, retrierFailed.length * 2));
+            grown.set(retrierFailed);
+            retrierFailed = grown;
+          }
+          retrierFailed[n] = 1;
+          throw new Error(`soak failure of ${m.id} on attempt ${m.deliveryCount}`);
+        }
+        retrierSucceeded.add(n);
+      },
+      { group: 'retriers', ack: 'auto', prefetch: 100, concurrency: 16, retry: { attempts: 3, backoff: { initial: 20, factor: 2, max: 200, jitter: 0 } } },
+    );
+
+    // --- the killer ---
+    let kills = 0;
+    let stopKilling = false;
+    const killer = (async () => {
+      while (!stopKilling) {
+        await sleep(o.killMinMs + rnd() * (o.killMaxMs - o.killMinMs));
+        if (stopKilling) break;
+        server.child.proc.kill('SIGKILL');
+        await server.child.exited;
+        kills++;
+        server = await startServer(cli, dataDir);
+        children.add(server.child.proc);
+        log(`kill ${kills}: restarted (pid ${server.child.proc.pid})`);
+        // The next kill counts from when the client is back, so every kill hits a working session.
+        await waitUntil(() => client.connected, 15_000);
+      }
+    })();
+
+    // --- the producer ---
+    const confirmed = new Set<number>();
+    const failedSet = new Set<number>();
+    let published = 0;
+    let duplicateAnswers = 0;
+    let delayed = 0;
+    const until = Date.now() + o.seconds * 1000;
+    await new Promise<void>((resolve) => {
+      let inFlight = 0;
+      const issue = (): void => {
+        if (Date.now() >= until) {
+          if (inFlight === 0) resolve();
+          return;
+        }
+        const n = published++;
+        const delay = rnd() < o.delayedFraction ? Math.floor(rnd() * 1500) : undefined;
+        if (delay !== undefined) delayed++;
+        inFlight++;
+        const options = { id: idOf(n), headers: { n }, ...(delay !== undefined ? { delay } : {}) };
+        client.publish('soak', `job.${n % 5}`, bodyOf(n, o.seed, o.largeFraction), options).then(
+          (r: PublishResult) => {
+            if (r.status === 'duplicate') duplicateAnswers++;
+            if (r.status === 'confirmed') confirmed.add(n);
+            else violate(`publish ${idOf(n)} answered ${r.status}: each id is published once, and a resend that finds it stored is 'confirmed'`);
+          },
+          () => failedSet.add(n),
+        ).finally(() => {
+          inFlight--;
+          issue();
+        });
+      };
+      for (let i = 0; i < o.window; i++) issue();
+    });
+    stopKilling = true;
+    stopWorkerKills = true;
+    await killer;
+    await Promise.all(workerKillers);
+    log(`published ${published} (${confirmed.size} confirmed, ${failedSet.size} failed) with ${kills} kills; draining`);
+
+    // --- drain: everything confirmed reaches both groups, and 'workers' acks all of it ---
+    // An ack the server made durable just before a kill is never answered: the client counts it
+    // as not acked, and the message rightly never comes again. So the group's own state says
+    // when everything is acked; the client's records say that every message was delivered.
+    const lost = (seen: Set<number>): number[] => [...confirmed].filter((n) => !seen.has(n));
+    const groupDone = async (q: string, group: string): Promise<boolean> => {
+      const g = (await client.queueStats(q)).groups[group];
+      return g !== undefined && g.lag === 0 && g.inFlight === 0;
+    };
+    const workersDone = (): Promise<boolean> => groupDone('work', 'workers');
+    const retriersDone = (): Promise<boolean> => groupDone('retry', 'retriers');
+    const drainStart = Date.now();
+    const drained = await waitUntil(async () => lost(auditorSeen).length === 0 && (await workersDone()) && (await retriersDone()), o.drainTimeoutMs);
+    if (!drained) {
+      const a = lost(auditorSeen);
+      if (a.length > 0) violate(`auditor never saw ${a.length} confirmed messages, e.g. ${a.slice(0, 5).map(idOf).join(', ')}`);
+      if (!(await workersDone())) violate(`group 'workers' did not ack everything: ${JSON.stringify((await client.queueStats('work')).groups.workers)}`);
+      if (!(await retriersDone())) violate(`group 'retriers' did not finish everything: ${JSON.stringify((await client.queueStats('retry')).groups.retriers)}`);
     }
-  }
-  // Each message's fate in 'workers': its last settle was an ack (answered or cut off, and then
-  // not delivered again), or it is in 'dead'. A last requeue, or a last reject with no dead copy,
-  // means the broker dropped it.
-  for (const n of confirmed) {
-    const last = lastAction[n] ?? 0;
-    if (deadCounts.has(n) || last === ACTION_ACKED) continue;
-    violate(`workers: ${idOf(n)} is neither acked nor dead-lettered (last settle: ${['none', 'ack', 'requeue', 'reject'][last]})`);
-  }
 
-  await client.close();
-  // A clean stop, then every checksum of every log.
-  server.child.proc.kill('SIGTERM');
-  const code = await server.child.exited;
-  if (code !== 0) violate(`spool serve exited with ${code} on SIGTERM`);
-  const verify = await new Promise<{ code: number | null; out: string }>((resolve) => {
-    const p = spawn(process.execPath, [cli, 'verify', '--data', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    p.stdout?.setEncoding('utf8').on('data', (s: string) => (out += s));
-    p.stderr?.setEncoding('utf8').on('data', (s: string) => (out += s));
-    p.once('exit', (c) => resolve({ code: c, out }));
-  });
-  if (verify.code !== 0) violate(`spool verify exited with ${verify.code}: ${verify.out.trim().split('\n').slice(-5).join(' | ')}`);
+    log(`drained in ${Date.now() - drainStart} ms`);
+    // The workers stop (nothing is in flight), and their journals are read.
+    await Promise.all(
+      workerProcs.map(async (proc) => {
+        const exited = new Promise((resolve) => proc.once('exit', resolve));
+        proc.kill('SIGTERM');
+        await exited;
+      }),
+    );
+    const j = readJournals(journals);
+    for (const p of j.problems) violate(p);
+    const unseen = lost(j.seen);
+    if (unseen.length > 0) violate(`workers never got ${unseen.length} confirmed messages, e.g. ${unseen.slice(0, 5).map(idOf).join(', ')}`);
 
-  if (!o.keep && violations.length === 0) fs.rmSync(base, { recursive: true, force: true });
-  return {
-    ok: violations.length === 0,
-    violations,
-    dataDir,
-    seconds: o.seconds,
-    kills,
-    reconnects,
-    downMs,
-    published,
-    confirmed: confirmed.size,
-    duplicateAnswers,
-    failed: failedSet.size,
-    delayed,
-    workerDeliveries,
-    workerRedeliveries,
-    nacks,
-    rejects,
-    auditorDeliveries,
-    stored,
-  };
+    // --- exactly once per queue, read back through the ledger group ---
+    const stored = { work: 0, audit: 0, dead: 0, retry: 0, gaveup: 0 };
+    const deadCounts = new Map<number, number>();
+    const gaveUpCounts = new Map<number, number>();
+    for (const q of QUEUES) {
+      const stats = await client.queueStats(q);
+      const records = stats.endOffset - stats.startOffset;
+      stored[q] = records;
+      if (stats.startOffset !== 0) violate(`${q}: retention dropped records below the ledger group (start offset ${stats.startOffset})`);
+      const counts = new Map<number, number>();
+      let read = 0;
+      const reader = await client.consume(
+        q,
+        (m: RemoteMessage) => {
+          read++;
+          const n = checkMessage(m, `ledger ${q}`);
+          if (n >= 0) counts.set(n, (counts.get(n) ?? 0) + 1);
+          if (q === 'dead' || q === 'gaveup') {
+            const death = (m.headers['x-death'] as { reason?: string; queue?: string; 'last-error'?: string }[] | undefined)?.[0];
+            const from = q === 'dead' ? 'work' : 'retry';
+            if (death?.reason !== 'rejected' || death.queue !== from) violate(`${q}: ${m.id} has x-death ${JSON.stringify(m.headers['x-death'])}`);
+            if (q === 'gaveup' && !(death?.['last-error'] ?? '').includes('soak failure')) violate(`gaveup: ${m.id} has no handler error in its x-death: ${JSON.stringify(death)}`);
+          }
+        },
+        { group: 'ledger', ack: 'none', prefetch: 1000 },
+      );
+      if (!(await waitUntil(() => read >= records, 30_000))) violate(`${q}: the ledger read ${read} of ${records} records`);
+      await reader.close();
+      log(`ledger ${q}: ${read} records read back`);
+      for (const [n, c] of counts) {
+        if (c > 1) violate(`${q}: ${idOf(n)} stored ${c} times`);
+        if (!confirmed.has(n) && !failedSet.has(n)) violate(`${q}: ${idOf(n)} stored but never published`);
+      }
+      if (q === 'dead') {
+        for (const [n, c] of counts) {
+          deadCounts.set(n, c);
+          if (!j.rejected.has(n)) violate(`dead: ${idOf(n)} was dead-lettered but no worker rejected it`);
+        }
+      } else if (q === 'gaveup') {
+        for (const [n, c] of counts) {
+          gaveUpCounts.set(n, c);
+          if (retrierFailed[n] !== 1) violate(`gaveup: ${idOf(n)} was given up but its handler never failed`);
+        }
+      } else {
+        for (const n of confirmed) if (!counts.has(n)) violate(`${q}: confirmed ${idOf(n)} is not stored`);
+      }
+    }
+    // Each message's fate in 'workers': its last settle was an ack (answered or cut off, and then
+    // not delivered again), or it is in 'dead'. A last requeue, or a last reject with no dead copy,
+    // means the broker dropped it.
+    for (const n of confirmed) {
+      if (!deadCounts.has(n) && !j.lastAcked.has(n)) violate(`workers: ${idOf(n)} is neither acked nor dead-lettered (its last settle was not an ack)`);
+    }
+    for (const n of confirmed) {
+      if (!retrierSucceeded.has(n) && !gaveUpCounts.has(n)) violate(`retriers: ${idOf(n)} neither succeeded nor was given up`);
+    }
+
+    await client.close();
+    // A clean stop, then every checksum of every log.
+    server.child.proc.kill('SIGTERM');
+    const code = await server.child.exited;
+    if (code !== 0) violate(`spool serve exited with ${code} on SIGTERM`);
+    const verify = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const p = spawn(process.execPath, [cli, 'verify', '--data', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      p.stdout?.setEncoding('utf8').on('data', (s: string) => (out += s));
+      p.stderr?.setEncoding('utf8').on('data', (s: string) => (out += s));
+      p.once('exit', (c) => resolve({ code: c, out }));
+    });
+    if (verify.code !== 0) violate(`spool verify exited with ${verify.code}: ${verify.out.trim().split('\n').slice(-5).join(' | ')}`);
+
+    if (!o.keep && violations.length === 0) fs.rmSync(base, { recursive: true, force: true });
+    return {
+      ok: violations.length === 0,
+      violations,
+      dataDir,
+      seconds: o.seconds,
+      kills,
+      reconnects,
+      downMs,
+      published,
+      confirmed: confirmed.size,
+      duplicateAnswers,
+      failed: failedSet.size,
+      delayed,
+      workerKills,
+      workerDeliveries: j.deliveries,
+      workerRedeliveries: j.redeliveries,
+      nacks: j.requeues,
+      rejects: j.rejects,
+      retrierDeliveries,
+      retrierFailures,
+      auditorDeliveries,
+      stored,
+    };
+  }
 }

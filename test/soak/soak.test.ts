@@ -1,7 +1,9 @@
 // The durability soak of soak/soak.ts, short: a real `spool serve` SIGKILLed several times while
-// a client publishes (some delayed) and two groups consume. Nothing confirmed may be lost,
+// a client publishes (some delayed) and groups consume, one of them in worker processes that are
+// SIGKILLed too. Nothing confirmed may be lost,
 // stored twice or changed, no confirmed ack may be undone, a rejected message must be moved to
-// the dead-letter queue once, and `spool verify` must pass.
+// the dead-letter queue once, a failing handler's message must be retried until it succeeds or
+// is given up once, and `spool verify` must pass.
 // `npm run soak` runs the same for two minutes. (This soak found the delayed-resend duplicate
 // fixed with it: a resend of a delayed publish after its message fired was stored again.)
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -12,21 +14,23 @@ beforeAll(() => assertDistFreshFor(['src'], "the soak's server child"));
 
 describe('the durability soak, short', () => {
   it('survives repeated SIGKILLs of the server: nothing confirmed lost, duplicated or changed', async () => {
-    const r = await runSoak({ seconds: 8, killMinMs: 500, killMaxMs: 1500, window: 32, seed: 7, drainTimeoutMs: 30_000 });
+    const r = await runSoak({ seconds: 8, killMinMs: 500, killMaxMs: 1500, workerKillMinMs: 800, workerKillMaxMs: 2000, window: 32, seed: 7, drainTimeoutMs: 30_000 });
     expect(r.violations).toEqual([]);
     expect(r.ok).toBe(true);
     // It really did what it claims: several kills, each followed by a reconnect, with traffic
     // of every kind on both sides of them.
     expect(r.kills).toBeGreaterThanOrEqual(3);
     expect(r.reconnects).toBeGreaterThanOrEqual(r.kills);
+    expect(r.workerKills).toBeGreaterThanOrEqual(3);
     expect(r.confirmed).toBeGreaterThan(1000);
     expect(r.delayed).toBeGreaterThan(50);
     expect(r.nacks).toBeGreaterThan(50);
     expect(r.rejects).toBeGreaterThan(10);
     expect(r.stored.dead).toBeGreaterThan(0);
     expect(r.stored.dead).toBeLessThanOrEqual(r.rejects);
+    expect(r.retrierFailures).toBeGreaterThan(50);
     // Each queue stored every confirmed message, and nothing beyond the publishes that failed.
-    for (const stored of [r.stored.work, r.stored.audit]) {
+    for (const stored of [r.stored.work, r.stored.audit, r.stored.retry]) {
       expect(stored).toBeGreaterThanOrEqual(r.confirmed);
       expect(stored).toBeLessThanOrEqual(r.confirmed + r.failed);
     }
