@@ -112,6 +112,8 @@ export class DedupeWindow {
 
   /** For hashes used synchronously (never across an await). */
   private readonly scratch: KeyHash = { h1: 0, h2: 0 };
+  /** What the last `probe` found to confirm by reading (see there); taken at once by its caller. */
+  private probeOffsets: number[] | null = null;
 
   constructor(
     private readonly windowMs: number,
@@ -145,25 +147,12 @@ export class DedupeWindow {
     // end at the slot the new entry takes.
     if (this.tail - this.head >= this.entriesMax) this.dropOldest();
     if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
-    const h = keyHashing.hashKey(key, this.scratch);
-    const k1 = h.h1;
-    const k2 = h.h2;
-    const t = this.table;
-    const mask = this.tableMask;
-    let offsets: number[] | null = null;
-    let i = k1 & mask;
-    for (; t[2 * i + 1] !== EMPTY; i = (i + 1) & mask) {
-      if (t[2 * i] !== k1) continue;
-      const r = this.seqOfSlot(i) & this.ringMask;
-      if (this.h2[r] !== k2 || this.until[r]! <= now) continue;
-      if (this.state[r] === CLAIMED) {
-        if (this.pendingKeys[this.offset[r]! & this.pendingMask] === key) return 'duplicate';
-        continue;
-      }
-      (offsets ??= []).push(this.offset[r]!);
-    }
+    const slot = this.probe(key, now);
+    if (slot < 0) return 'duplicate';
+    const offsets = this.probeOffsets;
+    this.probeOffsets = null;
     // Claimed at once, so a concurrent publish of the key sees it while the candidates are read.
-    this.addClaim(key, k1, k2, now + this.windowMs, i);
+    this.addClaim(key, this.scratch.h1, this.scratch.h2, now + this.windowMs, slot);
     if (offsets === null) return 'claimed';
     return this.confirm(key, offsets).then(
       (stored) => {
@@ -184,23 +173,38 @@ export class DedupeWindow {
    */
   holds(key: string, now: number): boolean | Promise<boolean> {
     this.evict(now);
+    if (this.probe(key, now) < 0) return true;
+    const offsets = this.probeOffsets;
+    this.probeOffsets = null;
+    return offsets === null ? false : this.confirm(key, offsets);
+  }
+
+  /**
+   * One probe run for `key`, whose hash it leaves in `scratch`: -1 when a pending claim holds the
+   * key, else the empty slot that ends the run (where a new entry for it goes). The offsets of
+   * stored entries in the window whose hash matches are left in `probeOffsets` (null: none):
+   * candidates, which only reading their records confirms.
+   */
+  private probe(key: string, now: number): number {
     const h = keyHashing.hashKey(key, this.scratch);
     const k1 = h.h1;
     const k2 = h.h2;
     const t = this.table;
     const mask = this.tableMask;
     let offsets: number[] | null = null;
-    for (let i = k1 & mask; t[2 * i + 1] !== EMPTY; i = (i + 1) & mask) {
+    let i = k1 & mask;
+    for (; t[2 * i + 1] !== EMPTY; i = (i + 1) & mask) {
       if (t[2 * i] !== k1) continue;
       const r = this.seqOfSlot(i) & this.ringMask;
       if (this.h2[r] !== k2 || this.until[r]! <= now) continue;
       if (this.state[r] === CLAIMED) {
-        if (this.pendingKeys[this.offset[r]! & this.pendingMask] === key) return true;
+        if (this.pendingKeys[this.offset[r]! & this.pendingMask] === key) return -1;
         continue;
       }
       (offsets ??= []).push(this.offset[r]!);
     }
-    return offsets === null ? false : this.confirm(key, offsets);
+    this.probeOffsets = offsets;
+    return i;
   }
 
   /** The append of a claimed key is durable at `offset`: remember it for the rest of its window. */

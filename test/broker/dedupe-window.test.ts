@@ -33,7 +33,7 @@ async function settle(c: Claim | Promise<Claim>): Promise<Claim> {
 }
 
 describe('DedupeWindow', () => {
-  it('agrees with a Map of exact keys over random claims, stores, releases and time (collisions forced on half the keys)', async () => {
+  it('agrees with a Map of exact keys over random claims, holds, stores, releases and time (collisions forced on half the keys)', async () => {
     // Proves exactness: a reference Map<key, until> and the window must give the same answer to every claim; keys 'c*' all share one hash.
     keyHashing.hashKey = (id, out) => (id.startsWith('c') ? Object.assign(out, { h1: 7, h2: 9 }) : hashKey(id, out));
     const log = new FakeLog();
@@ -46,6 +46,8 @@ describe('DedupeWindow', () => {
       const key = `${rnd() < 0.5 ? 'c' : 'k'}${Math.floor(rnd() * 300)}`;
       const until = ref.get(key);
       const expected: Claim = until !== undefined && until > now ? 'duplicate' : 'claimed';
+      // `holds` answers what the claim will, without claiming.
+      expect(await w.holds(key, now), `step ${step}: holds ${key}`).toBe(expected === 'duplicate');
       const got = await settle(w.claim(key, now));
       expect(got, `step ${step}: ${key}`).toBe(expected);
       if (got === 'duplicate') continue;
@@ -70,6 +72,8 @@ describe('DedupeWindow', () => {
       if (pending.length === 0 || rnd() < 0.55) {
         const key = `k${Math.floor(rnd() * 8000)}`;
         const expected: Claim = stored.has(key) || pending.includes(key) ? 'duplicate' : 'claimed';
+        // A key claimed by an append in flight is held too.
+        expect(await w.holds(key, step), `step ${step}: holds ${key}`).toBe(expected === 'duplicate');
         expect(await settle(w.claim(key, step)), `step ${step}: ${key}`).toBe(expected);
         if (expected === 'claimed') pending.push(key);
       } else {
