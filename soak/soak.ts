@@ -4,7 +4,8 @@
  * broker confirmed or acked was lost, duplicated or changed.
  *
  *   server     `node dist/src/cli/main.js serve --data <dir>`, a child process, killed with
- *              SIGKILL every killMinMs–killMaxMs and started again on the same dir
+ *              SIGKILL every killMinMs–killMaxMs and started again on the same dir; about one
+ *              restart in three is itself killed 0–400 ms into its startup (recovery included)
  *   producer   one client keeps `window` publishes in flight through the topic exchange 'soak';
  *              message n has the id `m-<n>`, a body derived from n (20–400 B, some 8–64 KiB) and
  *              the header `n`; some are delayed by 0–1.5 s. Both queues get every message.
@@ -71,6 +72,8 @@ export interface SoakOptions {
   largeFraction: number;
   /** How long the drain may take once publishing stopped, in ms. */
   drainTimeoutMs: number;
+  /** After a kill, the chance that the restart is SIGKILLed too, 0–400 ms into its startup (and the next restart again, twice at most). */
+  startupKillFraction: number;
   /** Worker processes (group 'workers'), each SIGKILLed every workerKillMinMs–workerKillMaxMs and started again. */
   workers: number;
   workerKillMinMs: number;
@@ -92,6 +95,7 @@ export const SOAK_DEFAULTS: SoakOptions = {
   delayedFraction: 0.1,
   largeFraction: 0.02,
   drainTimeoutMs: 60_000,
+  startupKillFraction: 0.3,
   workers: 2,
   workerKillMinMs: 1500,
   workerKillMaxMs: 5000,
@@ -103,6 +107,8 @@ export interface SoakReport {
   dataDir: string;
   seconds: number;
   kills: number;
+  /** SIGKILLs of a restarting server during its startup. */
+  startupKills: number;
   /** SIGKILLs of worker processes. */
   workerKills: number;
   reconnects: number;
@@ -326,6 +332,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
 
     // --- the killer ---
     let kills = 0;
+    let startupKills = 0;
     let stopKilling = false;
     const killer = (async () => {
       while (!stopKilling) {
@@ -334,6 +341,18 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
         server.child.proc.kill('SIGKILL');
         await server.child.exited;
         kills++;
+        // Now and then the restart is killed too, at a random moment of its startup: recovery
+        // itself (torn tails cut, indexes and dedupe windows rebuilt) must survive a crash.
+        for (let again = 0; again < 2 && rnd() < o.startupKillFraction; again++) {
+          const starting = spawn(process.execPath, [cli, 'serve', '--data', dataDir], { stdio: 'ignore' });
+          children.add(starting);
+          const exited = new Promise((resolve) => starting.once('exit', resolve));
+          await sleep(rnd() * 400);
+          starting.kill('SIGKILL');
+          await exited;
+          children.delete(starting);
+          startupKills++;
+        }
         server = await startServer(cli, dataDir);
         children.add(server.child.proc);
         log(`kill ${kills}: restarted (pid ${server.child.proc.pid})`);
@@ -493,6 +512,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       dataDir,
       seconds: o.seconds,
       kills,
+      startupKills,
       reconnects,
       downMs,
       published,

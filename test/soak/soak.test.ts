@@ -14,7 +14,7 @@ beforeAll(() => assertDistFreshFor(['src'], "the soak's server child"));
 
 describe('the durability soak, short', () => {
   it('survives repeated SIGKILLs of the server: nothing confirmed lost, duplicated or changed', async () => {
-    const r = await runSoak({ seconds: 8, killMinMs: 500, killMaxMs: 1500, workerKillMinMs: 800, workerKillMaxMs: 2000, window: 32, seed: 7, drainTimeoutMs: 30_000 });
+    const r = await runSoak({ seconds: 8, killMinMs: 500, killMaxMs: 1500, workerKillMinMs: 800, workerKillMaxMs: 2000, startupKillFraction: 0.9, window: 32, seed: 7, drainTimeoutMs: 30_000 });
     expect(r.violations).toEqual([]);
     expect(r.ok).toBe(true);
     // It really did what it claims: several kills, each followed by a reconnect, with traffic
@@ -22,6 +22,7 @@ describe('the durability soak, short', () => {
     expect(r.kills).toBeGreaterThanOrEqual(3);
     expect(r.reconnects).toBeGreaterThanOrEqual(r.kills);
     expect(r.workerKills).toBeGreaterThanOrEqual(3);
+    expect(r.startupKills).toBeGreaterThanOrEqual(1);
     expect(r.confirmed).toBeGreaterThan(1000);
     expect(r.delayed).toBeGreaterThan(50);
     expect(r.nacks).toBeGreaterThan(50);
