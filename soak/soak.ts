@@ -6,9 +6,10 @@
  *   server     `node dist/src/cli/main.js serve --data <dir>`, a child process, killed with
  *              SIGKILL every killMinMs–killMaxMs and started again on the same dir; about one
  *              restart in three is itself killed 0–400 ms into its startup (recovery included)
- *   producer   one client keeps `window` publishes in flight through the topic exchange 'soak';
- *              message n has the id `m-<n>`, a body derived from n (20–400 B, some 8–64 KiB) and
- *              the header `n`; some are delayed by 0–1.5 s. Both queues get every message.
+ *   producer   one client keeps `window` sends in flight through the topic exchange 'soak' (one in
+ *              ten a `publishBatch` of 2–20); message n has the id `m-<n>`, a body derived from n
+ *              (20–400 B, some 8–64 KiB) and the header `n`; some are delayed by 0–1.5 s, and a few
+ *              by 1–3 s and then cancelled. The queues 'work', 'audit' and 'retry' get every one.
  *   workers    group 'workers' on queue 'work': `workers` competing consumers, each in its own
  *              process (soak/consumer-child.ts), SIGKILLed every workerKillMinMs–workerKillMaxMs
  *              and started again; ack 'manual' (32 handlers each, every one awaiting its
@@ -35,6 +36,8 @@
  *   - every confirmed message's handler in 'retriers' succeeded once, or it is in 'gaveup' (once,
  *     x-death 'rejected' from 'retry' with the handler's error, only if the handler failed on it):
  *     retries and their due times survive the kills;
+ *   - a message whose cancel resolved true is never stored or delivered; one whose cancel
+ *     resolved false is delivered like any other;
  *   - every message delivered has the body and header its id says: nothing is corrupted;
  *   - no 'workers' delivery (in any worker process) comes after an ack of that message resolved
  *     'acked': an ack, once confirmed, survives the crash;
@@ -70,6 +73,10 @@ export interface SoakOptions {
   delayedFraction: number;
   /** Fraction of messages with a body of 8–64 KiB. */
   largeFraction: number;
+  /** Fraction of messages delayed by 1–3 s and cancelled 0–1.5 s after their publish is confirmed. */
+  cancelFraction: number;
+  /** Fraction of sends that are a `publishBatch` of 2–20 messages. */
+  batchFraction: number;
   /** How long the drain may take once publishing stopped, in ms. */
   drainTimeoutMs: number;
   /** After a kill, the chance that the restart is SIGKILLed too, 0–400 ms into its startup (and the next restart again, twice at most). */
@@ -94,6 +101,8 @@ export const SOAK_DEFAULTS: SoakOptions = {
   seed: 1,
   delayedFraction: 0.1,
   largeFraction: 0.02,
+  cancelFraction: 0.03,
+  batchFraction: 0.1,
   drainTimeoutMs: 60_000,
   startupKillFraction: 0.3,
   workers: 2,
@@ -124,6 +133,10 @@ export interface SoakReport {
   /** Publishes that failed (their deadline passed): stored at most once. */
   failed: number;
   delayed: number;
+  /** `publishBatch` calls. */
+  batches: number;
+  /** Cancels that resolved true, false, or not at all (cut off by a kill). */
+  cancels: { cancelled: number; notPending: number; unknown: number };
   workerDeliveries: number;
   workerRedeliveries: number;
   nacks: number;
@@ -367,6 +380,45 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     let published = 0;
     let duplicateAnswers = 0;
     let delayed = 0;
+    let batches = 0;
+    // Cancels of delayed messages: a cancel that resolved true means the message never arrives
+    // anywhere; false, that it was no longer pending (it fired); a cancel cut off by a kill, either.
+    const cancelled = new Set<number>();
+    const notCancelled = new Set<number>();
+    const cancelUnknown = new Set<number>();
+    const cancels: Promise<void>[] = [];
+    const cancelLater = (n: number): void => {
+      cancels.push(
+        sleep(rnd() * 1500)
+          .then(() => client.cancel(idOf(n)))
+          .then(
+            (ok) => void (ok ? cancelled : notCancelled).add(n),
+            () => void cancelUnknown.add(n),
+          ),
+      );
+    };
+    /** Message n's publish options: its id and header, and maybe a delay (some long ones cancelled later). */
+    const optionsOf = (n: number): { id: string; headers: { n: number }; delay?: number; cancel: boolean } => {
+      const d = rnd();
+      if (d < o.delayedFraction) {
+        delayed++;
+        return { id: idOf(n), headers: { n }, delay: Math.floor(rnd() * 1500), cancel: false };
+      }
+      if (d < o.delayedFraction + o.cancelFraction) {
+        delayed++;
+        return { id: idOf(n), headers: { n }, delay: 1000 + Math.floor(rnd() * 2000), cancel: true };
+      }
+      return { id: idOf(n), headers: { n }, cancel: false };
+    };
+    const settled = (n: number, cancel: boolean, r: PublishResult): void => {
+      if (r.status === 'duplicate') duplicateAnswers++;
+      if (r.status !== 'confirmed') {
+        violate(`publish ${idOf(n)} answered ${r.status}: each id is published once, and a resend that finds it stored is 'confirmed'`);
+        return;
+      }
+      confirmed.add(n);
+      if (cancel) cancelLater(n);
+    };
     const until = Date.now() + o.seconds * 1000;
     await new Promise<void>((resolve) => {
       let inFlight = 0;
@@ -375,25 +427,41 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
           if (inFlight === 0) resolve();
           return;
         }
-        const n = published++;
-        const delay = rnd() < o.delayedFraction ? Math.floor(rnd() * 1500) : undefined;
-        if (delay !== undefined) delayed++;
         inFlight++;
-        const options = { id: idOf(n), headers: { n }, ...(delay !== undefined ? { delay } : {}) };
-        client.publish('soak', `job.${n % 5}`, bodyOf(n, o.seed, o.largeFraction), options).then(
-          (r: PublishResult) => {
-            if (r.status === 'duplicate') duplicateAnswers++;
-            if (r.status === 'confirmed') confirmed.add(n);
-            else violate(`publish ${idOf(n)} answered ${r.status}: each id is published once, and a resend that finds it stored is 'confirmed'`);
-          },
-          () => failedSet.add(n),
-        ).finally(() => {
+        let sent: Promise<unknown>;
+        if (rnd() < o.batchFraction) {
+          // A batch of 2–20, each message with its own id, options and result.
+          const first = published;
+          const size = 2 + Math.floor(rnd() * 19);
+          published += size;
+          batches++;
+          const opts = Array.from({ length: size }, (_, k) => optionsOf(first + k));
+          const messages = opts.map(({ cancel: _cancel, ...options }, k) => ({ ...options, routingKey: `job.${(first + k) % 5}`, body: bodyOf(first + k, o.seed, o.largeFraction) }));
+          sent = client.publishBatch('soak', messages).then(
+            (results) => results.forEach((r, k) => settled(first + k, (opts[k] as { cancel: boolean }).cancel, r)),
+            () => {
+              for (let k = 0; k < size; k++) failedSet.add(first + k);
+            },
+          );
+        } else {
+          const n = published++;
+          const { cancel, ...options } = optionsOf(n);
+          sent = client.publish('soak', `job.${n % 5}`, bodyOf(n, o.seed, o.largeFraction), options).then(
+            (r: PublishResult) => settled(n, cancel, r),
+            () => void failedSet.add(n),
+          );
+        }
+        void sent.finally(() => {
           inFlight--;
           issue();
         });
       };
       for (let i = 0; i < o.window; i++) issue();
     });
+    await Promise.all(cancels);
+    // A message whose cancel resolved true is gone, and one whose cancel was cut off may be: the
+    // delivery checks below are about the rest ('expected'); the stored checks count them apart.
+    const expected = new Set([...confirmed].filter((n) => !cancelled.has(n) && !cancelUnknown.has(n)));
     stopKilling = true;
     stopWorkerKills = true;
     await killer;
@@ -404,7 +472,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     // An ack the server made durable just before a kill is never answered: the client counts it
     // as not acked, and the message rightly never comes again. So the group's own state says
     // when everything is acked; the client's records say that every message was delivered.
-    const lost = (seen: Set<number>): number[] => [...confirmed].filter((n) => !seen.has(n));
+    const lost = (seen: Set<number>): number[] => [...expected].filter((n) => !seen.has(n));
     const groupDone = async (q: string, group: string): Promise<boolean> => {
       const g = (await client.queueStats(q)).groups[group];
       return g !== undefined && g.lag === 0 && g.inFlight === 0;
@@ -478,17 +546,19 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
           if (retrierFailed[n] !== 1) violate(`gaveup: ${idOf(n)} was given up but its handler never failed`);
         }
       } else {
-        for (const n of confirmed) if (!counts.has(n)) violate(`${q}: confirmed ${idOf(n)} is not stored`);
+        for (const n of expected) if (!counts.has(n)) violate(`${q}: confirmed ${idOf(n)} is not stored`);
+      for (const n of cancelled) if (counts.has(n)) violate(`${q}: ${idOf(n)} is stored although its cancel resolved true`);
       }
     }
     // Each message's fate in 'workers': its last settle was an ack (answered or cut off, and then
     // not delivered again), or it is in 'dead'. A last requeue, or a last reject with no dead copy,
     // means the broker dropped it.
-    for (const n of confirmed) {
+    for (const n of expected) {
       if (!deadCounts.has(n) && !j.lastAcked.has(n)) violate(`workers: ${idOf(n)} is neither acked nor dead-lettered (its last settle was not an ack)`);
-    }
-    for (const n of confirmed) {
       if (!retrierSucceeded.has(n) && !gaveUpCounts.has(n)) violate(`retriers: ${idOf(n)} neither succeeded nor was given up`);
+    }
+    for (const n of cancelled) {
+      if (auditorSeen.has(n) || j.seen.has(n) || retrierSucceeded.has(n)) violate(`${idOf(n)} was delivered although its cancel resolved true`);
     }
 
     await client.close();
@@ -520,6 +590,8 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       duplicateAnswers,
       failed: failedSet.size,
       delayed,
+      batches,
+      cancels: { cancelled: cancelled.size, notPending: notCancelled.size, unknown: cancelUnknown.size },
       workerKills,
       workerDeliveries: j.deliveries,
       workerRedeliveries: j.redeliveries,
