@@ -3,7 +3,8 @@
  * a client publishes to it and two consumer groups drain it, and then a check that nothing the
  * broker confirmed or acked was lost, duplicated or changed.
  *
- *   server     `node dist/src/cli/main.js serve --data <dir>`, a child process, killed with
+ *   server     `node dist/src/cli/main.js serve --data <dir> --segment-bytes 2097152` (queue logs
+ *              roll every 2 MiB), a child process, killed with
  *              SIGKILL every killMinMs–killMaxMs and started again on the same dir; about one
  *              restart in three is itself killed 0–400 ms into its startup (recovery included)
  *   producer   one client keeps `window` sends in flight through the topic exchange 'soak' (one in
@@ -79,6 +80,8 @@ export interface SoakOptions {
   batchFraction: number;
   /** How long the drain may take once publishing stopped, in ms. */
   drainTimeoutMs: number;
+  /** `spool serve --segment-bytes`: small, so queue logs roll often (kills land in rolls; reads cross sealed segments). */
+  segmentBytes: number;
   /** After a kill, the chance that the restart is SIGKILLed too, 0–400 ms into its startup (and the next restart again, twice at most). */
   startupKillFraction: number;
   /** Worker processes (group 'workers'), each SIGKILLed every workerKillMinMs–workerKillMaxMs and started again. */
@@ -104,6 +107,7 @@ export const SOAK_DEFAULTS: SoakOptions = {
   cancelFraction: 0.03,
   batchFraction: 0.1,
   drainTimeoutMs: 60_000,
+  segmentBytes: 2 * 1024 * 1024,
   startupKillFraction: 0.3,
   workers: 2,
   workerKillMinMs: 1500,
@@ -167,9 +171,13 @@ interface ServerChild {
   exited: Promise<number | null>;
 }
 
+function serveArgs(cli: string, dataDir: string, segmentBytes: number): string[] {
+  return [cli, 'serve', '--data', dataDir, '--segment-bytes', String(segmentBytes)];
+}
+
 /** Starts `spool serve --data dataDir` and resolves once it says where it listens. */
-async function startServer(cli: string, dataDir: string): Promise<{ child: ServerChild; url: string }> {
-  const proc = spawn(process.execPath, [cli, 'serve', '--data', dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+async function startServer(cli: string, dataDir: string, segmentBytes: number): Promise<{ child: ServerChild; url: string }> {
+  const proc = spawn(process.execPath, serveArgs(cli, dataDir, segmentBytes), { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   let stderr = '';
   const url = await new Promise<string>((resolve, reject) => {
@@ -226,7 +234,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
   }
 
   async function soak(): Promise<SoakReport> {
-    let server = await startServer(cli, dataDir);
+    let server = await startServer(cli, dataDir, o.segmentBytes);
     children.add(server.child.proc);
     const client: RemoteBroker = await connect(server.url, { reconnect: { initialDelayMs: 20, maxDelayMs: 250 }, timeoutMs: 30_000 });
     const downMs: number[] = [];
@@ -357,7 +365,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
         // Now and then the restart is killed too, at a random moment of its startup: recovery
         // itself (torn tails cut, indexes and dedupe windows rebuilt) must survive a crash.
         for (let again = 0; again < 2 && rnd() < o.startupKillFraction; again++) {
-          const starting = spawn(process.execPath, [cli, 'serve', '--data', dataDir], { stdio: 'ignore' });
+          const starting = spawn(process.execPath, serveArgs(cli, dataDir, o.segmentBytes), { stdio: 'ignore' });
           children.add(starting);
           const exited = new Promise((resolve) => starting.once('exit', resolve));
           await sleep(rnd() * 400);
@@ -366,7 +374,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
           children.delete(starting);
           startupKills++;
         }
-        server = await startServer(cli, dataDir);
+        server = await startServer(cli, dataDir, o.segmentBytes);
         children.add(server.child.proc);
         log(`kill ${kills}: restarted (pid ${server.child.proc.pid})`);
         // The next kill counts from when the client is back, so every kill hits a working session.

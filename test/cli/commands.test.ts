@@ -438,6 +438,24 @@ describe('serve, --broker and terminals', () => {
     expect(refused.err).toMatch(/^spool: SPOOL_ERR_/);
   });
 
+  it('--segment-bytes sets where queue logs roll; outside 1 KiB..1 GiB it is a usage error', async () => {
+    const f = fakeIo();
+    const serving = run(['serve', '--segment-bytes', '65536', '--json', ...d()], f.io);
+    await waitFor('serve to listen', () => f.out().length > 0);
+    expect((await cli(['queue', 'create', 'q', ...d()])).code).toBe(0);
+    // Five publishes of 40 KiB, one at a time: no two fit in one 64 KiB segment.
+    for (let i = 0; i < 5; i++) expect((await cli(['produce', 'q', `${i}`.padEnd(40_000, 'x'), ...d()])).code).toBe(0);
+    const segments = fs.readdirSync(path.join(data, 'queues', 'q', 'messages')).filter((n) => n.endsWith('.log'));
+    expect(segments.length).toBe(5);
+    f.interrupt();
+    expect(await serving).toBe(0);
+    for (const bad of ['1023', '1073741825', 'lots']) {
+      const r = await cli(['serve', '--segment-bytes', bad, ...d()]);
+      expect(r.code, bad).toBe(2);
+      expect(r.err).toContain('--segment-bytes');
+    }
+  });
+
   it('refuses a non-loopback TCP address without a token (usage error)', async () => {
     const r = await cli(['serve', '--tcp', '0', '--host', '0.0.0.0', ...d()]);
     expect(r.code).toBe(2);

@@ -1,5 +1,5 @@
 /** `spool serve`: owns a data dir, serves it on a unix socket (and on request TCP) until SIGINT or SIGTERM. */
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { Broker } from '../../broker/broker.js';
 import { SpoolError } from '../../errors.js';
 import { isLoopbackHost, startServer, type SpoolServer } from '../../server/index.js';
@@ -12,6 +12,7 @@ export interface ServeOptions extends CommonOptions {
   tcp?: number;
   host?: string;
   token?: string;
+  segmentBytes?: number;
 }
 
 export interface Listening {
@@ -23,7 +24,7 @@ export interface Listening {
 
 /** Opens the broker and starts the server; returns both and where it listens. */
 export async function startServing(opts: ServeOptions): Promise<{ broker: Broker; server: SpoolServer | null; listening: Listening }> {
-  const broker = await Broker.open({ dataDir: opts.data });
+  const broker = await Broker.open({ dataDir: opts.data, ...(opts.segmentBytes !== undefined ? { segmentBytesMax: opts.segmentBytes } : {}) });
   let server: SpoolServer | null = null;
   try {
     if (opts.socket || opts.tcp !== undefined) {
@@ -42,6 +43,13 @@ export async function startServing(opts: ServeOptions): Promise<{ broker: Broker
   return { broker, server, listening: { dataDir: broker.dataDir, pid: process.pid, socket: server?.socketPath ?? null, tcp } };
 }
 
+/** commander argument parser for --segment-bytes: the range the log takes. */
+function parseSegmentBytes(value: string): number {
+  const n = parseCount(value);
+  if (n < 1024 || n > 1024 * 1024 * 1024) throw new InvalidArgumentError('expected 1024 to 1073741824 bytes');
+  return n;
+}
+
 export function registerServe(program: Command, io: CliIo): void {
   const cmd = program
     .command('serve')
@@ -49,12 +57,14 @@ export function registerServe(program: Command, io: CliIo): void {
     .option('--no-socket', 'do not listen on the unix socket <data>/spool.sock')
     .option('--tcp <port>', 'also listen on TCP (0 picks a free port)', parseCount)
     .option('--host <address>', 'TCP address to bind (anything but loopback needs --token)', '127.0.0.1')
-    .option('--token <secret>', 'TCP clients must present this token');
+    .option('--token <secret>', 'TCP clients must present this token')
+    .option('--segment-bytes <n>', 'queue logs roll to a new segment at this size (1 KiB to 1 GiB; default 128 MiB)', parseSegmentBytes);
   common(cmd, [
     'spool serve',
     'spool serve --data /var/lib/spool',
     'spool serve --tcp 5679                       # also on 127.0.0.1:5679',
     'spool serve --tcp 5679 --host 0.0.0.0 --token s3cret',
+    'spool serve --segment-bytes 16777216         # smaller segments: retention frees disk sooner',
     'npm start                                    # the same as spool serve --data ./data',
   ]);
   cmd.action(async (opts: ServeOptions) => {
