@@ -3,11 +3,11 @@
  * minutes; prints what happened and every violation, and exits 1 when there was one.
  *
  *   node dist/soak/run.js [--seconds 120] [--kill-min-ms 1000] [--kill-max-ms 4000] [--seed 1]
- *                         [--window 64] [--workers 2] [--dir /tmp] [--keep]
+ *                         [--window 64] [--workers 2] [--tcp] [--dir /tmp] [--keep]
  */
 import { SOAK_DEFAULTS, type SoakOptions, runSoak } from './soak.js';
 
-const USAGE = 'usage: node dist/soak/run.js [--seconds n] [--kill-min-ms n] [--kill-max-ms n] [--seed n] [--window n] [--workers n] [--dir path] [--keep]';
+const USAGE = 'usage: node dist/soak/run.js [--seconds n] [--kill-min-ms n] [--kill-max-ms n] [--seed n] [--window n] [--workers n] [--tcp] [--dir path] [--keep]';
 
 function parse(argv: string[]): Partial<SoakOptions> {
   const o: Partial<SoakOptions> = {};
@@ -40,6 +40,9 @@ function parse(argv: string[]): Partial<SoakOptions> {
       case '--dir':
         o.dir = argv[++i];
         break;
+      case '--tcp':
+        o.tcp = true;
+        break;
       case '--keep':
         o.keep = true;
         break;
@@ -62,7 +65,7 @@ if (o.killMaxMs < o.killMinMs) {
   process.stderr.write(`--kill-max-ms must be at least --kill-min-ms\n${USAGE}\n`);
   process.exit(2);
 }
-process.stderr.write(`soak: ${o.seconds} s, a SIGKILL every ${o.killMinMs}-${o.killMaxMs} ms, seed ${o.seed}\n`);
+process.stderr.write(`soak: ${o.seconds} s, a SIGKILL every ${o.killMinMs}-${o.killMaxMs} ms, seed ${o.seed}${o.tcp ? ', clients over TCP' : ''}\n`);
 const started = Date.now();
 const r = await runSoak({ ...o, log: (line) => process.stderr.write(`soak: ${line}\n`) });
 const sorted = [...r.downMs].sort((a, b) => a - b);

@@ -7,6 +7,7 @@
  *              roll every 2 MiB), a child process, killed with
  *              SIGKILL every killMinMs–killMaxMs and started again on the same dir; about one
  *              restart in three is itself killed 0–400 ms into its startup (recovery included)
+ *              (`tcp`: also on TCP 127.0.0.1 with a token, and every client connects over it)
  *   producer   one client keeps `window` sends in flight through the topic exchange 'soak' (one in
  *              ten a `publishBatch` of 2–20); message n has the id `m-<n>`, a body derived from n
  *              (20–400 B, some 8–64 KiB) and the header `n`; some are delayed by 0–1.5 s, and a few
@@ -52,6 +53,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -80,6 +82,8 @@ export interface SoakOptions {
   batchFraction: number;
   /** How long the drain may take once publishing stopped, in ms. */
   drainTimeoutMs: number;
+  /** Clients connect over TCP (127.0.0.1, with a token) instead of the unix socket. */
+  tcp: boolean;
   /** `spool serve --segment-bytes`: small, so queue logs roll often (kills land in rolls; reads cross sealed segments). */
   segmentBytes: number;
   /** After a kill, the chance that the restart is SIGKILLed too, 0–400 ms into its startup (and the next restart again, twice at most). */
@@ -107,6 +111,7 @@ export const SOAK_DEFAULTS: SoakOptions = {
   cancelFraction: 0.03,
   batchFraction: 0.1,
   drainTimeoutMs: 60_000,
+  tcp: false,
   segmentBytes: 2 * 1024 * 1024,
   startupKillFraction: 0.3,
   workers: 2,
@@ -118,6 +123,8 @@ export interface SoakReport {
   ok: boolean;
   violations: string[];
   dataDir: string;
+  /** Where the clients connected (the token masked). */
+  url: string;
   seconds: number;
   kills: number;
   /** SIGKILLs of a restarting server during its startup. */
@@ -171,23 +178,43 @@ interface ServerChild {
   exited: Promise<number | null>;
 }
 
-function serveArgs(cli: string, dataDir: string, segmentBytes: number): string[] {
-  return [cli, 'serve', '--data', dataDir, '--segment-bytes', String(segmentBytes)];
+/** How the soak runs `spool serve`: the same every restart, so clients find it at the same address. */
+interface Serve {
+  cli: string;
+  dataDir: string;
+  segmentBytes: number;
+  /** Also listen on TCP (127.0.0.1) with this token; the clients then connect over TCP. */
+  tcp: { port: number; token: string } | null;
 }
 
-/** Starts `spool serve --data dataDir` and resolves once it says where it listens. */
-async function startServer(cli: string, dataDir: string, segmentBytes: number): Promise<{ child: ServerChild; url: string }> {
-  const proc = spawn(process.execPath, serveArgs(cli, dataDir, segmentBytes), { stdio: ['ignore', 'ignore', 'pipe'] });
+function serveArgs(s: Serve): string[] {
+  const args = [s.cli, 'serve', '--data', s.dataDir, '--segment-bytes', String(s.segmentBytes)];
+  if (s.tcp !== null) args.push('--tcp', String(s.tcp.port), '--token', s.tcp.token);
+  return args;
+}
+
+/** A TCP port free right now on 127.0.0.1 (the server takes it at every restart). */
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+/** Starts `spool serve` and resolves once it says where it listens. */
+async function startServer(serve: Serve): Promise<{ child: ServerChild; url: string }> {
+  const proc = spawn(process.execPath, serveArgs(serve), { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   let stderr = '';
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`spool serve did not start within 15 s: ${stderr}`)), 15_000);
     proc.stderr?.setEncoding('utf8').on('data', (s: string) => {
       stderr += s;
-      const m = / on (unix:\/\/\S+?);/.exec(stderr);
+      const m = / on (unix:\/\/\S+?)[; ]/.exec(stderr);
       if (m !== null) {
         clearTimeout(timer);
-        resolve(m[1] as string);
+        resolve(serve.tcp === null ? (m[1] as string) : `tcp://127.0.0.1:${serve.tcp.port}?token=${serve.tcp.token}`);
       }
     });
     void exited.then((code) => {
@@ -234,7 +261,9 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
   }
 
   async function soak(): Promise<SoakReport> {
-    let server = await startServer(cli, dataDir, o.segmentBytes);
+    const serve: Serve = { cli, dataDir, segmentBytes: o.segmentBytes, tcp: o.tcp ? { port: await freePort(), token: `soak-${o.seed}` } : null };
+    let server = await startServer(serve);
+    log(`clients connect to ${server.url.replace(/token=[^&]*/, 'token=…')}`);
     children.add(server.child.proc);
     const client: RemoteBroker = await connect(server.url, { reconnect: { initialDelayMs: 20, maxDelayMs: 250 }, timeoutMs: 30_000 });
     const downMs: number[] = [];
@@ -365,7 +394,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
         // Now and then the restart is killed too, at a random moment of its startup: recovery
         // itself (torn tails cut, indexes and dedupe windows rebuilt) must survive a crash.
         for (let again = 0; again < 2 && rnd() < o.startupKillFraction; again++) {
-          const starting = spawn(process.execPath, serveArgs(cli, dataDir, o.segmentBytes), { stdio: 'ignore' });
+          const starting = spawn(process.execPath, serveArgs(serve), { stdio: 'ignore' });
           children.add(starting);
           const exited = new Promise((resolve) => starting.once('exit', resolve));
           await sleep(rnd() * 400);
@@ -374,7 +403,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
           children.delete(starting);
           startupKills++;
         }
-        server = await startServer(cli, dataDir, o.segmentBytes);
+        server = await startServer(serve);
         children.add(server.child.proc);
         log(`kill ${kills}: restarted (pid ${server.child.proc.pid})`);
         // The next kill counts from when the client is back, so every kill hits a working session.
@@ -588,6 +617,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       ok: violations.length === 0,
       violations,
       dataDir,
+      url: server.url.replace(/token=[^&]*/, 'token=…'),
       seconds: o.seconds,
       kills,
       startupKills,

@@ -17,6 +17,7 @@ describe('the durability soak, short', () => {
     const r = await runSoak({ seconds: 8, killMinMs: 500, killMaxMs: 1500, workerKillMinMs: 800, workerKillMaxMs: 2000, startupKillFraction: 0.9, window: 32, seed: 7, drainTimeoutMs: 30_000 });
     expect(r.violations).toEqual([]);
     expect(r.ok).toBe(true);
+    expect(r.url).toMatch(/^unix:\/\//);
     // It really did what it claims: several kills, each followed by a reconnect, with traffic
     // of every kind on both sides of them.
     expect(r.kills).toBeGreaterThanOrEqual(3);
@@ -38,5 +39,14 @@ describe('the durability soak, short', () => {
     }
     expect(r.batches).toBeGreaterThan(10);
     expect(r.cancels.cancelled).toBeGreaterThan(5);
+  }, 120_000);
+
+  it('over TCP with a token: the same checks hold', async () => {
+    const r = await runSoak({ seconds: 5, killMinMs: 500, killMaxMs: 1500, workerKillMinMs: 800, workerKillMaxMs: 2000, window: 32, seed: 8, tcp: true, drainTimeoutMs: 30_000 });
+    expect(r.violations).toEqual([]);
+    expect(r.url).toMatch(/^tcp:\/\/127\.0\.0\.1:\d+\?token=/);
+    expect(r.kills).toBeGreaterThanOrEqual(2);
+    expect(r.reconnects).toBeGreaterThanOrEqual(r.kills);
+    expect(r.confirmed).toBeGreaterThan(500);
   }, 120_000);
 });
