@@ -76,7 +76,7 @@ const lines = [
   `server kills ${r.kills} (and ${r.startupKills} more during a startup), reconnects ${r.reconnects}, down time median ${median} ms, max ${sorted.at(-1) ?? 0} ms; worker process kills ${r.workerKills}`,
   `workers: ${r.workerDeliveries} deliveries (${r.workerRedeliveries} redeliveries, ${r.nacks} requeued, ${r.rejects} rejected); auditor: ${r.auditorDeliveries} deliveries`,
   `retriers: ${r.retrierDeliveries} deliveries, ${r.retrierFailures} handler failures`,
-  `stored: work ${r.stored.work}, audit ${r.stored.audit}, dead ${r.stored.dead}, retry ${r.stored.retry}, gaveup ${r.stored.gaveup} records`,
+  `stored: work ${r.stored.work}, audit ${r.stored.audit}, dead ${r.stored.dead}, retry ${r.stored.retry}, gaveup ${r.stored.gaveup}, expired ${r.stored.expired} records`,
   `took ${((Date.now() - started) / 1000).toFixed(1)} s`,
 ];
 for (const l of lines) process.stdout.write(`${l}\n`);

@@ -23,7 +23,10 @@
  *              messages are retried after a durable delay and about one in 500 is given up, to
  *              the queue 'gaveup' (through 'retry''s dead-letter exchange 'soak.gaveup')
  *   auditor    group 'auditor' on queue 'audit', ack 'auto'
- *   ledger     group 'ledger' on every queue, made before anything is published and read only at
+ *   sleepy     group 'sleepy' on queue 'slow' (key job.0 only: one message in five; messageTtl
+ *              300 ms), one 5 ms handler at a time: it cannot keep up, so most messages expire
+ *              to the queue 'expired' (through 'slow''s dead-letter exchange 'soak.expired')
+ *   ledger     group 'ledger' on every queue but 'slow', made before anything is published and read only at
  *              the end: it holds retention back, so it sees every record the queues ever stored
  *
  * What must hold, checked at the end (each is a violation, listed in the report):
@@ -38,6 +41,8 @@
  *   - every confirmed message's handler in 'retriers' succeeded once, or it is in 'gaveup' (once,
  *     x-death 'rejected' from 'retry' with the handler's error, only if the handler failed on it):
  *     retries and their due times survive the kills;
+ *   - every confirmed message of 'slow' was handled by 'sleepy' or is in 'expired' (once, x-death
+ *     'expired' from 'slow'): expiry moves a message, never loses or copies it;
  *   - a message whose cancel resolved true is never stored or delivered; one whose cancel
  *     resolved false is delivered like any other;
  *   - every message delivered has the body and header its id says: nothing is corrupted;
@@ -156,10 +161,16 @@ export interface SoakReport {
   retrierDeliveries: number;
   retrierFailures: number;
   /** Records each queue stored. */
-  stored: { work: number; audit: number; dead: number; retry: number; gaveup: number };
+  stored: { work: number; audit: number; dead: number; retry: number; gaveup: number; expired: number };
 }
 
-const QUEUES = ['work', 'audit', 'dead', 'retry', 'gaveup'] as const;
+/**
+ * The queues a 'ledger' group reads back at the end. Not 'slow': a group there sees its messages
+ * expire like any other (each group dead-letters its own copy), so 'sleepy' is its only group.
+ */
+const QUEUES = ['work', 'audit', 'dead', 'retry', 'gaveup', 'expired'] as const;
+/** Messages of queue 'slow' live this long (its messageTtl). */
+const SLOW_TTL_MS = 300;
 /**
  * A compiled file the soak runs in a child process (`rel`, e.g. src/cli/main.js), found from this
  * module's place inside dist/ or beside it.
@@ -288,6 +299,12 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     await client.bindQueue('dead', 'soak.dlx');
     await client.bindQueue('retry', 'soak', '#');
     await client.bindQueue('gaveup', 'soak.gaveup');
+    // 'slow' gets one message in five (key job.0); its group cannot keep up, so most expire.
+    await client.assertExchange('soak.expired', 'fanout');
+    await client.assertQueue('slow', { messageTtl: SLOW_TTL_MS, deadLetterExchange: 'soak.expired' });
+    await client.assertQueue('expired');
+    await client.bindQueue('slow', 'soak', 'job.0');
+    await client.bindQueue('expired', 'soak.expired');
     // The ledger groups exist before the first publish, so retention keeps every record for the end.
     for (const q of QUEUES) await (await client.consume(q, () => {}, { group: 'ledger', ack: 'manual', prefetch: 1 })).close();
 
@@ -355,6 +372,17 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     // Whether the retriers' handler fails message n on its attempt k: a fixed coin per (n, k), so
     // a redelivery after a kill decides the same way.
     const failsOn = (n: number, attempt: number): boolean => random((n * 31 + attempt) ^ (o.seed * 977))() < 1 / 8;
+    // The sleepy group: one handler at a time, 5 ms each, against ~1,000 messages a second.
+    const sleepyHandled = new Set<number>();
+    await client.consume(
+      'slow',
+      async (m: RemoteMessage) => {
+        const n = checkMessage(m, 'sleepy');
+        await sleep(5);
+        if (n >= 0) sleepyHandled.add(n);
+      },
+      { group: 'sleepy', ack: 'auto', prefetch: 1, concurrency: 1 },
+    );
     const retrierSucceeded = new Set<number>();
     let retrierFailed = new Uint8Array(1 << 16);
     let retrierDeliveries = 0;
@@ -516,12 +544,14 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     };
     const workersDone = (): Promise<boolean> => groupDone('work', 'workers');
     const retriersDone = (): Promise<boolean> => groupDone('retry', 'retriers');
+    const sleepyDone = (): Promise<boolean> => groupDone('slow', 'sleepy');
     const drainStart = Date.now();
-    const drained = await waitUntil(async () => lost(auditorSeen).length === 0 && (await workersDone()) && (await retriersDone()), o.drainTimeoutMs);
+    const drained = await waitUntil(async () => lost(auditorSeen).length === 0 && (await workersDone()) && (await retriersDone()) && (await sleepyDone()), o.drainTimeoutMs);
     if (!drained) {
       const a = lost(auditorSeen);
       if (a.length > 0) violate(`auditor never saw ${a.length} confirmed messages, e.g. ${a.slice(0, 5).map(idOf).join(', ')}`);
       if (!(await workersDone())) violate(`group 'workers' did not ack everything: ${JSON.stringify((await client.queueStats('work')).groups.workers)}`);
+      if (!(await sleepyDone())) violate(`group 'sleepy' did not finish everything: ${JSON.stringify((await client.queueStats('slow')).groups.sleepy)}`);
       if (!(await retriersDone())) violate(`group 'retriers' did not finish everything: ${JSON.stringify((await client.queueStats('retry')).groups.retriers)}`);
     }
 
@@ -540,7 +570,8 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     if (unseen.length > 0) violate(`workers never got ${unseen.length} confirmed messages, e.g. ${unseen.slice(0, 5).map(idOf).join(', ')}`);
 
     // --- exactly once per queue, read back through the ledger group ---
-    const stored = { work: 0, audit: 0, dead: 0, retry: 0, gaveup: 0 };
+    const stored = { work: 0, audit: 0, dead: 0, retry: 0, gaveup: 0, expired: 0 };
+    const expiredCounts = new Map<number, number>();
     const deadCounts = new Map<number, number>();
     const gaveUpCounts = new Map<number, number>();
     for (const q of QUEUES) {
@@ -556,10 +587,10 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
           read++;
           const n = checkMessage(m, `ledger ${q}`);
           if (n >= 0) counts.set(n, (counts.get(n) ?? 0) + 1);
-          if (q === 'dead' || q === 'gaveup') {
+          if (q === 'dead' || q === 'gaveup' || q === 'expired') {
             const death = (m.headers['x-death'] as { reason?: string; queue?: string; 'last-error'?: string }[] | undefined)?.[0];
-            const from = q === 'dead' ? 'work' : 'retry';
-            if (death?.reason !== 'rejected' || death.queue !== from) violate(`${q}: ${m.id} has x-death ${JSON.stringify(m.headers['x-death'])}`);
+            const [from, reason] = q === 'dead' ? ['work', 'rejected'] : q === 'gaveup' ? ['retry', 'rejected'] : ['slow', 'expired'];
+            if (death?.reason !== reason || death.queue !== from) violate(`${q}: ${m.id} has x-death ${JSON.stringify(m.headers['x-death'])}`);
             if (q === 'gaveup' && !(death?.['last-error'] ?? '').includes('soak failure')) violate(`gaveup: ${m.id} has no handler error in its x-death: ${JSON.stringify(death)}`);
           }
         },
@@ -577,6 +608,11 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
           deadCounts.set(n, c);
           if (!j.rejected.has(n)) violate(`dead: ${idOf(n)} was dead-lettered but no worker rejected it`);
         }
+      } else if (q === 'expired') {
+        for (const [n, c] of counts) {
+          expiredCounts.set(n, c);
+          if (n % 5 !== 0) violate(`expired: ${idOf(n)} never went to 'slow'`);
+        }
       } else if (q === 'gaveup') {
         for (const [n, c] of counts) {
           gaveUpCounts.set(n, c);
@@ -593,9 +629,11 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     for (const n of expected) {
       if (!deadCounts.has(n) && !j.lastAcked.has(n)) violate(`workers: ${idOf(n)} is neither acked nor dead-lettered (its last settle was not an ack)`);
       if (!retrierSucceeded.has(n) && !gaveUpCounts.has(n)) violate(`retriers: ${idOf(n)} neither succeeded nor was given up`);
+      // In 'slow', handled or expired (both, when a kill undid the ack of a handled one that had expired meanwhile).
+      if (n % 5 === 0 && !sleepyHandled.has(n) && !expiredCounts.has(n)) violate(`sleepy: ${idOf(n)} was neither handled nor expired`);
     }
     for (const n of cancelled) {
-      if (auditorSeen.has(n) || j.seen.has(n) || retrierSucceeded.has(n)) violate(`${idOf(n)} was delivered although its cancel resolved true`);
+      if (auditorSeen.has(n) || j.seen.has(n) || retrierSucceeded.has(n) || sleepyHandled.has(n) || expiredCounts.has(n)) violate(`${idOf(n)} was delivered although its cancel resolved true`);
     }
 
     await client.close();

@@ -191,6 +191,8 @@ export class Broker extends EventEmitter<BrokerEvents> {
   private readonly timers: TimingWheel<string>;
   private readonly timerActions = new Map<string, () => void>();
   private ticking = false;
+  /** Set once `restore` has every exchange, queue, binding and the delay store back: ticks wait for it. */
+  private restored = false;
   private topologySaving: Promise<void> = Promise.resolve();
   private idempotency: Promise<IdempotencyStore> | null = null;
   private readonly counters = { published: 0, duplicates: 0, unroutable: 0, dropped: 0, deadLettered: 0, scheduled: 0 };
@@ -239,8 +241,8 @@ export class Broker extends EventEmitter<BrokerEvents> {
     for (const b of this.topology.bindings) this.exchanges.get(b.exchange)?.router.bind(b.queue, b.pattern);
     this.delays = await DelayStore.open(path.join(this.dataDir, 'delayed'), this.clock, this.logOptions, (r) => this.fireDelayed(r));
     this.delays.onError = (err) => this.emitError(err);
-    // A tick during the restore may have found nothing yet and slowed down: overdue delays,
-    // re-armed expiries and TTL queues must not wait for the idle tick.
+    this.restored = true;
+    // Overdue delays, re-armed expiries and TTL queues must not wait for the idle tick.
     this.wakeTicker();
   }
 
@@ -309,7 +311,9 @@ export class Broker extends EventEmitter<BrokerEvents> {
 
   /** Runs what is due: delayed messages, per-message expiries, retries, queue-TTL scans (every few ms). */
   private async tick(): Promise<void> {
-    if (this.ticking || this.closed) return;
+    // Nothing due runs before the whole topology is back: a message dead-lettered while the
+    // bindings were still missing was dropped (the soak found it).
+    if (this.ticking || this.closed || !this.restored) return;
     this.ticking = true;
     try {
       for (const key of this.timers.advance(this.clock.now())) {

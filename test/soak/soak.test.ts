@@ -3,9 +3,11 @@
 // SIGKILLed too. Nothing confirmed may be lost,
 // stored twice or changed, no confirmed ack may be undone, a rejected message must be moved to
 // the dead-letter queue once, a failing handler's message must be retried until it succeeds or
-// is given up once, and `spool verify` must pass.
-// `npm run soak` runs the same for two minutes. (This soak found the delayed-resend duplicate
-// fixed with it: a resend of a delayed publish after its message fired was stored again.)
+// is given up once, a message past its TTL must be dead-lettered once, and `spool verify` must
+// pass.
+// `npm run soak` runs the same for two minutes. (This soak found two bugs, fixed with it: a resend
+// of a delayed publish after its message fired was stored again; and a message that expired while
+// the server was down was dropped at the restart, dead-lettered before the bindings were back.)
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runSoak } from '../../soak/soak.js';
 import { assertDistFreshFor } from '../support/dist-fresh.js';
@@ -31,6 +33,7 @@ describe('the durability soak, short', () => {
     expect(r.stored.dead).toBeGreaterThan(0);
     expect(r.stored.dead).toBeLessThanOrEqual(r.rejects);
     expect(r.retrierFailures).toBeGreaterThan(50);
+    expect(r.stored.expired).toBeGreaterThan(50);
     // Each queue stored every confirmed message not cancelled, and nothing beyond the publishes
     // that failed or whose cancel was cut off.
     for (const stored of [r.stored.work, r.stored.audit, r.stored.retry]) {
