@@ -239,6 +239,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
     }
     for (const [name, opts] of Object.entries(this.topology.queues)) await this.openQueue(name, opts);
     for (const b of this.topology.bindings) this.exchanges.get(b.exchange)?.router.bind(b.queue, b.pattern);
+    for (const q of this.queues.values()) q.resume();
     this.delays = await DelayStore.open(path.join(this.dataDir, 'delayed'), this.clock, this.logOptions, (r) => this.fireDelayed(r));
     this.delays.onError = (err) => this.emitError(err);
     this.restored = true;

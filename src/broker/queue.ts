@@ -124,9 +124,16 @@ export class Queue {
       if (q.sizes !== null) q.floor = Math.max(q.floor, q.sizes.headFor(options.maxBytes as number));
     }
     await q.rearmExpiries();
-    // Overflow a crash interrupted is finished now, dead-lettering as it goes (never silently).
-    if ((options.overflow ?? 'drop-head') === 'drop-head') q.dropHeadIfOver();
     return q;
+  }
+
+  /**
+   * Once the broker has its whole topology back (every queue and binding): finishes overflow that
+   * a crash interrupted, dead-lettering as it goes (never silently). Not at open: a queue opened
+   * before the bindings are restored would dead-letter into an exchange that routes nowhere yet.
+   */
+  resume(): void {
+    if ((this.options.overflow ?? 'drop-head') === 'drop-head') this.dropHeadIfOver();
   }
 
   private async loadSizes(): Promise<void> {
