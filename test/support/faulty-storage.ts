@@ -22,6 +22,7 @@
  *   real disk; `writeFileRaw` creates missing parents durably.
  */
 import path from 'node:path';
+import { random } from '../../soak/messages.js';
 import type { OpenMode, Storage, StorageFile } from '../../src/log/storage.js';
 
 export const SECTOR_SIZE = 512;
@@ -49,17 +50,8 @@ export type FailPredicate = (op: string, path: string) => string | null;
 
 export type Rng = () => number;
 
-/** A small seeded PRNG (mulberry32) returning numbers in [0, 1). */
-export function seededRandom(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded PRNG (mulberry32) returning numbers in [0, 1): the soak's. */
+export const seededRandom: (seed: number) => Rng = random;
 
 const ERRNO: Record<string, [number, string]> = {
   ENOENT: [-2, 'no such file or directory'],
