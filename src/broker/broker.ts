@@ -172,6 +172,11 @@ export interface ConsumeOptions extends ConsumerOptions {
   workers?: number;
 }
 
+/** The dedupe key a delayed message without a caller id is fired with: its id and due time. */
+function fireDedupeKeyOf(r: DelayedRecord): string {
+  return `${r.keyText()}\0at\0${deliverAtOf(r)}`;
+}
+
 export class Broker extends EventEmitter<BrokerEvents> {
   readonly dataDir: string;
   private readonly clock: Clock;
@@ -240,7 +245,13 @@ export class Broker extends EventEmitter<BrokerEvents> {
     for (const [name, opts] of Object.entries(this.topology.queues)) await this.openQueue(name, opts);
     for (const b of this.topology.bindings) this.exchanges.get(b.exchange)?.router.bind(b.queue, b.pattern);
     for (const q of this.queues.values()) q.resume();
-    this.delays = await DelayStore.open(path.join(this.dataDir, 'delayed'), this.clock, this.logOptions, (r) => this.fireDelayed(r));
+    this.delays = await DelayStore.open(
+      path.join(this.dataDir, 'delayed'),
+      this.clock,
+      this.logOptions,
+      (r) => this.fireDelayed(r),
+      (r) => this.firedAlready(r),
+    );
     this.delays.onError = (err) => this.emitError(err);
     this.restored = true;
     // Overdue delays, re-armed expiries and TTL queues must not wait for the idle tick.
@@ -415,6 +426,14 @@ export class Broker extends EventEmitter<BrokerEvents> {
     );
   }
 
+  /** Whether a due delayed message reached a queue already: one it routes to holds its fire's dedupe key. */
+  private async firedAlready(r: DelayedRecord): Promise<boolean> {
+    const route = routeOf(r);
+    const key = r.headerText(META_CALLER_ID) !== undefined ? r.keyText() : fireDedupeKeyOf(r);
+    for (const q of this.route(route.exchange, route.routingKey)) if (await (this.queues.get(q) as Queue).holdsDedupeKey(key)) return true;
+    return false;
+  }
+
   /**
    * Whether the caller id `id` is in the dedupe window of every queue the route reaches now (false
    * when it reaches none: routing happens again at the fire).
@@ -437,13 +456,12 @@ export class Broker extends EventEmitter<BrokerEvents> {
     const id = r.keyText();
     const route = routeOf(r);
     const ttl = r.headerText(META_TTL);
-    const deliverAt = deliverAtOf(r);
     const headersRaw = r.headerText('\0h');
     const callerId = r.headerText(META_CALLER_ID) !== undefined;
     const stored: StoredMessage = {
       id,
       callerId,
-      dedupeKey: callerId ? undefined : `${id}\0at\0${deliverAt}`,
+      dedupeKey: callerId ? undefined : fireDedupeKeyOf(r),
       exchange: route.exchange,
       routingKey: route.routingKey,
       headers: headersRaw === undefined ? undefined : (JSON.parse(headersRaw) as Headers),

@@ -112,6 +112,9 @@ export interface ScheduledRecord {
 /** Fires a due message: publishes it to its exchange. Resolves once it is confirmed there. */
 export type FireFn = (record: DelayedRecord) => Promise<void>;
 
+/** Whether a due message was routed already (a queue it routes to holds its fire's dedupe key). */
+export type FiredFn = (record: DelayedRecord) => Promise<boolean>;
+
 export class DelayStore {
   private readonly buckets = new Map<number, Bucket>();
   private readonly index = new DelayIndex();
@@ -150,13 +153,14 @@ export class DelayStore {
     private readonly clock: Clock,
     private readonly logOptions: LogOptions,
     private readonly fire: FireFn,
+    private readonly fired: FiredFn,
   ) {
     this.wheel = new TimingWheel<number>({ tickMs: 2, startMs: clock.now() });
   }
 
-  static async open(dir: string, clock: Clock, logOptions: LogOptions, fire: FireFn): Promise<DelayStore> {
+  static async open(dir: string, clock: Clock, logOptions: LogOptions, fire: FireFn, fired: FiredFn = async () => false): Promise<DelayStore> {
     await fs.promises.mkdir(dir, { recursive: true });
-    const store = new DelayStore(dir, clock, logOptions, fire);
+    const store = new DelayStore(dir, clock, logOptions, fire, fired);
     const names = (await fs.promises.readdir(dir)).filter((n) => /^\d{15}$/.test(n)).sort();
     for (const name of names) await store.loadIndex(Number(name));
     return store;
@@ -341,20 +345,30 @@ export class DelayStore {
 
   /** The id of the pending message at `key`: from memory when it is near, else read from its bucket. */
   private async idAt(key: number): Promise<string | null> {
+    return (await this.recordAt(key)).keyText();
+  }
+
+  /** The pending message at `key`: from memory when it is near, else read from its bucket. */
+  private async recordAt(key: number): Promise<DelayedRecord> {
     const near = this.near.get(key);
-    if (near !== undefined) return near.keyText();
+    if (near !== undefined) return near;
     const { bucketStart, offset } = unpack(key);
     // The caller found it pending just now, so its bucket exists and, while we use it, stays.
     assert(this.buckets.has(bucketStart), 'a pending message has its bucket');
-    const r = await this.withBucket(bucketStart, (b) => readAt(b, offset));
-    return r.keyText();
+    return this.withBucket(bucketStart, (b) => readAt(b, offset));
   }
 
-  /** Cancels a pending delayed message; false when no pending message has this id. */
+  /** Cancels a pending delayed message; false when no pending message has this id (or it was routed already). */
   async cancel(id: string): Promise<boolean> {
     const h = idHashing.hashId(id);
     const key = await this.pendingLocation(id, h);
     if (key === null) return false;
+    // A crash between a fire and its done mark (written in batches) leaves a message that was
+    // routed pending again until it fires once more at startup. Such a message is not cancelled:
+    // it reached a queue already (maybe not all of them; its next fire completes that). The soak
+    // found cancels answering true for messages that had been delivered.
+    const record = await this.recordAt(key);
+    if (deliverAtOf(record) <= this.clock.now() && (await this.fired(record))) return false;
     const { bucketStart, offset } = unpack(key);
     // Claimed, with no await since it was confirmed: a fire that comes now finds it gone.
     if (!this.index.remove(h, bucketStart / BUCKET_MS, offset)) return false;

@@ -249,6 +249,39 @@ describe('delay: cancel and duplicate ids', () => {
     expect(routed(b)).toBe(1);
   });
 
+  // Found by the soak: a crash between a fire and its done mark (written in batches) leaves the
+  // routed message pending again until it re-fires at startup, and a cancel in between said true.
+  it('a cancel of a message that was routed but is pending again (done mark lost) is false; its re-fire lands once', async () => {
+    const clock = fakeClock(T0);
+    const { b } = await openFake(h, clock);
+    await topology(b, ['q', 'r']);
+    expect((await b.publish('ex', 'k', 'body', { id: 'c1', delay: 1000 })).status).toBe('confirmed');
+    // The state such a crash leaves: the message is in the queue under its fire's dedupe key (a
+    // caller id's is the id), and still pending in the delay store. Here it reached 'q' only, as a
+    // fire cut off halfway would.
+    await b.unbindQueue('r', 'ex', '#');
+    await b.sendToQueue('q', 'body', { id: 'c1' });
+    await b.bindQueue('r', 'ex', '#');
+    clock.t = T0 + 1000; // overdue; the tick that would re-fire it has not run yet
+    expect(await b.cancel('c1')).toBe(false);
+    // Its next fire completes the routing: 'r' gets it, 'q' keeps its one copy.
+    await at(b, clock, T0 + 1001);
+    await waitFor(() => routed(b, 'r') === 1, "the re-fire routed to 'r'");
+    expect(routed(b, 'q')).toBe(1);
+    expect(await b.cancel('c1')).toBe(false);
+  });
+
+  it('a cancel of an overdue message that reached no queue yet is still true', async () => {
+    const clock = fakeClock(T0);
+    const { b } = await openFake(h, clock);
+    await topology(b);
+    await b.publish('ex', 'k', 'body', { id: 'c2', delay: 1000 });
+    clock.t = T0 + 5000;
+    expect(await b.cancel('c2')).toBe(true);
+    await at(b, clock, T0 + 6000);
+    expect(routed(b)).toBe(0);
+  });
+
   it('delayed publishes without a caller id are never duplicates of each other', async () => {
     // Broker-made ids are unique and the fire's key is id + due time, as before: two publishes of
     // equal content are two messages.
