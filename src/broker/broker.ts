@@ -817,13 +817,10 @@ export class Broker extends EventEmitter<BrokerEvents> {
     if (callerId) h[META_CALLER_ID] = '';
     if (headers !== undefined) h['\0h'] = JSON.stringify(headers);
     if (ttl !== undefined) h[META_TTL] = String(ttl);
-    // The id fired already, within the dedupe window of every queue it routes to: a resend (the
-    // client's after a lost connection) or a reuse, answered as an immediate publish would be.
-    if (callerId && (await this.storedInEveryQueue(id, exchange, routingKey))) {
-      this.counters.duplicates++;
-      return { id, status: 'duplicate', queues: [], deliverAt };
-    }
-    const status = await (this.delays as DelayStore).schedule(id, callerId, deliverAt, { value: body, headers: h });
+    // An id that fired already, within the dedupe window of every queue it routes to, is a
+    // duplicate too: a resend (the client's after a lost connection) or a reuse, answered as an
+    // immediate publish would be.
+    const status = await (this.delays as DelayStore).schedule(id, callerId, deliverAt, { value: body, headers: h }, () => this.storedInEveryQueue(id, exchange, routingKey));
     if (status === 'duplicate') {
       this.counters.duplicates++;
       return { id, status: 'duplicate', queues: [], deliverAt };

@@ -273,26 +273,32 @@ export class DelayStore {
 
   /**
    * Stores a message due at `deliverAt`; resolves once it is fsynced. A publisher-chosen id that
-   * is already pending is a duplicate.
+   * is already pending is a duplicate, and so is one for which `firedAlready` says its message
+   * was routed already.
    */
-  schedule(id: string, callerId: boolean, deliverAt: number, record: ScheduledRecord): Promise<'scheduled' | 'duplicate'> {
+  schedule(id: string, callerId: boolean, deliverAt: number, record: ScheduledRecord, firedAlready: () => boolean | Promise<boolean> = () => false): Promise<'scheduled' | 'duplicate'> {
     // A busy publisher can hold the event loop for tens of ms at a time, past any timer: its
     // publishes fire what came due meanwhile.
     this.fireIfDue();
     if (!callerId) return this.store(id, idHashing.hashId(id), deliverAt, record);
-    return this.scheduleCallerId(id, deliverAt, record);
+    return this.scheduleCallerId(id, deliverAt, record, firedAlready);
   }
 
   /**
    * One schedule per caller id at a time: the duplicate check and the append of one id never
    * interleave with another's, so two concurrent publishes of an id store it once.
    */
-  private async scheduleCallerId(id: string, deliverAt: number, record: ScheduledRecord): Promise<'scheduled' | 'duplicate'> {
+  private async scheduleCallerId(id: string, deliverAt: number, record: ScheduledRecord, firedAlready: () => boolean | Promise<boolean>): Promise<'scheduled' | 'duplicate'> {
     const before = this.callerIdsInFlight.get(id);
     const mine = (async () => {
       if (before !== undefined) await before.catch(() => {});
       const h = idHashing.hashId(id);
       if ((await this.pendingLocation(id, h)) !== null) return 'duplicate' as const;
+      // Asked only after the pending check: a message leaves `pending` when its fire claims it,
+      // and that fire has claimed its key in the target queues' dedupe windows before anything
+      // else runs, so one of the two checks sees it. (Asked before, a fire between them, even
+      // the one `fireIfDue` just started, let a resend store a second copy: the soak found it.)
+      if (await firedAlready()) return 'duplicate' as const;
       return this.store(id, h, deliverAt, record);
     })();
     this.callerIdsInFlight.set(id, mine);

@@ -271,6 +271,23 @@ describe('delay: cancel and duplicate ids', () => {
     expect(await b.cancel('c1')).toBe(false);
   });
 
+  // Found by the soak: a resend arriving just as its message came due. The publish fired the due
+  // message itself (fireIfDue), after the fired-already check and before the pending one, so
+  // the resend was stored as a second copy, and the client's cancel then cancelled that copy
+  // ('true') although the first had been delivered.
+  it('a resend of a delayed publish that comes as its message falls due is a duplicate; a cancel then is false', async () => {
+    const clock = fakeClock(T0);
+    const { b } = await openFake(h, clock);
+    await topology(b);
+    expect((await b.publish('ex', 'k', 'body', { id: 'd1', delay: 1000 })).status).toBe('confirmed');
+    clock.t = T0 + 1000; // due, and no tick has fired it yet: the resend's own publish does
+    expect((await b.publish('ex', 'k', 'body', { id: 'd1', delay: 1000 })).status).toBe('duplicate');
+    await waitFor(() => routed(b) === 1, 'the message routed');
+    expect(await b.cancel('d1')).toBe(false);
+    await at(b, clock, T0 + 5000);
+    expect(routed(b)).toBe(1);
+  });
+
   it('a cancel of an overdue message that reached no queue yet is still true', async () => {
     const clock = fakeClock(T0);
     const { b } = await openFake(h, clock);

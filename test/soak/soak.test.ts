@@ -5,10 +5,11 @@
 // the dead-letter queue once, a failing handler's message must be retried until it succeeds or
 // is given up once, a message past its TTL must be dead-lettered once, and `spool verify` must
 // pass.
-// `npm run soak` runs the same for two minutes. (This soak found three bugs, fixed with it: a
+// `npm run soak` runs the same for two minutes. (This soak found four bugs, fixed with it: a
 // resend of a delayed publish after its message fired was stored again; a message that expired
 // while the server was down was dropped at the restart, dead-lettered before the bindings were
-// back; and a cancel resolved true for a message routed just before a kill.)
+// back; a cancel resolved true for a message routed just before a kill; and a resend arriving as
+// its message fell due stored a second copy.)
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runSoak } from '../../soak/soak.js';
 import { assertDistFreshFor } from '../support/dist-fresh.js';
