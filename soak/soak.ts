@@ -384,7 +384,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       { group: 'sleepy', ack: 'auto', prefetch: 1, concurrency: 1 },
     );
     const retrierSucceeded = new Set<number>();
-    let retrierFailed = new Uint8Array(1 << 16);
+    const retrierFailed = new Set<number>();
     let retrierDeliveries = 0;
     let retrierFailures = 0;
     await client.consume(
@@ -395,12 +395,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
         if (n < 0) return;
         if (failsOn(n, m.deliveryCount)) {
           retrierFailures++;
-          if (n >= retrierFailed.length) {
-            const grown = new Uint8Array(Math.max(n + 1, retrierFailed.length * 2));
-            grown.set(retrierFailed);
-            retrierFailed = grown;
-          }
-          retrierFailed[n] = 1;
+          retrierFailed.add(n);
           throw new Error(`soak failure of ${m.id} on attempt ${m.deliveryCount}`);
         }
         retrierSucceeded.add(n);
@@ -616,7 +611,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       } else if (q === 'gaveup') {
         for (const [n, c] of counts) {
           gaveUpCounts.set(n, c);
-          if (retrierFailed[n] !== 1) violate(`gaveup: ${idOf(n)} was given up but its handler never failed`);
+          if (!retrierFailed.has(n)) violate(`gaveup: ${idOf(n)} was given up but its handler never failed`);
         }
       } else {
         for (const n of expected) if (!counts.has(n)) violate(`${q}: confirmed ${idOf(n)} is not stored`);

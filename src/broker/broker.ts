@@ -430,8 +430,8 @@ export class Broker extends EventEmitter<BrokerEvents> {
   private async firedAlready(r: DelayedRecord): Promise<boolean> {
     const route = routeOf(r);
     const key = r.headerText(META_CALLER_ID) !== undefined ? r.keyText() : fireDedupeKeyOf(r);
-    for (const q of this.route(route.exchange, route.routingKey)) if (await (this.queues.get(q) as Queue).holdsDedupeKey(key)) return true;
-    return false;
+    const { holding } = await this.dedupeKeyHolders(key, route.exchange, route.routingKey);
+    return holding > 0;
   }
 
   /**
@@ -439,10 +439,16 @@ export class Broker extends EventEmitter<BrokerEvents> {
    * when it reaches none: routing happens again at the fire).
    */
   private async storedInEveryQueue(id: string, exchange: string, routingKey: string): Promise<boolean> {
+    const { holding, queues } = await this.dedupeKeyHolders(id, exchange, routingKey);
+    return queues > 0 && holding === queues;
+  }
+
+  /** Of the queues the route reaches now, how many hold `key` in their dedupe window. */
+  private async dedupeKeyHolders(key: string, exchange: string, routingKey: string): Promise<{ holding: number; queues: number }> {
     const queues = this.route(exchange, routingKey);
-    if (queues.length === 0) return false;
-    for (const q of queues) if (!(await (this.queues.get(q) as Queue).holdsDedupeKey(id))) return false;
-    return true;
+    let holding = 0;
+    for (const q of queues) if (await (this.queues.get(q) as Queue).holdsDedupeKey(key)) holding++;
+    return { holding, queues: queues.length };
   }
 
   /**

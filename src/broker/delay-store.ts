@@ -373,9 +373,12 @@ export class DelayStore {
     // routed pending again until it fires once more at startup. Such a message is not cancelled:
     // it reached a queue already (maybe not all of them; its next fire completes that). The soak
     // found cancels answering true for messages that had been delivered.
-    const record = await this.recordAt(key);
-    if (deliverAtOf(record) <= this.clock.now() && (await this.fired(record))) return false;
     const { bucketStart, offset } = unpack(key);
+    // Only a message whose bucket has begun can be due: a future one needs no second read.
+    if (bucketStart <= this.clock.now()) {
+      const record = await this.recordAt(key);
+      if (deliverAtOf(record) <= this.clock.now() && (await this.fired(record))) return false;
+    }
     // Claimed, with no await since it was confirmed: a fire that comes now finds it gone.
     if (!this.index.remove(h, bucketStart / BUCKET_MS, offset)) return false;
     this.wheel.cancel(key);
