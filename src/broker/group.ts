@@ -57,6 +57,34 @@ export interface ConsumerOptions {
   errorExchange?: string;
 }
 
+/**
+ * @internal Where a consumer's deliveries go instead of a `Message` and a handler call each: the
+ * server forwarding an 'auto' consumer's deliveries to its client (src/server). A handler carries
+ * one under `DELIVERY_SINK`; a consumer without `retry` then hands each delivery to `take`, and
+ * whoever holds it settles it once through `Consumer.settleTaken` or `settleTakenQuietly`.
+ * Why: a served delivery made a Message, a handler call and a promise-like per message only to
+ * copy the record out and wait for the client's DONE.
+ */
+export interface DeliverySink {
+  take(delivery: TakenDelivery): void;
+}
+
+/** @internal A delivery handed to a sink: in flight until settled or taken back. */
+export interface TakenDelivery {
+  readonly record: LogRecord;
+  readonly deliveryId: number;
+  readonly deliveryCount: number;
+  /** The consumer holding it; null once it is settled or taken back (a later settle is 'unknown'). */
+  readonly consumer: Consumer | null;
+}
+
+/** @internal The property of a handler function that carries its `DeliverySink`. */
+export const DELIVERY_SINK: unique symbol = Symbol('spool.deliverySink');
+
+function sinkOf(handler: Handler): DeliverySink | null {
+  return (handler as Handler & { [DELIVERY_SINK]?: DeliverySink })[DELIVERY_SINK] ?? null;
+}
+
 export interface ResolvedConsumerOptions {
   ack: AckMode;
   prefetch: number;
@@ -188,7 +216,7 @@ export class ConsumerGroup implements Settler {
 
   private takeBack(entry: InFlight): void {
     this.release(entry);
-    this.redeliver.push(entry);
+    this.redeliver.push(requeued(entry));
   }
 
   /** New records are durable, or credit was returned: deliver what can be delivered. */
@@ -369,10 +397,23 @@ export class ConsumerGroup implements Settler {
   }
 
   private deliver(consumer: Consumer, entry: InFlight, now: number): void {
-    entry.deliveryId = ++this.deliverySeq;
+    assert(entry.consumer === null, 'an entry is delivered once: one going back is a copy (requeued)');
+    const deliveryId = ++this.deliverySeq;
+    entry.deliveryId = deliveryId;
     entry.deliveryCount++;
-    const msg = new Message(entry.record, this.queue, entry.deliveryId, entry.deliveryCount, this);
     consumer.held++;
+    const sink = consumer.sink;
+    if (sink !== null) {
+      // The sink takes the entry itself (TakenDelivery): no Message, no handler call.
+      assert(consumer.held <= consumer.prefetch, 'a consumer never holds more than its prefetch');
+      entry.consumer = consumer;
+      entry.deadline = now + consumer.lockTimeoutMs;
+      this.inflight.set(entry.record.offset, entry);
+      if (this.policy.deliveryLimit === undefined) sink.take(entry);
+      else this.persistCountThen(entry, deliveryId, () => sink.take(entry));
+      return;
+    }
+    const msg = new Message(entry.record, this.queue, deliveryId, entry.deliveryCount, this);
     if (consumer.ackMode === 'none') {
       // At most once: delivered means done.
       this.ackOffset(entry.record.offset, false);
@@ -387,12 +428,19 @@ export class ConsumerGroup implements Settler {
       consumer.push(msg);
       return;
     }
-    // The count is durable before the handler sees the message, so a message that crashes the
-    // whole process still reaches its limit across restarts.
+    this.persistCountThen(entry, deliveryId, () => consumer.push(msg));
+  }
+
+  /**
+   * The count is durable before the handler sees the message, so a message that crashes the
+   * whole process still reaches its limit across restarts. `then` runs if the delivery is still
+   * in flight by then.
+   */
+  private persistCountThen(entry: InFlight, deliveryId: number, then: () => void): void {
     this.acks.state.counts.set(entry.record.offset, entry.deliveryCount);
     this.acks.persistCount(entry.record.offset, entry.deliveryCount).then(
       () => {
-        if (this.inflight.get(entry.record.offset) === entry && entry.deliveryId === msg.deliveryId) consumer.push(msg);
+        if (this.inflight.get(entry.record.offset) === entry && entry.deliveryId === deliveryId) then();
       },
       (err: Error) => {
         this.hooks.error(err);
@@ -415,9 +463,13 @@ export class ConsumerGroup implements Settler {
   settle(msg: Message, ack: boolean, requeue: boolean): Promise<SettleStatus> {
     const entry = this.settleEntry(msg);
     if (entry === null) return Promise.resolve('unknown');
-    if (ack) return (this.ackOffset(msg.offset, true) as Promise<void>).then(() => 'acked' as const);
+    return this.settled(entry, ack, requeue);
+  }
+
+  private settled(entry: InFlight, ack: boolean, requeue: boolean): Promise<SettleStatus> {
+    if (ack) return (this.ackOffset(entry.record.offset, true) as Promise<void>).then(() => 'acked' as const);
     if (requeue) {
-      this.redeliver.unshift(entry);
+      this.redeliver.unshift(requeued(entry));
       return Promise.resolve('nacked');
     }
     this.leave(entry.record, 'rejected', undefined, null);
@@ -428,8 +480,35 @@ export class ConsumerGroup implements Settler {
   settleQuietly(msg: Message, ack: boolean): void {
     const entry = this.settleEntry(msg);
     if (entry === null) return;
-    if (ack) this.ackOffset(msg.offset, false);
-    else this.redeliver.unshift(entry);
+    this.settledQuietly(entry, ack);
+  }
+
+  private settledQuietly(entry: InFlight, ack: boolean): void {
+    if (ack) this.ackOffset(entry.record.offset, false);
+    else this.redeliver.unshift(requeued(entry));
+  }
+
+  /** Takes a delivery a sink holds out of flight; false when it is not in flight any more. */
+  private settleTakenEntry(d: TakenDelivery): InFlight | null {
+    const entry = d as InFlight;
+    // Entries are never delivered twice (one going back is a copy), so identity is the delivery.
+    if (entry.consumer === null || this.inflight.get(entry.record.offset) !== entry) return null;
+    this.release(entry);
+    this.schedulePump();
+    return entry;
+  }
+
+  /** @internal As `settle`, for a delivery a sink took. */
+  settleTaken(d: TakenDelivery, ack: boolean, requeue: boolean): Promise<SettleStatus> {
+    const entry = this.settleTakenEntry(d);
+    if (entry === null) return Promise.resolve('unknown');
+    return this.settled(entry, ack, requeue);
+  }
+
+  /** @internal As `settleQuietly`, for a delivery a sink took: the 'auto' handler ended well (ack) or not (requeue). */
+  settleTakenQuietly(d: TakenDelivery, ok: boolean): void {
+    const entry = this.settleTakenEntry(d);
+    if (entry !== null) this.settledQuietly(entry, ok);
   }
 
   /** @internal A failed attempt with retries left: redeliver after `delayMs`, durably. */
@@ -587,6 +666,11 @@ export class ConsumerGroup implements Settler {
   }
 }
 
+/** A fresh entry for a delivery going back: the old one stays settled, so a late settle of it is 'unknown'. */
+function requeued(entry: InFlight): InFlight {
+  return { record: entry.record, deliveryId: 0, deliveryCount: entry.deliveryCount, consumer: null, lastConsumer: entry.lastConsumer, deadline: 0 };
+}
+
 /** The delay before attempt `attempt + 1`, after `attempt` failures: initial·factor^(attempt-1), capped, ± jitter. */
 export function backoffMs(backoff: { initial: number; factor: number; max: number; jitter: number }, attempt: number, random = Math.random): number {
   const base = Math.min(backoff.max, backoff.initial * backoff.factor ** Math.max(0, attempt - 1));
@@ -642,6 +726,8 @@ export class HandlerCall {
 export class Consumer {
   held = 0;
   closed = false;
+  /** @internal Set when the handler carries a sink and this consumer can use it ('auto' without retry). */
+  readonly sink: DeliverySink | null;
   readonly ackMode: AckMode;
   readonly prefetch: number;
   readonly concurrency: number;
@@ -665,6 +751,18 @@ export class Consumer {
     this.lockTimeoutMs = options.lockTimeoutMs;
     this.retry = options.retry;
     this.errorExchange = options.errorExchange;
+    // A retry policy needs each attempt's outcome and count here, so it keeps the handler path.
+    this.sink = options.ack === 'auto' && options.retry === null ? sinkOf(handler) : null;
+  }
+
+  /** @internal Settles a delivery this consumer's sink took (ACK or NACK from the server's client). */
+  settleTaken(d: TakenDelivery, ack: boolean, requeue: boolean): Promise<SettleStatus> {
+    return this.group.settleTaken(d, ack, requeue);
+  }
+
+  /** @internal The sink's 'auto' handler ended: well (ack) or badly (requeue, as a failed embedded handler). */
+  settleTakenQuietly(d: TakenDelivery, ok: boolean): void {
+    this.group.settleTakenQuietly(d, ok);
   }
 
   get groupName(): string {

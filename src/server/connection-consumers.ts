@@ -15,10 +15,10 @@
  */
 import assert from 'node:assert/strict';
 import type { Message } from '../broker/delivery.js';
-import { type Consumer, HandlerCall } from '../broker/group.js';
+import { type Consumer, DELIVERY_SINK, type DeliverySink, HandlerCall, type TakenDelivery } from '../broker/group.js';
 import { SpoolError } from '../errors.js';
 import { META_HEADERS, META_ROUTE } from '../broker/message.js';
-import { encodeDeliveryBytes, encodeRecords } from './wire/codec.js';
+import { type RecordDelivery, encodeDeliveryBytes, encodeRecords } from './wire/codec.js';
 import { TAG_MAX } from './wire/constants.js';
 import type { FrameWriter } from './wire/frame-writer.js';
 import type { ServedBroker } from './served-broker.js';
@@ -52,6 +52,20 @@ class Delivery extends HandlerCall {
   }
 }
 
+/** What a tag stands for: a handler call ('manual', 'auto' with retry) or a delivery the consumer's sink took ('auto'). */
+type Tagged = Delivery | TakenDelivery;
+
+/** A DONE or DONE_RUNS entry for `d`: its 'auto' handler ended well (`failure` null) or not. */
+function ended(d: Tagged, failure: string | null): void {
+  if (d instanceof Delivery) {
+    if (failure === null) d.end(true);
+    else d.end(false, new RemoteHandlerError(failure));
+    return;
+  }
+  // Already settled or taken back (consumer null): ignored, as an unknown tag is.
+  d.consumer?.settleTakenQuietly(d, failure === null);
+}
+
 /** A failure the client's handler reported (DONE with outcome 1). */
 export class RemoteHandlerError extends Error {
   constructor(message: string) {
@@ -62,7 +76,7 @@ export class RemoteHandlerError extends Error {
 
 export class ConnectionConsumers {
   private readonly consumers = new Map<number, RemoteConsumer>();
-  private readonly deliveries = new TagTable<Delivery>();
+  private readonly deliveries = new TagTable<Tagged>();
   private tagNext = 1;
   private tagsWrapped = false;
   /**
@@ -72,7 +86,7 @@ export class ConnectionConsumers {
    * this connection's consumers (their prefetch), as the deliveries in flight are.
    */
   private recordsBytesMax = 0;
-  private pendingMsgs: (Message | null)[] = [];
+  private pendingMsgs: (RecordDelivery | null)[] = [];
   private pendingTags: number[] = [];
   private pendingConsumers: number[] = [];
   private pendingCount = 0;
@@ -93,7 +107,7 @@ export class ConnectionConsumers {
     const n = this.pendingCount;
     if (n === 0) return;
     this.pendingCount = 0;
-    const msgs = this.pendingMsgs as Message[];
+    const msgs = this.pendingMsgs as RecordDelivery[];
     for (let i = 0; i < n; ) i = encodeRecords(this.writer, this.recordsBytesMax, this.pendingConsumers, msgs, this.pendingTags, i, n);
     // The messages (and the read buffers their records lie in) are not kept past their frame.
     this.pendingMsgs.fill(null, 0, n);
@@ -112,9 +126,13 @@ export class ConnectionConsumers {
     this.consumers.set(id, rc);
     // The whole credit is in flight: the client's own `concurrency` bounds its handlers.
     options.concurrency = Number.MAX_SAFE_INTEGER;
+    const handler = (msg: Message): Delivery | undefined => this.deliver(rc, msg);
+    // An 'auto' consumer without retry hands its deliveries to the sink instead (src/broker/group.ts).
+    const sink: DeliverySink = { take: (d) => this.deliverTaken(rc, d) };
+    Object.defineProperty(handler, DELIVERY_SINK, { value: sink });
     let consumer: Consumer;
     try {
-      consumer = await this.broker.consume(queue as string, (msg: Message) => this.deliver(rc, msg), options);
+      consumer = await this.broker.consume(queue as string, handler, options);
     } catch (err) {
       if (this.consumers.get(id) === rc) this.consumers.delete(id);
       throw err;
@@ -138,20 +156,7 @@ export class ConnectionConsumers {
       return d;
     }
     const tag = rc.ack === 'none' ? 0 : this.newTag();
-    const r = msg.record;
-    if (this.recordsBytesMax > 0) {
-      // The record goes as stored, written at the end of the task with the others (writePending):
-      // the client finds the id, route, headers and body in it.
-      const n = this.pendingCount++;
-      this.pendingMsgs[n] = msg;
-      this.pendingTags[n] = tag;
-      this.pendingConsumers[n] = rc.id;
-      this.writer.schedule();
-    } else {
-      // Straight from the stored bytes: the id, route and headers are never decoded here.
-      const headersJson = r.headerNames < 2 ? undefined : r.headerBytes(META_HEADERS);
-      encodeDeliveryBytes(this.writer, rc.id, tag, r.offset, r.timestamp, msg.deliveryId, msg.deliveryCount, r.key, r.headerBytes(META_ROUTE), headersJson, r.value);
-    }
+    this.send(rc, tag, msg);
     const d = new Delivery(msg, rc.id);
     if (rc.ack === 'none') {
       rc.creditWaiters.push(d);
@@ -160,6 +165,40 @@ export class ConnectionConsumers {
     this.deliveries.set(tag, d);
     // 'manual': the handler returns at once; ACK/NACK settle the message itself.
     return rc.ack === 'auto' ? d : undefined;
+  }
+
+  /** The sink of an 'auto' consumer without retry: one delivery, settled by DONE, DONE_RUNS, ACK or NACK. */
+  private deliverTaken(rc: RemoteConsumer, d: TakenDelivery): void {
+    const consumer = d.consumer as Consumer;
+    // Known from its first delivery: the broker may deliver before `open` has it back.
+    rc.consumer ??= consumer;
+    if (rc.closed) {
+      // Not sent. Closing the consumer takes this delivery back with any other, and the group
+      // offers them to its other consumers; requeueing it here would offer it to this one again.
+      void consumer.close();
+      return;
+    }
+    const tag = this.newTag();
+    this.send(rc, tag, d);
+    this.deliveries.set(tag, d);
+  }
+
+  /** Writes one delivery: gathered for a RECORDS frame at the end of the task, or as a DELIVERY frame now. */
+  private send(rc: RemoteConsumer, tag: number, d: Message | TakenDelivery): void {
+    if (this.recordsBytesMax > 0) {
+      // The record goes as stored, written at the end of the task with the others (writePending):
+      // the client finds the id, route, headers and body in it.
+      const n = this.pendingCount++;
+      this.pendingMsgs[n] = d;
+      this.pendingTags[n] = tag;
+      this.pendingConsumers[n] = rc.id;
+      this.writer.schedule();
+      return;
+    }
+    // Straight from the stored bytes: the id, route and headers are never decoded here.
+    const r = d.record;
+    const headersJson = r.headerNames < 2 ? undefined : r.headerBytes(META_HEADERS);
+    encodeDeliveryBytes(this.writer, rc.id, tag, r.offset, r.timestamp, d.deliveryId, d.deliveryCount, r.key, r.headerBytes(META_ROUTE), headersJson, r.value);
   }
 
   private newTag(): number {
@@ -181,6 +220,7 @@ export class ConnectionConsumers {
   ack(tag: number): Promise<string> {
     const d = this.take(tag);
     if (d === null) return Promise.resolve('unknown');
+    if (!(d instanceof Delivery)) return d.consumer?.settleTaken(d, true, false) ?? Promise.resolve('unknown');
     const settled = d.msg.ack();
     // An explicit ack inside an 'auto' handler: the handler call ends too, as a no-op settle.
     d.end(true);
@@ -191,6 +231,7 @@ export class ConnectionConsumers {
   nack(tag: number, requeue: boolean): Promise<string> {
     const d = this.take(tag);
     if (d === null) return Promise.resolve('unknown');
+    if (!(d instanceof Delivery)) return d.consumer?.settleTaken(d, false, requeue) ?? Promise.resolve('unknown');
     const settled = d.msg.nack({ requeue });
     d.end(true);
     return settled;
@@ -199,9 +240,7 @@ export class ConnectionConsumers {
   /** One DONE entry: the client's 'auto' handler ended; an unknown tag (already settled) is ignored. */
   done(tag: number, failure: string | null): void {
     const d = this.deliveries.take(tag);
-    if (d === undefined) return;
-    if (failure === null) d.end(true);
-    else d.end(false, new RemoteHandlerError(failure));
+    if (d !== undefined) ended(d, failure);
   }
 
   /**
@@ -212,7 +251,10 @@ export class ConnectionConsumers {
     const table = this.deliveries;
     if (count <= table.size) {
       // Settling runs no handler here (the consumers' concurrency is unbounded), so no tag is added meanwhile.
-      for (let tag = first, last = first + count; tag < last; tag++) table.take(tag)?.end(true);
+      for (let tag = first, last = first + count; tag < last; tag++) {
+        const d = table.take(tag);
+        if (d !== undefined) ended(d, null);
+      }
       return;
     }
     // More tags than are live (some were taken back, or a bad client's run): walk the table
@@ -222,7 +264,10 @@ export class ConnectionConsumers {
       if (tag >= first && tag - first < count) tags.push(tag);
     });
     tags.sort((a, b) => a - b);
-    for (const tag of tags) table.take(tag)?.end(true);
+    for (const tag of tags) {
+      const d = table.take(tag);
+      if (d !== undefined) ended(d, null);
+    }
   }
 
   /** CREDIT: the client finished `count` deliveries of a 'none' consumer. */
@@ -233,7 +278,7 @@ export class ConnectionConsumers {
     for (const d of released) d.end(true);
   }
 
-  private take(tag: number): Delivery | null {
+  private take(tag: number): Tagged | null {
     return this.deliveries.take(tag) ?? null;
   }
 
@@ -259,10 +304,19 @@ export class ConnectionConsumers {
     // are ours: end them now, as failures, so the messages go back rather than being acked.
     const closing = rc.consumer?.close();
     const mine: number[] = [];
+    const stale: number[] = [];
     this.deliveries.forEach((d, tag) => {
-      if (d.consumerId === rc.id) mine.push(tag);
+      if (d instanceof Delivery) {
+        if (d.consumerId === rc.id) mine.push(tag);
+      } else if (d.consumer === null) {
+        // The sink's deliveries: the close (it has no handler calls to wait for) took this
+        // consumer's back already; these, and any another consumer's lock timeout took back,
+        // are settled for good.
+        stale.push(tag);
+      }
     });
-    for (const tag of mine) this.deliveries.take(tag)?.end(false, new Error('the remote consumer went away before finishing'));
+    for (const tag of stale) this.deliveries.take(tag);
+    for (const tag of mine) (this.deliveries.take(tag) as Delivery).end(false, new Error('the remote consumer went away before finishing'));
     const waiters = rc.creditWaiters;
     rc.creditWaiters = [];
     for (const d of waiters) d.end(true);
