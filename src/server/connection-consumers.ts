@@ -137,22 +137,26 @@ export class ConnectionConsumers {
       if (this.consumers.get(id) === rc) this.consumers.delete(id);
       throw err;
     }
+    rc.consumer = consumer;
     if (rc.closed) {
-      // The client or the connection went away while the broker was starting it.
-      await consumer.close();
+      // The client or the connection went away while the broker was starting it: close it as
+      // `stop` would have, ending the deliveries it held meanwhile (see `deliver`).
+      await this.stop(rc);
       throw new SpoolError('SPOOL_ERR_CLOSED', 'the consumer was closed while starting');
     }
-    rc.consumer = consumer;
     return { group: (consumer as { groupName?: string }).groupName ?? ((options.group as string | undefined) ?? 'default') };
   }
 
   /** The broker's handler: one DELIVERY frame (or RECORDS entry), and a return value that says when the credit comes back. */
   private deliver(rc: RemoteConsumer, msg: Message): Delivery | undefined {
     if (rc.closed) {
-      // Not sent: 'auto' gives it back, 'manual' is taken back when the close completes.
+      // Not sent, and held until the close that is coming ends it ('manual' and 'none' need no
+      // call for that). Ending an 'auto' call now would count a failed attempt against a message
+      // no one saw (a retry policy gives it up after its last), and, without retry, offer it to
+      // this same consumer again at once, forever.
       if (rc.ack !== 'auto') return undefined;
       const d = new Delivery(msg, rc.id);
-      d.end(false, new Error('consumer closed'));
+      this.deliveries.set(this.newTag(), d);
       return d;
     }
     const tag = rc.ack === 'none' ? 0 : this.newTag();
