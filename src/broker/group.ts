@@ -488,7 +488,7 @@ export class ConsumerGroup implements Settler {
     else this.redeliver.unshift(requeued(entry));
   }
 
-  /** Takes a delivery a sink holds out of flight; false when it is not in flight any more. */
+  /** Takes a delivery a sink holds out of flight; null when it is not in flight any more. */
   private settleTakenEntry(d: TakenDelivery): InFlight | null {
     const entry = d as InFlight;
     // Entries are never delivered twice (one going back is a copy), so identity is the delivery.
