@@ -688,13 +688,17 @@ export class Broker extends EventEmitter<BrokerEvents> {
     const n = messages.length;
     // Check them all first: a bad message must not leave the ones before it published.
     const checked = new Array<CheckedPublish>(n);
-    // Made together (one clock read, one string); a message with its own id leaves one unused.
-    const generated = generateIds(n);
+    // Made together (one clock read, one string), for the messages without an id of their own:
+    // a served client's publishes all carry one, and ids made for them would go unused.
+    let missing = 0;
+    for (let i = 0; i < n; i++) if ((messages[i] as BatchMessage | null)?.id === undefined) missing++;
+    const generated = generateIds(missing);
+    let nextGenerated = 0;
     for (let i = 0; i < n; i++) {
       const m = messages[i] as BatchMessage;
       try {
         if (m === null || typeof m !== 'object') throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'a message must be an object { routingKey, body, ...options }');
-        checked[i] = this.checkPublish(exchange, m.routingKey, m.body, m, generated[i]);
+        checked[i] = this.checkPublish(exchange, m.routingKey, m.body, m, m.id === undefined ? generated[nextGenerated++] : undefined);
       } catch (err) {
         if (err instanceof SpoolError) throw new SpoolError(err.code, `messages[${i}]: ${err.message}`, { cause: err });
         throw err;

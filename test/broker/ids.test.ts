@@ -1,6 +1,10 @@
 // Generated message ids: 26 base32hex characters, unique, and sorting in generation order.
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { generateId, generateIds } from '../../src/broker/message.js';
+import { BrokerHarness } from '../support/broker-helpers.js';
+
+const h = new BrokerHarness();
+afterEach(() => h.cleanup());
 
 describe('generateId', () => {
   it('makes unique, time-sortable 26-character base32hex ids whose counter counts up by one', () => {
@@ -35,5 +39,28 @@ describe('generateId', () => {
     expect(new Set(ids.map((id) => id.slice(10, 18)))).toEqual(new Set([before.slice(10, 18)]));
     expect(generateIds(0)).toEqual([]);
     expect(generateIds(1)[0]).toMatch(/^[0-9a-v]{26}$/);
+  });
+});
+
+describe('publishBatch ids', () => {
+  it('makes ids only for the messages without one: the generated ones count up by one across the batch and on after it', async () => {
+    // A served client's batches carry an id on every message; making an id for each anyway cost
+    // ~2% of the server's publish CPU. Made only where missing, the counter moves by exactly those.
+    const b = await h.openBroker();
+    await b.assertQueue('q');
+    const own = (i: number) => ({ routingKey: 'q', body: `own ${i}`, id: `caller-${i}` });
+    const none = (i: number) => ({ routingKey: 'q', body: `none ${i}` });
+    const batch = [own(0), none(1), own(2), own(3), none(4), own(5), none(6)];
+    const results = await b.publishBatch('', batch);
+    const after = (await b.sendToQueue('q', 'after')).id;
+    expect(results.map((r) => r.status)).toEqual(batch.map(() => 'confirmed'));
+    expect(results.filter((_r, i) => 'id' in (batch[i] as object)).map((r) => r.id)).toEqual(['caller-0', 'caller-2', 'caller-3', 'caller-5']);
+    const made = [...results.filter((_r, i) => !('id' in (batch[i] as object))).map((r) => r.id), after];
+    const counter = (id: string) => parseInt(id.slice(18), 32);
+    for (let i = 1; i < made.length; i++) expect(counter(made[i] as string), `${made[i]} after ${made[i - 1]}`).toBe((counter(made[i - 1] as string) + 1) % 2 ** 40);
+    // A batch whose every message has an id makes none: the next generated id follows `after`.
+    await b.publishBatch('', [own(10), own(11)]);
+    const next = (await b.sendToQueue('q', 'next')).id;
+    expect(counter(next)).toBe((counter(after) + 1) % 2 ** 40);
   });
 });
