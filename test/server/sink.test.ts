@@ -13,10 +13,11 @@ afterEach(() => h.cleanup());
 
 describe("a served 'auto' consumer (deliveries taken by the sink)", () => {
   it("a late DONE for a delivery the lock timeout took back does not settle its redelivery", async () => {
-    // Attempt 1 outlives its lock (400 ms) and then succeeds; attempt 2, the redelivery, fails,
-    // within its own lock, after attempt 1 ended.
-    // Attempt 1's DONE names a delivery that is gone, so it must not ack attempt 2's: the failure
-    // requeues the message and attempt 3 acks it. Acking by the stale tag would end at attempt 2.
+    // Attempt 1 holds the message until its lock (200 ms) has expired and the redelivery, attempt
+    // 2, has arrived; then it succeeds. Attempt 2 fails, within its own lock, after attempt 1 ended
+    // (the DONEs reach the server in that order, on one connection). Attempt 1's DONE names a
+    // delivery that is gone, so it must not ack attempt 2's: the failure requeues the message and
+    // attempt 3 acks it. Acking by the stale tag would end at attempt 2.
     const { broker, server } = await h.served({ sweepIntervalMs: 20 });
     await broker.assertQueue('q');
     await broker.sendToQueue('q', 'slow');
@@ -29,17 +30,16 @@ describe("a served 'auto' consumer (deliveries taken by the sink)", () => {
       async (m: RemoteMessage) => {
         counts.push(m.deliveryCount);
         if (m.deliveryCount === 1) {
-          await sleep(600);
+          await waitFor(() => counts.includes(2), 'the redelivery after the lock timeout', 5000);
           firstEnded();
         }
         if (m.deliveryCount === 2) {
-          // Fail only once attempt 1's DONE has reached the server.
           await firstDone;
-          await sleep(50);
+          await sleep(20);
           throw new Error('attempt 2 fails');
         }
       },
-      { group: 'g', ack: 'auto', prefetch: 5, concurrency: 5, lockTimeoutMs: 400 },
+      { group: 'g', ack: 'auto', prefetch: 5, concurrency: 5, lockTimeoutMs: 200 },
     );
     await waitFor(() => broker.queueStats('q').groups.g?.committed === 1, 'the message acked', 5000);
     expect(counts).toEqual([1, 2, 3]);
