@@ -172,9 +172,14 @@ export interface ConsumeOptions extends ConsumerOptions {
   workers?: number;
 }
 
-/** The dedupe key a delayed message without a caller id is fired with: its id and due time. */
-function fireDedupeKeyOf(r: DelayedRecord): string {
-  return `${r.keyText()}\0at\0${deliverAtOf(r)}`;
+/**
+ * The dedupe key a delayed message is fired with, and whether it is its caller id: a caller id is
+ * the key itself, as for an immediate publish; without one (or in a record from before the mark)
+ * it is the broker's id and the due time.
+ */
+function fireKeyOf(r: DelayedRecord): { key: string; callerId: boolean } {
+  const callerId = r.headerText(META_CALLER_ID) !== undefined;
+  return { key: callerId ? r.keyText() : `${r.keyText()}\0at\0${deliverAtOf(r)}`, callerId };
 }
 
 export class Broker extends EventEmitter<BrokerEvents> {
@@ -429,8 +434,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
   /** Whether a due delayed message reached a queue already: one it routes to holds its fire's dedupe key. */
   private async firedAlready(r: DelayedRecord): Promise<boolean> {
     const route = routeOf(r);
-    const key = r.headerText(META_CALLER_ID) !== undefined ? r.keyText() : fireDedupeKeyOf(r);
-    const { holding } = await this.dedupeKeyHolders(key, route.exchange, route.routingKey);
+    const { holding } = await this.dedupeKeyHolders(fireKeyOf(r).key, route.exchange, route.routingKey);
     return holding > 0;
   }
 
@@ -452,22 +456,22 @@ export class Broker extends EventEmitter<BrokerEvents> {
   }
 
   /**
-   * A delayed message is due: route it now, with a dedupe key so that it lands once however often
-   * it fires. A caller id is the key itself, as for an immediate publish: a resend of the publish
-   * after a lost connection, scheduled again because the first had fired already, is dropped by
-   * the queues' dedupe windows. Without one (or in a record from before the mark), the key is the
-   * broker's id and due time, which covers a re-fire after a crash.
+   * A delayed message is due: route it now, with a dedupe key (`fireKeyOf`) so that it lands once
+   * however often it fires. With a caller id, a resend of the publish after a lost connection,
+   * scheduled again because the first had fired already, is dropped by the queues' dedupe windows;
+   * the broker's id and due time cover a re-fire after a crash.
    */
   private async fireDelayed(r: DelayedRecord): Promise<void> {
     const id = r.keyText();
     const route = routeOf(r);
     const ttl = r.headerText(META_TTL);
     const headersRaw = r.headerText('\0h');
-    const callerId = r.headerText(META_CALLER_ID) !== undefined;
+    const fireKey = fireKeyOf(r);
     const stored: StoredMessage = {
       id,
-      callerId,
-      dedupeKey: callerId ? undefined : fireDedupeKeyOf(r),
+      callerId: fireKey.callerId,
+      // A caller id dedupes by itself (no separate key); the broker's id by the key with its due time.
+      dedupeKey: fireKey.callerId ? undefined : fireKey.key,
       exchange: route.exchange,
       routingKey: route.routingKey,
       headers: headersRaw === undefined ? undefined : (JSON.parse(headersRaw) as Headers),

@@ -1,5 +1,5 @@
 /** The storage layer's public surface. Nothing outside src/log touches segment files. */
-export { Log, systemClock } from './log.js';
+export { Log, SEGMENT_BYTES, systemClock } from './log.js';
 export type { AppendResult, Clock, LogOptions, LogStats, ReadOptions } from './log.js';
 export type { LogRecord, RecordInput } from './record-batch.js';
 export { encodedRecordBytes, recordBytesBound } from './record-batch.js';

@@ -142,6 +142,9 @@ const EARLY_FLUSH_BYTES = 64 * 1024;
  * and a crash leaves at most about this much zero tail for recovery to read.
  */
 const PREALLOCATE_BYTES = 8 * 1024 * 1024;
+
+/** The segment sizes a log takes (`LogOptions.segmentBytesMax`), and its default. */
+export const SEGMENT_BYTES = { min: 1024, max: 1024 * 1024 * 1024, default: 128 * 1024 * 1024 } as const;
 const POSITION_HINTS_MAX = 64;
 /** Sealed segments whose index a lookup loaded and that keep it (see `indexOf`). */
 const LOADED_INDEXES_MAX = 8;
@@ -1058,7 +1061,7 @@ export class Log {
 }
 
 function resolveOptions(o: LogOptions): ResolvedLogOptions {
-  const segmentBytesMax = o.segmentBytesMax ?? 128 * MiB;
+  const segmentBytesMax = o.segmentBytesMax ?? SEGMENT_BYTES.default;
   const indexIntervalBytes = o.indexIntervalBytes ?? 4096;
   const recordBytesMax = o.recordBytesMax ?? 4 * MiB;
   const batchBytesMax = o.batchBytesMax ?? 16 * MiB;
@@ -1068,7 +1071,7 @@ function resolveOptions(o: LogOptions): ResolvedLogOptions {
   const check = (ok: boolean, what: string) => {
     if (!ok) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', what);
   };
-  check(Number.isSafeInteger(segmentBytesMax) && segmentBytesMax >= 1024 && segmentBytesMax <= 1024 * MiB, 'segmentBytesMax must be 1 KiB..1 GiB');
+  check(Number.isSafeInteger(segmentBytesMax) && segmentBytesMax >= SEGMENT_BYTES.min && segmentBytesMax <= SEGMENT_BYTES.max, 'segmentBytesMax must be 1 KiB..1 GiB');
   check(Number.isSafeInteger(indexIntervalBytes) && indexIntervalBytes > 0, 'indexIntervalBytes must be positive');
   check(Number.isSafeInteger(recordBytesMax) && recordBytesMax > 0 && recordBytesMax <= 64 * MiB, 'recordBytesMax must be 1 B..64 MiB');
   check(Number.isSafeInteger(batchBytesMax) && batchBytesMax >= recordBytesMax + BATCH_HEADER_BYTES, 'batchBytesMax must be at least recordBytesMax plus a batch header');

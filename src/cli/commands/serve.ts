@@ -1,6 +1,7 @@
 /** `spool serve`: owns a data dir, serves it on a unix socket (and on request TCP) until SIGINT or SIGTERM. */
 import { type Command, InvalidArgumentError } from 'commander';
 import { Broker } from '../../broker/broker.js';
+import { SEGMENT_BYTES } from '../../log/index.js';
 import { SpoolError } from '../../errors.js';
 import { isLoopbackHost, startServer, type SpoolServer } from '../../server/index.js';
 import { type CommonOptions, common, parseCount, usageError } from '../common.js';
@@ -46,7 +47,7 @@ export async function startServing(opts: ServeOptions): Promise<{ broker: Broker
 /** commander argument parser for --segment-bytes: the range the log takes. */
 function parseSegmentBytes(value: string): number {
   const n = parseCount(value);
-  if (n < 1024 || n > 1024 * 1024 * 1024) throw new InvalidArgumentError('expected 1024 to 1073741824 bytes');
+  if (n < SEGMENT_BYTES.min || n > SEGMENT_BYTES.max) throw new InvalidArgumentError(`expected ${SEGMENT_BYTES.min} to ${SEGMENT_BYTES.max} bytes`);
   return n;
 }
 
