@@ -618,8 +618,8 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       for (const n of cancelled) if (counts.has(n)) violate(`${q}: ${idOf(n)} is stored although its cancel resolved true`);
       }
     }
-    // Each message's fate in 'workers': its last settle was an ack (answered or cut off, and then
-    // not delivered again), or it is in 'dead'. A last requeue, or a last reject with no dead copy,
+    // Each message's fate in 'workers': an ack of it resolved 'acked', or its last settle was an
+    // ack (cut off, and then not delivered again), or it is in 'dead'. A last requeue, or a last reject with no dead copy,
     // means the broker dropped it.
     for (const n of expected) {
       if (!deadCounts.has(n) && !j.lastAcked.has(n)) violate(`workers: ${idOf(n)} is neither acked nor dead-lettered (its last settle was not an ack)`);

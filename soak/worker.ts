@@ -61,7 +61,7 @@ export interface JournalSummary {
   seen: Set<number>;
   /** Message numbers some worker rejected. */
   rejected: Set<number>;
-  /** Message numbers whose last settle (by time) was an ack. */
+  /** Message numbers an ack resolved 'acked' for, or whose last settle (by time) was an ack. */
   lastAcked: Set<number>;
   problems: string[];
 }
@@ -108,6 +108,9 @@ export function readJournals(files: readonly string[]): JournalSummary {
     const n = ns[order[i] as number] as number;
     let ackedAt = Number.POSITIVE_INFINITY;
     let last = '';
+    // An ack answered 'acked' (K) is final: the broker never delivers the message again, so a
+    // settle journaled after it by time belongs to an older delivery another process still ran
+    // (one from before a server restart, superseded) and was answered 'unknown'.
     for (; i < order.length && ns[order[i] as number] === n; i++) {
       const k = order[i] as number;
       const kind = kinds[k] as string;
@@ -115,7 +118,7 @@ export function readJournals(files: readonly string[]): JournalSummary {
       else if (kind === 'D' && (times[k] as number) > ackedAt && out.problems.length < 50) out.problems.push(`workers: m-${n} delivered again after an ack of it resolved 'acked'`);
       else if (kind === 'A' || kind === 'Q' || kind === 'J') last = kind;
     }
-    if (last === 'A') out.lastAcked.add(n);
+    if (last === 'A' || ackedAt !== Number.POSITIVE_INFINITY) out.lastAcked.add(n);
   }
   return out;
 }

@@ -44,6 +44,14 @@ describe('readJournals', () => {
     expect(k.redeliveries).toBe(1);
   });
 
+  it('an ack that resolved decides: a stale requeue journaled after it, by an older delivery another process still ran, does not', () => {
+    // Seen in a soak over TCP: delivery 2 (worker 0, from before a server restart) was handled
+    // after delivery 3 (worker 1) was acked; its requeue answered 'unknown'.
+    const j = readJournals(journals(['100.000 D 7 1', '100.100 Q 7', '101.000 D 7 3', '101.100 A 7', '102.000 K 7'], ['101.200 D 7 2', '101.300 Q 7']));
+    expect(j.problems).toEqual([]);
+    expect(j.lastAcked.has(7)).toBe(true);
+  });
+
   it('records rejects, deliveries and problems the workers wrote', () => {
     const j = readJournals(journals(['100.000 D 3 1', '100.100 J 3', '100.200 X 4 m-4 has a changed body (10 B)']));
     expect(j.rejected.has(3)).toBe(true);
