@@ -26,6 +26,7 @@ import {
 import { recoverLog, type RecoveryReport } from './recovery.js';
 import { scanBatches } from './scan.js';
 import { Segment } from './segment.js';
+import { SettleQueue } from './settle-queue.js';
 import { SegmentIndex } from './segment-index.js';
 import { type Storage, type StorageFile, nodeStorage, writeFileAtomic } from './storage.js';
 import { verifyLog, type VerifyReport } from './verify.js';
@@ -179,6 +180,26 @@ interface PendingAppend {
   bytes: number;
   resolve: (value: AppendResult & number) => void;
   reject: (err: Error) => void;
+  /** Set when its flush commits (its first record's offset) or fails; settled by `settles`. */
+  offset: number;
+  error: Error | null;
+}
+
+/**
+ * A commit settles at most this many appends in one event-loop turn (see SettleQueue). Measured on
+ * the delay workload (10,000 delays of 0-5 s, 1,000 publishes outstanding), firing lateness p99:
+ * 15-32 ms settling whole commits, 8-10 ms at 100, 5-6 ms at 32 (but more fires late past the
+ * publish burst), 18-20 ms at 256. Group commit and publish throughput did not change measurably.
+ */
+const SETTLES_PER_TURN = 128;
+
+function settleAppend(p: PendingAppend): void {
+  if (p.error !== null) p.reject(p.error);
+  else if (p.single) (p.resolve as (v: number) => void)(p.offset);
+  else {
+    const count = (p.records as RecordInput[]).length;
+    (p.resolve as (v: AppendResult) => void)({ baseOffset: p.offset, lastOffset: p.offset + count - 1, count });
+  }
 }
 
 export class Log {
@@ -208,6 +229,8 @@ export class Log {
   private readonly positionHints = new Map<number, { segment: Segment; position: number }>();
   private readonly appendListeners = new Set<(endOffset: number) => void>();
   private idleWaiters: (() => void)[] = [];
+  /** Appends whose flush is done, settled in order a chunk per event-loop turn. */
+  private readonly settles = new SettleQueue<PendingAppend>(SETTLES_PER_TURN, settleAppend);
   /** Sealed segments holding an index a lookup loaded, oldest first (see `indexOf`). */
   private loadedIndexes: Segment[] = [];
   private counters = { flushes: 0, earlyFlushes: 0, flushesDuringSync: 0, blockingCommits: 0, appendedRecords: 0, indexesRebuilt: 0 };
@@ -362,7 +385,7 @@ export class Log {
     if (this.closed) return Promise.reject(new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed'));
     if (this.failure !== null) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      this.pending.push({ records, single, sizes, bytes, resolve: resolve as PendingAppend['resolve'], reject });
+      this.pending.push({ records, single, sizes, bytes, resolve: resolve as PendingAppend['resolve'], reject, offset: -1, error: null });
       this.pendingBytes += bytes;
       if (!this.flushing) {
         this.flushing = true;
@@ -410,8 +433,8 @@ export class Log {
             // A bug, not an I/O failure (those are handled inside): fail loudly but settle every promise.
             const error = err instanceof SpoolError ? err : new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} failed: ${(err as Error).message}`, { cause: err });
             this.failure = error;
-            for (const p of batch) p.reject(error);
-            if (syncing !== null) for (const p of syncing.batch) p.reject(error);
+            for (const p of batch) this.failAppend(p, error);
+            if (syncing !== null) for (const p of syncing.batch) this.failAppend(p, error);
             syncing = null;
           }
         }
@@ -437,16 +460,16 @@ export class Log {
         try {
           await this.finishSync(last);
         } catch (err) {
-          for (const p of last.batch) p.reject(err as Error);
+          for (const p of last.batch) this.failAppend(p, err as Error);
           throw err;
         }
         // Appends that arrived during that fdatasync are still pending: go round again.
       }
     } catch (err) {
       this.failure ??= new SpoolError('SPOOL_ERR_READ_ONLY', `log ${this.dir} failed`, { cause: err });
-      if (syncing !== null) for (const p of syncing.batch) p.reject(this.failure);
+      if (syncing !== null) for (const p of syncing.batch) this.failAppend(p, this.failure);
     } finally {
-      if (this.failure !== null) for (let i = this.pendingHead; i < this.pending.length; i++) this.pending[i]?.reject(this.failure);
+      if (this.failure !== null) for (let i = this.pendingHead; i < this.pending.length; i++) this.failAppend(this.pending[i] as PendingAppend, this.failure);
       else assert.equal(this.pendingHead, this.pending.length, 'the flush loop ends only with nothing pending');
       this.pending.length = 0;
       this.pendingHead = 0;
@@ -488,7 +511,7 @@ export class Log {
     if (this.failure !== null || this.closedHard) {
       if (syncing !== null) await this.finishSync(syncing);
       const err = this.failure ?? new SpoolError('SPOOL_ERR_CLOSED', 'the log is closed');
-      for (const p of batch) p.reject(err);
+      for (const p of batch) this.failAppend(p, err);
       return null;
     }
     let recordBytes = 0;
@@ -504,7 +527,7 @@ export class Log {
         await this.roll();
       } catch (err) {
         const error = err instanceof SpoolError ? err : ioError(err, 'rolling to a new segment');
-        for (const p of batch) p.reject(error);
+        for (const p of batch) this.failAppend(p, error);
         return null;
       }
     }
@@ -543,7 +566,7 @@ export class Log {
     );
     if (syncing !== null && !(await this.finishSync(syncing, writing))) {
       // The flush before failed and was cut back, taking these bytes with it.
-      for (const p of batch) p.reject(this.failure ?? syncing.error ?? ioError(new Error('earlier flush failed'), 'appending'));
+      for (const p of batch) this.failAppend(p, this.failure ?? syncing.error ?? ioError(new Error('earlier flush failed'), 'appending'));
       return null;
     }
     const writeError = await writing;
@@ -622,16 +645,13 @@ export class Log {
     this.counters.appendedRecords += encoded.nextOffset - startOffset;
     let offset = startOffset;
     for (const p of batch) {
-      if (p.single) {
-        (p.resolve as (v: number) => void)(offset);
-        offset++;
-      } else {
-        const count = (p.records as RecordInput[]).length;
-        (p.resolve as (v: AppendResult) => void)({ baseOffset: offset, lastOffset: offset + count - 1, count });
-        offset += count;
-      }
+      assert.equal(p.error, null, 'a failed append is never committed');
+      p.offset = offset;
+      offset += p.single ? 1 : (p.records as RecordInput[]).length;
+      this.settles.push(p);
     }
     assert.equal(offset, active.nextOffset, 'every appended record got exactly one offset');
+    this.settles.flush();
     for (const l of this.appendListeners) {
       try {
         l(active.nextOffset);
@@ -726,7 +746,7 @@ export class Log {
         { cause: cutErr },
       );
     }
-    for (const p of batch) p.reject(this.failure ?? error);
+    for (const p of batch) this.failAppend(p, this.failure ?? error);
   }
 
   /** Seals the active segment and starts a new one at the current end offset. */
@@ -784,10 +804,21 @@ export class Log {
     return writeFileAtomic(this.storage, path.join(this.dir, CHECKPOINT_FILE), encodeCheckpoint(cp));
   }
 
-  /** Resolves once no flush is in flight or pending. */
-  private whenIdle(): Promise<void> {
-    if (!this.flushing) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  /** Resolves once no flush is in flight or pending, and every append is settled. */
+  private async whenIdle(): Promise<void> {
+    if (this.flushing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    await this.settles.whenIdle();
+  }
+
+  /**
+   * Fails an append in its turn, after every append committed before it is resolved. An append
+   * already committed or failed keeps that outcome (a settled promise ignored a second settle).
+   */
+  private failAppend(p: PendingAppend, err: Error): void {
+    if (p.offset >= 0 || p.error !== null) return;
+    p.error = err;
+    this.settles.push(p);
+    this.settles.flush();
   }
 
   /**
