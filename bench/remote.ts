@@ -3,22 +3,27 @@
  * measured in the same run so the ratio means something on a noisy machine.
  *
  * Each run, for each side (embedded first, then remote, alternating the order every run):
- *   warm-up   untimed, the same on both sides: `warm` messages (REMOTE_WARM_MESSAGES, at most N)
- *             published as below, then drained by a consumer of the group 'drain' as below, which
- *             is closed once the group has committed them all
+ *   warm-up   untimed, the same on both sides: `rounds` rounds (REMOTE_WARM_ROUNDS) of `warm`
+ *             messages (REMOTE_WARM_MESSAGES, at most N) published as below, then drained by a
+ *             consumer of the group 'drain' as below, which is closed once the group has committed
+ *             them all. The first round's rates are kept and reported as the cold figures.
  *   publish   N messages of 100 B through the topic exchange, `window` publishes outstanding; a
  *             publish counts once its promise resolved (remote: once the server's CONFIRM arrived)
  *   consume   those N drained by a new consumer of the same group, ack 'auto', prefetch 1000,
  *             timed from the consume call until the group's committed offset covers them all
  *   latency   lone publishes, each awaited before the next: confirm latency p50 and p99
  *
- * Why the warm-up: each run starts a fresh server child, and a fresh process runs its first tens
- * of thousands of deliveries in V8's interpreter and baseline tiers (measured per 20,000-message
- * drain: 7-9 us of server CPU per delivery in the first, 3-5 in the second, ~1.0-1.4 from ~60,000
- * on, with no further trend to 400,000). Without it, the remote side measured V8 tier-up while the
- * embedded side, in the long-running bench process, was already warm; and the consume path was
- * never warmed at all (only publishes were). A real server is long-running, hence warm, so both
- * sides are measured warm; 100,000 is past the point where the CPU per delivery stops falling.
+ * Why the warm-up: each run starts a fresh server child, and a fresh process runs its first
+ * hundreds of thousands of messages in V8's lower tiers while TurboFan optimizes ever more of the
+ * path. The embedded side, in the long-running bench process, is warm after its first run. A real
+ * server is long-running, hence warm, so both sides are measured warm, and the cold figures are
+ * printed beside them. How long warming takes was measured (session 8, 2026-11-25) with a fresh
+ * server child doing rounds of 100,000 remote publishes (1,000 outstanding), each then drained:
+ * drain rate by round 0.58, 0.85-0.96, 1.2-1.36, 1.19-1.21, then 1.5-1.9M msgs/s from the fifth
+ * round on (server CPU per delivery 2.0-2.3, 1.2-1.3, 0.8, 0.7-0.8, then 0.5-0.8 us), publish
+ * 223k, 360k, 360k, 444k, then 390-490k msgs/s. A single 100,000 warm-up, used until then, left
+ * the timed drain in the second round's range. (Under --no-opt the server stays at 4.6 us per
+ * delivery: the curve is the JIT.) Four rounds put the timed phase in the fifth.
  * The consume rate is N over the timed drain: the warm-up's messages were drained before it.
  *
  * The remote broker runs in a child process (`spool serve` in miniature), as it would in
@@ -54,8 +59,10 @@ export const REMOTE_SIZES = {
   quick: { messages: 50_000, latencyIterations: 500 },
 } as const;
 
-/** Untimed warm-up messages per side, published and drained (see the header for how it was chosen). */
+/** Untimed warm-up messages per side and round, published and drained (see the header for how it was chosen). */
 export const REMOTE_WARM_MESSAGES = 100_000;
+/** Warm-up rounds per side (see the header). */
+export const REMOTE_WARM_ROUNDS = 4;
 
 function warmMessages(p: RemoteParams): number {
   return Math.min(p.warmMessages ?? REMOTE_WARM_MESSAGES, p.messages);
@@ -67,8 +74,10 @@ export interface RemoteParams {
   latencyIterations: number;
   /** Publishes kept outstanding in the throughput phase. */
   window: number;
-  /** Messages published and drained, untimed, before the timed phases (default: REMOTE_WARM_MESSAGES, at most `messages`). */
+  /** Messages per warm-up round, published and drained before the timed phases (default: REMOTE_WARM_MESSAGES, at most `messages`). */
   warmMessages?: number;
+  /** Warm-up rounds (default REMOTE_WARM_ROUNDS; 0 for none). */
+  warmRounds?: number;
   bodyBytes: number;
   /** 'child' (default): the server in its own process; 'in-process': same process (the smoke test). */
   server?: 'child' | 'in-process';
@@ -143,15 +152,24 @@ async function drain(side: Side, count: number, committedTarget: number): Promis
  */
 async function measureSide(side: Side, p: RemoteParams, bodies: readonly Buffer[]): Promise<Metrics> {
   const warm = warmMessages(p);
-  if (warm > 0) {
+  const rounds = warm > 0 ? (p.warmRounds ?? REMOTE_WARM_ROUNDS) : 0;
+  let coldPublish = Number.NaN;
+  let coldConsume = Number.NaN;
+  for (let round = 0; round < rounds; round++) {
+    const tw = process.hrtime.bigint();
     await pump(side, bodies, warm, p.window);
-    await drain(side, warm, warm);
+    const publishSeconds = secondsSince(tw);
+    const consumeSeconds = await drain(side, warm, warm * (round + 1));
+    if (round === 0) {
+      coldPublish = warm / publishSeconds;
+      coldConsume = warm / consumeSeconds;
+    }
   }
   const t0 = process.hrtime.bigint();
   await pump(side, bodies, p.messages, p.window);
   const publishSeconds = secondsSince(t0);
   // Exactly the timed messages: the warm-up ones are committed already.
-  const consumeSeconds = await drain(side, p.messages, warm + p.messages);
+  const consumeSeconds = await drain(side, p.messages, warm * rounds + p.messages);
 
   const lat = new Float64Array(p.latencyIterations);
   for (let i = 0; i < p.latencyIterations; i++) {
@@ -165,6 +183,8 @@ async function measureSide(side: Side, p: RemoteParams, bodies: readonly Buffer[
     consumeMsgsPerSec: p.messages / consumeSeconds,
     confirmP50Us: percentile(sorted, 50),
     confirmP99Us: percentile(sorted, 99),
+    coldPublishMsgsPerSec: coldPublish,
+    coldConsumeMsgsPerSec: coldConsume,
   };
 }
 
@@ -283,6 +303,8 @@ export async function benchRemote(ctx: ScenarioContext, p: RemoteParams): Promis
       remoteConfirmP99Us: m.confirmP99Us as number,
       embeddedConfirmP50Us: e.confirmP50Us as number,
       embeddedConfirmP99Us: e.confirmP99Us as number,
+      remoteColdPublishMsgsPerSec: m.coldPublishMsgsPerSec as number,
+      remoteColdConsumeMsgsPerSec: m.coldConsumeMsgsPerSec as number,
     };
   });
   const med = r.median;
@@ -305,6 +327,13 @@ export async function benchRemote(ctx: ScenarioContext, p: RemoteParams): Promis
       judged: med.consumeRatio as number,
       ratios: `${fmtPct(med.consumeRatio)} of embedded ${fmt(med.embeddedConsumeMsgsPerSec)} msgs/s`,
     },
+    {
+      scenario: name,
+      metric: 'consume when cold (first warm-up round)',
+      value: med.remoteColdConsumeMsgsPerSec as number,
+      unit: 'msgs/s',
+      ratios: `consume ${fmtPct((med.remoteColdConsumeMsgsPerSec as number) / (med.embeddedConsumeMsgsPerSec as number))}, publish ${fmt(med.remoteColdPublishMsgsPerSec)} msgs/s = ${fmtPct((med.remoteColdPublishMsgsPerSec as number) / (med.embeddedPublishMsgsPerSec as number))} of embedded (warm); a fresh server`,
+    },
     { scenario: name, metric: 'confirm latency p50 over the socket', value: med.remoteConfirmP50Us as number, unit: 'us', ratios: `embedded ${fmt(med.embeddedConfirmP50Us)} us` },
     { scenario: name, metric: 'confirm latency p99 over the socket', value: med.remoteConfirmP99Us as number, unit: 'us', ratios: `embedded ${fmt(med.embeddedConfirmP99Us)} us` },
   ];
@@ -326,6 +355,8 @@ export async function benchRemote(ctx: ScenarioContext, p: RemoteParams): Promis
       remoteConfirmP99Us: 'remote confirm latency p99 (us)',
       embeddedConfirmP50Us: 'embedded confirm latency p50 (us)',
       embeddedConfirmP99Us: 'embedded confirm latency p99 (us)',
+      remoteColdPublishMsgsPerSec: 'remote publish msgs/s, first warm-up round (fresh server)',
+      remoteColdConsumeMsgsPerSec: 'remote consume msgs/s, first warm-up round (fresh server)',
     },
     ratios: [
       'remote publishes carry a client-made id (for exactly-once resends), so they also pay the dedupe window',

@@ -74,6 +74,16 @@ export class RemoteHandlerError extends Error {
   }
 }
 
+/**
+ * Gathered deliveries are written as soon as their records reach this many bytes, not only at the
+ * end of the task: the client starts on them while the server goes on delivering. A drain's task
+ * delivers up to the consumer's whole credit (1,000 by default), and the server, then out of
+ * credit, waited idle while the client worked through one big frame. Remote drain A/B (300,000
+ * messages of 100 B, ack auto, prefetch 1,000): 5 of 6 pairs faster at ~256 records per write,
+ * by about 18% (median).
+ */
+const RECORDS_EARLY_WRITE_BYTES = 32 * 1024;
+
 export class ConnectionConsumers {
   private readonly consumers = new Map<number, RemoteConsumer>();
   private readonly deliveries = new TagTable<Tagged>();
@@ -90,6 +100,8 @@ export class ConnectionConsumers {
   private pendingTags: number[] = [];
   private pendingConsumers: number[] = [];
   private pendingCount = 0;
+  /** Stored bytes of the pending deliveries' records. */
+  private pendingBytes = 0;
 
   constructor(
     private readonly broker: ServedBroker,
@@ -107,6 +119,7 @@ export class ConnectionConsumers {
     const n = this.pendingCount;
     if (n === 0) return;
     this.pendingCount = 0;
+    this.pendingBytes = 0;
     const msgs = this.pendingMsgs as RecordDelivery[];
     for (let i = 0; i < n; ) i = encodeRecords(this.writer, this.recordsBytesMax, this.pendingConsumers, msgs, this.pendingTags, i, n);
     // The messages (and the read buffers their records lie in) are not kept past their frame.
@@ -196,7 +209,10 @@ export class ConnectionConsumers {
       this.pendingMsgs[n] = d;
       this.pendingTags[n] = tag;
       this.pendingConsumers[n] = rc.id;
-      this.writer.schedule();
+      const r = d.record;
+      this.pendingBytes += r.storedEnd - r.storedStart;
+      if (this.pendingBytes >= RECORDS_EARLY_WRITE_BYTES) this.writer.flush();
+      else this.writer.schedule();
       return;
     }
     // Straight from the stored bytes: the id, route and headers are never decoded here.

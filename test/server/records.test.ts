@@ -315,6 +315,32 @@ describe('RECORDS frame size', () => {
     for (const n of sizes) expect(n).toBeLessThanOrEqual(16 * 1024);
     expect(recordsOf(raw).map((d) => d.id)).toEqual(Array.from({ length: 400 }, (_, i) => `id-${i}`));
   });
+
+  it('a big delivery task is written as its records pass 32 KiB, not all at its end', async () => {
+    // Proves the early write (RECORDS_EARLY_WRITE_BYTES): 2,000 deliveries of ~170 B (~340 KB)
+    // to one consumer with the credit for all of them. Written only at the end of each task they
+    // left in 2-4 socket writes (one per pump task); now the server writes every ~32 KiB.
+    const { broker, server } = await h.served();
+    await broker.assertQueue('q');
+    await broker.publishBatch('', Array.from({ length: 2000 }, (_, i) => ({ routingKey: 'q', body: Buffer.alloc(100, i), id: `id-${i}` })));
+    const { raw } = await rawSession(server.socketPath as string, [FEATURE_CONFIRMS, FEATURE_RECORDS, FEATURE_DONE_RUNS]);
+    const serverWrites: number[] = [];
+    const write = net.Socket.prototype.write;
+    net.Socket.prototype.write = function (this: net.Socket, ...args: Parameters<net.Socket['write']>) {
+      if (this !== raw.socket && Buffer.isBuffer(args[0])) serverWrites.push(args[0].length);
+      return write.apply(this, args);
+    } as net.Socket['write'];
+    try {
+      raw.send(consumeFrame(1, 1, { group: 'g', ack: 'none', prefetch: 2000 }));
+      await waitFor(() => recordsOf(raw).length === 2000, '2,000 deliveries');
+    } finally {
+      net.Socket.prototype.write = write;
+    }
+    expect(recordsOf(raw).map((d) => d.id)).toEqual(Array.from({ length: 2000 }, (_, i) => `id-${i}`));
+    expect(serverWrites.length).toBeGreaterThanOrEqual(8);
+    // Each write ends about when 32 KiB of records is reached (plus the frame headers and one record).
+    for (const n of serverWrites) expect(n).toBeLessThan(48 * 1024);
+  });
 });
 
 describe('DONE_RUNS on the server', () => {
