@@ -20,7 +20,11 @@ export type JournalKind = 'D' | 'A' | 'K' | 'Q' | 'J' | 'X';
 export function fileJournal(file: string): (kind: JournalKind, n: number, extra?: string | number) => void {
   const fd = fs.openSync(file, 'a');
   return (kind, n, extra) => {
-    const t = performance.timeOrigin + performance.now();
+    // CLOCK_MONOTONIC, one clock for every process on the machine. `performance.timeOrigin +
+    // performance.now()` is not: each process samples its wall-clock origin once at startup, and
+    // two worker processes' timelines came out 4 ms apart under CI load (a worker's requeue then
+    // sorted after the redelivery it caused, and the checker reported that as a delivery after an ack).
+    const t = Number(process.hrtime.bigint() / 1000n) / 1000;
     fs.writeSync(fd, `${t.toFixed(3)} ${kind} ${n}${extra === undefined ? '' : ` ${extra}`}\n`);
   };
 }

@@ -4,7 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readJournals } from '../../soak/worker.js';
+import { execFileSync } from 'node:child_process';
+import { fileJournal, readJournals } from '../../soak/worker.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -58,5 +59,22 @@ describe('readJournals', () => {
     expect(j.rejects).toBe(1);
     expect(j.seen).toEqual(new Set([3]));
     expect(j.problems).toEqual(['workers: m-4 has a changed body (10 B)']);
+  });
+
+  it('journal times from different processes follow the order events happened in', () => {
+    // The journals of separate worker processes are merged by time. Each process once took its
+    // times from its own start-up sample of the wall clock, and two workers' timelines came out
+    // 4 ms apart in a CI run: a requeue sorted after the redelivery it caused. Here this process,
+    // a child, then this process again write one line each, one after the other.
+    const [file] = journals([]);
+    const journal = fileJournal(file as string);
+    journal('D', 1, 1);
+    const worker = new URL('../../dist/soak/worker.js', import.meta.url).pathname;
+    execFileSync(process.execPath, ['--input-type=module', '-e', `const { fileJournal } = await import(${JSON.stringify(worker)}); fileJournal(${JSON.stringify(file)})('Q', 1);`]);
+    journal('D', 1, 2);
+    const times = fs.readFileSync(file as string, 'utf8').trim().split('\n').map((l) => Number(l.split(' ')[0]));
+    expect(times).toHaveLength(3);
+    expect(times[0]).toBeLessThan(times[1] as number);
+    expect(times[1]).toBeLessThan(times[2] as number);
   });
 });
