@@ -200,11 +200,11 @@ export class ConnectionConsumers {
     this.deliveries.set(tag, d);
   }
 
-  /** Writes one delivery: gathered for a RECORDS frame at the end of the task, or as a DELIVERY frame now. */
+  /** Writes one delivery: gathered for a RECORDS frame (written at the end of the task, or once 32 KiB are gathered), or as a DELIVERY frame now. */
   private send(rc: RemoteConsumer, tag: number, d: Message | TakenDelivery): void {
     if (this.recordsBytesMax > 0) {
-      // The record goes as stored, written at the end of the task with the others (writePending):
-      // the client finds the id, route, headers and body in it.
+      // The record goes as stored, written with the others (writePending): the client finds the
+      // id, route, headers and body in it.
       const n = this.pendingCount++;
       this.pendingMsgs[n] = d;
       this.pendingTags[n] = tag;
