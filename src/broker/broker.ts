@@ -24,7 +24,7 @@ import { type DelayedRecord, DelayStore, deliverAtOf } from './delay-store.js';
 import { TimingWheel } from './timing-wheel.js';
 import { DirLock } from './lock.js';
 import type { LogRecord } from '../log/index.js';
-import { BATCH_MESSAGES_MAX, type Body, type Headers, type StoredMessage, META_CALLER_ID, META_DELIVER_AT, META_ROUTE, META_TTL, checkHeaders, generateId, generateIds, routeOf, userHeadersOf } from './message.js';
+import { BATCH_MESSAGES_MAX, type Body, type Headers, type StoredMessage, META_CALLER_ID, META_DELIVER_AT, META_ROUTE, META_TTL, NEW_ID, checkHeaders, generateId, generateIds, routeOf, userHeadersOf } from './message.js';
 import { checkExchangeName, checkName } from './names.js';
 import { Queue, type QueueOptions } from './queue.js';
 import { EXCHANGE_TYPES, ExchangeRouter, type ExchangeType } from './routing.js';
@@ -385,7 +385,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
         this.emit('drop', { queue: queue.name, group, id, offset, reason });
         return;
       }
-      await this.appendTo(queues, { id, callerId: false, dedupeKey, exchange: errorExchange, routingKey: route.routingKey, headers, body: record.value, expiresAt: undefined });
+      await this.appendTo(queues, { id, callerId: false, newId: false, dedupeKey, exchange: errorExchange, routingKey: route.routingKey, headers, body: record.value, expiresAt: undefined });
       this.counters.deadLettered++;
       this.emit('deadLetter', { queue: queue.name, group, id, offset, reason, exchange: errorExchange, queues: [...queues] });
       return;
@@ -417,7 +417,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
       this.emit('drop', { queue: queue.name, group, id, offset, reason: this.route(dlx, routingKey).length > 0 ? 'cycle' : reason });
       return;
     }
-    await this.appendTo(targets, { id, callerId: false, dedupeKey, exchange: dlx, routingKey, headers, body: record.value, expiresAt: undefined });
+    await this.appendTo(targets, { id, callerId: false, newId: false, dedupeKey, exchange: dlx, routingKey, headers, body: record.value, expiresAt: undefined });
     this.counters.deadLettered++;
     this.emit('deadLetter', { queue: queue.name, group, id, offset, reason, exchange: dlx, queues: [...targets] });
   }
@@ -470,6 +470,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
     const stored: StoredMessage = {
       id,
       callerId: fireKey.callerId,
+      newId: false,
       // A caller id dedupes by itself (no separate key); the broker's id by the key with its due time.
       dedupeKey: fireKey.callerId ? undefined : fireKey.key,
       exchange: route.exchange,
@@ -793,7 +794,8 @@ export class Broker extends EventEmitter<BrokerEvents> {
     if (ttl !== undefined && (!Number.isSafeInteger(ttl) || ttl < 0)) throw new SpoolError('SPOOL_ERR_INVALID_ARGUMENT', 'ttl must be a non-negative integer (ms)');
     const deliverAt = this.deliverAtOf(options);
     const expiresAt = ttl === undefined ? undefined : this.clock.now() + ttl;
-    return { id, callerId, exchange, routingKey, headers, body: body as Body, expiresAt, ttl, deliverAt };
+    const newId = callerId && (options as { [NEW_ID]?: boolean })[NEW_ID] === true;
+    return { id, callerId, newId, exchange, routingKey, headers, body: body as Body, expiresAt, ttl, deliverAt };
   }
 
   private unroutable(id: string, exchange: string, routingKey: string, body: Body, headers: Headers | undefined, mandatory: boolean): PublishResult {
@@ -916,6 +918,7 @@ export class Broker extends EventEmitter<BrokerEvents> {
         await this.appendTo(queues, {
           id: msg.id,
           callerId: false,
+          newId: false,
           dedupeKey: `${msg.id}\0replay\0${fromQueue}\0${r.offset}`,
           exchange,
           routingKey,

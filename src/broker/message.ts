@@ -134,9 +134,19 @@ function isJsonValue(v: unknown, depth: number): boolean {
   return Object.values(v as Record<string, unknown>).every((x) => isJsonValue(x, depth + 1));
 }
 
+/**
+ * Marks a publish's options (internal): its id was made by a served client for this publish and
+ * is sent for the first time, so no queue can hold it yet and the dedupe window records it without
+ * a lookup (DedupeWindow.claimNew; docs/protocol.md, PUBLISH flag NEW_ID). A symbol, so options
+ * from JSON or a user's object literal never carry it by accident. @internal
+ */
+export const NEW_ID: unique symbol = Symbol('spool.newId');
+
 export interface StoredMessage {
   id: string;
   callerId: boolean;
+  /** The caller's id is new (see NEW_ID): claimed in the dedupe window without a lookup. */
+  newId: boolean;
   /** The dedupe key when it is not the id itself (dead-letter and replay copies). */
   dedupeKey?: string;
   exchange: string;

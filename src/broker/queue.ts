@@ -12,7 +12,7 @@ import { ConsumerGroup, type ConsumerOptions, type DeathReason, type GroupHooks 
 import type { LogRecord, RecordInput } from '../log/index.js';
 import { type StoredMessage, dedupeKeyOf, expiresAtOf, toRecord } from './message.js';
 import { SizeWindow } from './size-window.js';
-import { DedupeWindow } from './dedupe-window.js';
+import { type Claim, DedupeWindow } from './dedupe-window.js';
 
 export type Overflow = 'drop-head' | 'reject-publish';
 
@@ -221,10 +221,15 @@ export class Queue {
 
   private appendDeduped(m: StoredMessage, dedupeKey: string): Promise<'confirmed' | 'duplicate'> {
     // Claimed before the append, so a concurrent publish of the same key sees it.
-    const claim = this.dedupe.claim(dedupeKey, this.clock.now());
+    const claim = this.claimKey(m, dedupeKey, this.clock.now());
     if (claim === 'duplicate') return DUPLICATE;
     if (claim === 'claimed') return this.appendClaimed(m, dedupeKey);
     return claim.then((c) => (c === 'duplicate' ? 'duplicate' : this.appendClaimed(m, dedupeKey)));
+  }
+
+  /** Claims `m`'s dedupe key `key`; without a lookup when it is the message's id and that id is new (StoredMessage.newId). */
+  private claimKey(m: StoredMessage, key: string, now: number): Claim | Promise<Claim> {
+    return m.newId && m.dedupeKey === undefined ? this.dedupe.claimNew(key, now) : this.dedupe.claim(key, now);
   }
 
   private appendClaimed(m: StoredMessage, dedupeKey: string): Promise<'confirmed'> {
@@ -292,7 +297,7 @@ export class Queue {
       const m = ms[i] as StoredMessage;
       const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
       if (dedupeKey !== undefined) {
-        const claim = this.dedupe.claim(dedupeKey, now);
+        const claim = this.claimKey(m, dedupeKey, now);
         if ((typeof claim === 'string' ? claim : await claim) === 'duplicate') continue;
       }
       if (rejectWhenFull) {
@@ -388,7 +393,7 @@ export class Queue {
     const dedupeKey = m.dedupeKey ?? (m.callerId ? m.id : undefined);
     if (dedupeKey !== undefined) {
       // Claimed before the append, so a concurrent publish of the same key sees it.
-      const claim = this.dedupe.claim(dedupeKey, this.clock.now());
+      const claim = this.claimKey(m, dedupeKey, this.clock.now());
       if ((typeof claim === 'string' ? claim : await claim) === 'duplicate') return 'duplicate';
     }
     const overflow = this.options.overflow ?? 'drop-head';

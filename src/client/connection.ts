@@ -6,7 +6,7 @@
 import net from 'node:net';
 import { SpoolError, type SpoolErrorCode, ERROR_CODES } from '../errors.js';
 import { decodeError, decodeWelcome, encodeClose, encodeHeartbeat, encodeHello, frameTypeName, type Welcome } from '../server/wire/codec.js';
-import { FEATURE_CONFIRMS, FEATURE_DONE_RUNS, FEATURE_RECORDS, FrameType, HEARTBEAT_MISSES_MAX } from '../server/wire/constants.js';
+import { FEATURE_CONFIRMS, FEATURE_DONE_RUNS, FEATURE_NEW_IDS, FEATURE_RECORDS, FrameType, HEARTBEAT_MISSES_MAX } from '../server/wire/constants.js';
 import { FrameReader } from '../server/wire/frame-reader.js';
 import { FrameWriter } from '../server/wire/frame-writer.js';
 import { ReadSlab } from './read-slab.js';
@@ -64,6 +64,11 @@ export class ClientSession {
     return (this.welcome as Welcome).features?.includes(FEATURE_DONE_RUNS) === true;
   }
 
+  /** The server takes PUBLISH flag NEW_ID (WELCOME `features`). */
+  get newIds(): boolean {
+    return (this.welcome as Welcome).features?.includes(FEATURE_NEW_IDS) === true;
+  }
+
   /**
    * Connects and shakes hands. Rejects with SPOOL_ERR_DISCONNECTED (nothing listening, timeout)
    * or with the server's refusal (SPOOL_ERR_UNAUTHORIZED, SPOOL_ERR_PROTOCOL).
@@ -112,7 +117,7 @@ export class ClientSession {
         encodeHello(session.writer, {
           ...(options.token !== undefined ? { token: options.token } : {}),
           ...(options.clientName !== undefined ? { client: options.clientName } : {}),
-          features: [FEATURE_CONFIRMS, FEATURE_RECORDS, FEATURE_DONE_RUNS],
+          features: [FEATURE_CONFIRMS, FEATURE_RECORDS, FEATURE_DONE_RUNS, FEATURE_NEW_IDS],
         });
         session.writer.flush();
       });

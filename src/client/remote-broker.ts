@@ -51,7 +51,7 @@ import {
   scanRecordEntry,
 } from '../server/wire/codec.js';
 import { r32 } from '../server/wire/bytes.js';
-import { FRAME_TYPE_IGNORABLE, FrameType, MAX_FRAME_BYTES_DEFAULT, PUBLISH_MANDATORY, PUBLISH_TO_QUEUE, RECORDS_ENTRY_FIXED_BYTES } from '../server/wire/constants.js';
+import { FRAME_TYPE_IGNORABLE, FrameType, MAX_FRAME_BYTES_DEFAULT, PUBLISH_MANDATORY, PUBLISH_NEW_ID, PUBLISH_TO_QUEUE, RECORDS_ENTRY_FIXED_BYTES } from '../server/wire/constants.js';
 import type { FrameWriter } from '../server/wire/frame-writer.js';
 import { toWireJson, trimArgs } from '../server/wire/wire-json.js';
 import { TagTable } from '../server/tag-table.js';
@@ -190,6 +190,8 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private readonly recordsBatch: RemoteMessage[] = [];
   /** The session's server takes DONE_RUNS. */
   private doneRuns = false;
+  /** The session's server takes PUBLISH flag NEW_ID. @internal (read by PublishCall) */
+  newIds = false;
   private serverMaxFrameBytes: number;
   private readonly sweeper: NodeJS.Timeout;
   private reconnectTimer: NodeJS.Timeout | null = null;
@@ -266,6 +268,7 @@ export class RemoteBroker extends EventEmitter<RemoteBrokerEvents> implements Co
   private adopt(session: ClientSession): void {
     this.session = session;
     this.doneRuns = session.doneRuns;
+    this.newIds = session.newIds;
     session.writer.beforeFlush = () => this.flushSettlements(session.writer);
     this.sessionSeq++;
     this.serverMaxFrameBytes = session.maxFrameBytes;
@@ -948,7 +951,10 @@ class PublishCall implements Call {
   }
 
   write(w: FrameWriter, rid: number): void {
-    encodePublish(w, rid, this.flags, this.target, this.routingKey, this.id, this.optionsJson, this.body);
+    // NEW_ID on the first attempt only: once written, the server may have stored the id, so a
+    // resend must be looked up (docs/protocol.md §3 PUBLISH).
+    const newId = this.idGenerated && this.attempts === 1 && this.broker.newIds;
+    encodePublish(w, rid, newId ? this.flags | PUBLISH_NEW_ID : this.flags, this.target, this.routingKey, this.id, this.optionsJson, this.body);
   }
 
   complete(_type: number, payload: Buffer): void {

@@ -11,6 +11,7 @@ import crypto from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { PublishResult } from '../broker/broker.js';
 import { SpoolError, isSpoolError } from '../errors.js';
+import { NEW_ID } from '../broker/message.js';
 import {
   decodeAck,
   decodeDone,
@@ -34,6 +35,7 @@ import {
 import {
   FEATURE_CONFIRMS,
   FEATURE_DONE_RUNS,
+  FEATURE_NEW_IDS,
   FEATURE_RECORDS,
   FRAME_LENGTH_MIN,
   FRAME_TYPE_IGNORABLE,
@@ -77,7 +79,7 @@ export class ServerConnection {
   private readonly writer: FrameWriter;
   private readonly consumers: ConnectionConsumers;
   /** Each PUBLISH is decoded into this one object (its fields are copied out at once). */
-  private readonly publishFrame: PublishFrame = { toQueue: false, mandatory: false, target: '', routingKey: '', id: '', options: undefined, body: Buffer.alloc(0) };
+  private readonly publishFrame: PublishFrame = { toQueue: false, mandatory: false, newId: false, target: '', routingKey: '', id: '', options: undefined, body: Buffer.alloc(0) };
   /** Publishes of the chunk being parsed, handed to the broker together (publish-batch.ts). */
   private readonly publishes: PublishBatcher;
   private readonly openedAt = Date.now();
@@ -88,6 +90,8 @@ export class ServerConnection {
   private drained: (() => void) | null = null;
   /** The client takes CONFIRMS (HELLO `features`): confirms of consecutive request ids are sent as one. */
   private confirmRuns = false;
+  /** The client sends PUBLISH flag NEW_ID (FEATURE_NEW_IDS), which this connection honours. */
+  private newIds = false;
   /** The run of confirms not yet written: request ids runFirst.. (runCount of them), one answer. */
   private runFirst = 0;
   private runCount = 0;
@@ -232,6 +236,10 @@ export class ServerConnection {
       features.push(FEATURE_RECORDS);
     }
     if (hello.features?.includes(FEATURE_DONE_RUNS) === true) features.push(FEATURE_DONE_RUNS);
+    if (hello.features?.includes(FEATURE_NEW_IDS) === true) {
+      this.newIds = true;
+      features.push(FEATURE_NEW_IDS);
+    }
     encodeWelcome(this.writer, { heartbeatMs: this.options.heartbeatMs, maxFrameBytes: this.options.maxFrameBytes, ...(features.length > 0 ? { features } : {}) });
   }
 
@@ -242,8 +250,9 @@ export class ServerConnection {
     if (f.toQueue) {
       // sendToQueue checks that the queue exists; publishes gathered before it go first, keeping frame order.
       this.publishes.flush();
-      const options: Record<string, unknown> = f.options === undefined ? { id: f.id } : { ...f.options, id: f.id };
+      const options: Record<string | symbol, unknown> = f.options === undefined ? { id: f.id } : { ...f.options, id: f.id };
       if (f.mandatory) options.mandatory = true;
+      if (f.newId && this.newIds) options[NEW_ID] = true;
       let result: ReturnType<ServedBroker['sendToQueue']>;
       try {
         result = this.broker.sendToQueue(f.target, f.body, options);
@@ -260,6 +269,7 @@ export class ServerConnection {
     const message: BatchedPublish =
       f.options === undefined ? { id: f.id, routingKey: f.routingKey, body: f.body } : { ...f.options, id: f.id, routingKey: f.routingKey, body: f.body };
     if (f.mandatory) message.mandatory = true;
+    if (f.newId && this.newIds) message[NEW_ID] = true;
     this.publishes.add(requestId, f.target, message);
   }
 

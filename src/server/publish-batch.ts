@@ -18,13 +18,15 @@
  */
 import assert from 'node:assert/strict';
 import type { PublishOptions, PublishResult } from '../broker/broker.js';
-import type { Body } from '../broker/message.js';
+import { type Body, NEW_ID } from '../broker/message.js';
 import type { ServedBroker } from './served-broker.js';
 
 /** One publish as `publishBatch` takes it: its routing key, body and publish options. */
 export interface BatchedPublish extends PublishOptions {
   routingKey: string;
   body: Body;
+  /** The client made the id and sends it for the first time (see NEW_ID). */
+  [NEW_ID]?: true;
 }
 
 type PublishBatchFn = (exchange: string, messages: readonly BatchedPublish[]) => Promise<PublishResult[]>;
@@ -77,9 +79,14 @@ export class PublishBatcher {
         assert(results.length === messages.length, 'publishBatch answers every message');
         for (let i = 0; i < results.length; i++) this.settled(requestIds[i] as number, results[i] as PublishResult, null);
       },
-      // Refused as a whole: each message alone gets its own answer (see the header).
+      // Refused as a whole: each message alone gets its own answer (see the header). The batch may
+      // have stored some of them, so their ids are new no longer: each is looked up.
       () => {
-        for (let i = 0; i < messages.length; i++) this.publishOne(requestIds[i] as number, exchange, messages[i] as BatchedPublish);
+        for (let i = 0; i < messages.length; i++) {
+          const m = messages[i] as BatchedPublish;
+          delete m[NEW_ID];
+          this.publishOne(requestIds[i] as number, exchange, m);
+        }
       },
     );
   }

@@ -47,8 +47,10 @@ describe('DedupeWindow', () => {
       const until = ref.get(key);
       const expected: Claim = until !== undefined && until > now ? 'duplicate' : 'claimed';
       // `holds` answers what the claim will, without claiming.
-      expect(await w.holds(key, now), `step ${step}: holds ${key}`).toBe(expected === 'duplicate');
-      const got = await settle(w.claim(key, now));
+      // (Not every step: a claim must index new keys by itself too.)
+      if (rnd() < 0.5) expect(await w.holds(key, now), `step ${step}: holds ${key}`).toBe(expected === 'duplicate');
+      // A key the reference says is new may come as a server's client-made id (claimNew: no lookup).
+      const got = expected === 'claimed' && rnd() < 0.4 ? w.claimNew(key, now) : await settle(w.claim(key, now));
       expect(got, `step ${step}: ${key}`).toBe(expected);
       if (got === 'duplicate') continue;
       if (rnd() < 0.1) {
@@ -73,8 +75,9 @@ describe('DedupeWindow', () => {
         const key = `k${Math.floor(rnd() * 8000)}`;
         const expected: Claim = stored.has(key) || pending.includes(key) ? 'duplicate' : 'claimed';
         // A key claimed by an append in flight is held too.
-        expect(await w.holds(key, step), `step ${step}: holds ${key}`).toBe(expected === 'duplicate');
-        expect(await settle(w.claim(key, step)), `step ${step}: ${key}`).toBe(expected);
+        if (rnd() < 0.5) expect(await w.holds(key, step), `step ${step}: holds ${key}`).toBe(expected === 'duplicate');
+        const got = expected === 'claimed' && rnd() < 0.4 ? w.claimNew(key, step) : await settle(w.claim(key, step));
+        expect(got, `step ${step}: ${key}`).toBe(expected);
         if (expected === 'claimed') pending.push(key);
       } else {
         // The oldest most of the time (appends commit in order), any other otherwise.
@@ -106,6 +109,36 @@ describe('DedupeWindow', () => {
     expect(await settle(w.claim('a', 999))).toBe('duplicate');
     expect(await settle(w.claim('a', 1002))).toBe('claimed');
     expect(w.claimed).toBe(1);
+  });
+
+  it('claimNew looks nothing up and leaves the table alone until a lookup, which then sees every new key', async () => {
+    // Proves the unindexed path: new keys cost no table entry while only new keys come; the first lookup indexes them all (so a resend is a duplicate), and new keys that leave the window unindexed leave nothing behind.
+    const log = new FakeLog();
+    const w = new DedupeWindow(1000, 5000, log.keyAt);
+    // Claimed in batches of 100, each stored in claim order once the next batch is claimed (as
+    // group commits resolve), so the last batch is still in flight.
+    for (let b = 0; b < 30; b++) {
+      for (let i = b * 100; i < b * 100 + 100; i++) expect(w.claimNew(`n${i}`, 0)).toBe('claimed');
+      if (b > 0) for (let i = (b - 1) * 100; i < b * 100; i++) w.stored(`n${i}`, log.append(`n${i}`));
+    }
+    expect(w.indexed).toBe(0);
+    expect(w.size).toBe(2900);
+    expect(w.claimed).toBe(100);
+    // A resend of a stored one and of one still in flight: both duplicates, after indexing all 3,000.
+    expect(await settle(w.claim('n10', 1))).toBe('duplicate');
+    expect(w.indexed).toBe(3000);
+    expect(await w.holds('n2950', 1)).toBe(true);
+    for (let i = 2900; i < 3000; i++) w.stored(`n${i}`, log.append(`n${i}`));
+    // New keys released or expired unindexed leave no table entries.
+    expect(w.claimNew('r', 2)).toBe('claimed');
+    w.release('r');
+    expect(await settle(w.claim('r', 3))).toBe('claimed');
+    w.release('r');
+    for (let i = 0; i < 100; i++) w.claimNew(`late${i}`, 5);
+    expect(w.indexed).toBe(3000);
+    expect(await settle(w.claim('fresh', 2000))).toBe('claimed'); // every n* and late* expired
+    expect(w.indexed).toBe(1);
+    expect(w.size).toBe(0);
   });
 
   it('forgets keys whose window ended and keeps at most entriesMax', async () => {

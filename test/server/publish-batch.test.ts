@@ -80,6 +80,25 @@ describe('publish batching on the server', () => {
     expect(broker.queueStats('q').endOffset).toBe(5);
   });
 
+  it('a refused batch that stored some messages in another queue: their lone retries are looked up, not stored again', async () => {
+    // The client sends its own ids with NEW_ID (no lookup on the server). A batch to A (full after 5)
+    // and B stores in B, then is refused; each message is then published alone, and must find its
+    // id in B's dedupe window: that fails if the retries keep NEW_ID (B would hold 20).
+    const { broker, server } = await h.served();
+    await broker.assertExchange('x', 'fanout');
+    await broker.assertQueue('a', { maxLength: 5, overflow: 'reject-publish' });
+    await broker.assertQueue('b');
+    await broker.bindQueue('a', 'x');
+    await broker.bindQueue('b', 'x');
+    const seen = spyBatches(broker);
+    const c = await h.client(server.url);
+    await Promise.allSettled(Array.from({ length: 10 }, (_, i) => c.publish('x', '', `m${i}`)));
+    expect(seen.refused).toBeGreaterThan(0);
+    expect(broker.queueStats('a').endOffset).toBe(5);
+    expect(broker.queueStats('b').endOffset).toBe(10);
+    expect(await bodiesOf(broker, 'b', 10)).toEqual(Array.from({ length: 10 }, (_, i) => `m${i}`));
+  });
+
   it("a client's publishBatch sends each body once: a body near the frame limit fits, as a lone publish does", async () => {
     // The client once put every batch message's routingKey and body into its options JSON too: a
     // Buffer body travelled again as a JSON array, about four times its size, so this failed.

@@ -7,7 +7,7 @@ import { Log } from '../../src/log/index.js';
 import { RemoteMessage, type RemoteSettler } from '../../src/client/remote-message.js';
 import { isSpoolError } from '../../src/errors.js';
 import * as codec from '../../src/server/wire/codec.js';
-import { FEATURE_CONFIRMS, FEATURE_DONE_RUNS, FEATURE_RECORDS, FrameType, RECORDS_ENTRY_FIXED_BYTES, TAG_MAX } from '../../src/server/wire/constants.js';
+import { FEATURE_CONFIRMS, FEATURE_DONE_RUNS, FEATURE_NEW_IDS, FEATURE_RECORDS, FrameType, RECORDS_ENTRY_FIXED_BYTES, TAG_MAX } from '../../src/server/wire/constants.js';
 import { FrameReader, frameViews } from '../../src/server/wire/frame-reader.js';
 import { FrameWriter, ZERO_COPY_BODY_BYTES } from '../../src/server/wire/frame-writer.js';
 import { seededRandom } from '../support/faulty-storage.js';
@@ -544,7 +544,7 @@ describe('feature negotiation', () => {
       if (m.id === 'id-7') throw new Error('no');
     }, { ack: 'auto', prefetch: 100 });
     await waitFor(() => fake.tags().length === 40, 'forty outcomes');
-    expect(fake.hellos[0]?.features).toEqual([FEATURE_CONFIRMS, FEATURE_RECORDS, FEATURE_DONE_RUNS]);
+    expect(fake.hellos[0]?.features).toEqual([FEATURE_CONFIRMS, FEATURE_RECORDS, FEATURE_DONE_RUNS, FEATURE_NEW_IDS]);
     expect(got).toEqual(Array.from({ length: 40 }, (_, i) => `id-${i + 1}`));
     expect(new Set(fake.settled.map((f) => f.type))).toEqual(new Set([FrameType.DONE]));
     expect(fake.tags()).toEqual(Array.from({ length: 40 }, (_, i) => [i + 1, i + 1 !== 7]));

@@ -14,6 +14,7 @@ import {
   NACK_REQUEUE,
   PROTOCOL_VERSION,
   PUBLISH_MANDATORY,
+  PUBLISH_NEW_ID,
   PUBLISH_TO_QUEUE,
   RECORDS_ENTRY_FIXED_BYTES,
   STR16_MAX,
@@ -308,6 +309,8 @@ export function decodeError(payload: Buffer): WireError {
 export interface PublishFrame {
   toQueue: boolean;
   mandatory: boolean;
+  /** The client made the id and sends it for the first time (flag NEW_ID). */
+  newId: boolean;
   /** The exchange, or the queue when `toQueue`. */
   target: string;
   routingKey: string;
@@ -394,7 +397,7 @@ const publishKeys = new TextCache();
 export function decodePublish(buf: Buffer, into?: PublishFrame, start?: number, end?: number): PublishFrame {
   const c = cursor(buf, 'PUBLISH', start, end);
   const flags = c.u8();
-  if ((flags & ~(PUBLISH_TO_QUEUE | PUBLISH_MANDATORY)) !== 0) throw protocolError(`PUBLISH has unknown flags ${flags}`);
+  if ((flags & ~(PUBLISH_TO_QUEUE | PUBLISH_MANDATORY | PUBLISH_NEW_ID)) !== 0) throw protocolError(`PUBLISH has unknown flags ${flags}`);
   const target = c.str16Cached(publishTargets);
   const routingKey = c.str32Cached(publishKeys);
   const id = c.str16();
@@ -404,6 +407,7 @@ export function decodePublish(buf: Buffer, into?: PublishFrame, start?: number, 
   const f = into ?? ({} as PublishFrame);
   f.toQueue = (flags & PUBLISH_TO_QUEUE) !== 0;
   f.mandatory = (flags & PUBLISH_MANDATORY) !== 0;
+  f.newId = (flags & PUBLISH_NEW_ID) !== 0;
   f.target = target;
   f.routingKey = routingKey;
   f.id = id;

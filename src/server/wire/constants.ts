@@ -41,6 +41,8 @@ export const FRAME_TYPE_IGNORABLE = 0x80;
 /** §3 PUBLISH flags. */
 export const PUBLISH_TO_QUEUE = 0x01;
 export const PUBLISH_MANDATORY = 0x02;
+/** The client made the id for this publish and sends it for the first time (only with FEATURE_NEW_IDS). */
+export const PUBLISH_NEW_ID = 0x04;
 /** §3 NACK flags. */
 export const NACK_REQUEUE = 0x01;
 
@@ -50,6 +52,8 @@ export const FEATURE_CONFIRMS = 'confirms';
 export const FEATURE_RECORDS = 'records';
 /** §3 HELLO and WELCOME `features`: the server takes DONE_RUNS frames (a run of successful tags as one entry). */
 export const FEATURE_DONE_RUNS = 'done-runs';
+/** §3 HELLO and WELCOME `features`: the server takes the PUBLISH flag NEW_ID (records the id without a lookup). */
+export const FEATURE_NEW_IDS = 'new-ids';
 /** §3 RECORDS: the fixed fields of an entry before its record (tag, offset, timestamp, delivery id, delivery count). */
 export const RECORDS_ENTRY_FIXED_BYTES = 32;
 /**
