@@ -8,12 +8,18 @@
  *   `append` does before the flush).
  * - Batch decode of the same batch (checkBatch, which verifies the CRC, then decodeRecords).
  * - SegmentIndex.lookupOffset on an index of 32,768 entries (1,024 random lookups per sample).
+ * - A queue's DedupeWindow (src/broker/dedupe-window.ts), 2-minute window, full at 1,000,000 stored
+ *   entries: a sample claims 400 fresh client ids (generateIds, as a client makes them) and then
+ *   marks each stored, in order, as a publish does; `claim` (probes the table) vs `claimNew` (the
+ *   NEW_ID path: no lookup). The window stays full, so every claim also evicts the oldest entry.
  *
  * Figures are from tinybench's median (p50) sample latency.
  */
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import CRC from 'crc-32';
-import { Bench, type Task } from 'tinybench';
+import { Bench, type FnReturnedObject, type Task } from 'tinybench';
+import { DedupeWindow } from '../src/broker/dedupe-window.js';
+import { generateIds } from '../src/broker/message.js';
 import { BATCH_BYTES_LIMIT } from '../src/log/scan.js';
 import { BatchEncoder, type LogRecord, type RecordInput, checkBatch, decodeRecords, encodedRecordBytes } from '../src/log/record-batch.js';
 import { BATCH_HEADER_BYTES } from '../src/log/format.js';
@@ -31,6 +37,10 @@ export interface MicroParams {
   valueBytes: number;
   indexEntries: number;
   lookupsPerSample: number;
+  /** The dedupe window's entriesMax, filled before timing (omitted: MICRO_DEFAULTS). */
+  dedupeEntries?: number;
+  /** Fresh keys claimed, then stored, per dedupe sample (omitted: MICRO_DEFAULTS). */
+  dedupeKeysPerSample?: number;
 }
 
 export const MICRO_SIZES = {
@@ -38,13 +48,76 @@ export const MICRO_SIZES = {
   quick: { timeMs: 250, warmupMs: 50 },
 } as const;
 
-export const MICRO_DEFAULTS: Omit<MicroParams, 'timeMs' | 'warmupMs'> = {
+export const MICRO_DEFAULTS = {
   crcSizes: [128, 4096, 64 * 1024, 1024 * 1024],
   batchRecords: 1000,
   valueBytes: 100,
   indexEntries: 32 * 1024,
   lookupsPerSample: 1024,
-};
+  dedupeEntries: 1_000_000,
+  dedupeKeysPerSample: 400,
+} satisfies Required<Omit<MicroParams, 'timeMs' | 'warmupMs'>>;
+
+/** A queue's dedupe window (src/broker/queue.ts uses 2 minutes); its record reader is never reached here. */
+const DEDUPE_WINDOW_MS = 120_000;
+
+type DedupeClaimMode = 'claim' | 'claimNew';
+
+/**
+ * A DedupeWindow filled to `entries` stored keys, claimed with `mode` and stored in order as a
+ * publish does. The claimNew window is filled with claimNew, so it starts in the steady state of a
+ * run of new keys (no entry in the table) instead of draining a full table in its first samples.
+ */
+function fullDedupeWindow(entries: number, mode: DedupeClaimMode, now: number): DedupeWindow {
+  const w = new DedupeWindow(DEDUPE_WINDOW_MS, entries, async () => null);
+  let offset = 0;
+  for (let done = 0; done < entries; ) {
+    const keys = generateIds(Math.min(4096, entries - done), now);
+    for (const key of keys) if ((mode === 'claim' ? w.claim(key, now) : w.claimNew(key, now)) !== 'claimed') throw new Error(`dedupe fill: ${key} not claimed`);
+    for (const key of keys) w.stored(key, offset++);
+    done += keys.length;
+  }
+  if (w.size !== entries) throw new Error(`dedupe fill: ${w.size} stored, want ${entries}`);
+  return w;
+}
+
+/**
+ * Adds a task that claims (with `mode`), then stores, `keysPerSample` fresh keys in a full window.
+ * The keys are made in `beforeEach`, which tinybench runs before each sample, outside its timing:
+ * a sample's cost (returned as its iteration cost) is only the claims and `stored` calls, so the
+ * task runs past its time budget by the id generation (~45 ns a key, about 1.4x the budget).
+ */
+function addDedupeTask(bench: Bench, name: string, w: DedupeWindow, mode: DedupeClaimMode, keysPerSample: number, entries: number): void {
+  let keys: string[] = [];
+  let now = 0;
+  let sampleStart = 0;
+  let offset = entries;
+  const fail = (key: string): never => {
+    throw new Error(`${name}: fresh key ${key} not claimed`);
+  };
+  bench.add(
+    name,
+    (): FnReturnedObject => {
+      if (mode === 'claim') {
+        for (let i = 0; i < keys.length; i++) if (w.claim(keys[i] as string, now) !== 'claimed') fail(keys[i] as string);
+      } else {
+        for (let i = 0; i < keys.length; i++) w.claimNew(keys[i] as string, now);
+      }
+      for (let i = 0; i < keys.length; i++) w.stored(keys[i] as string, offset++);
+      return { overriddenIterationCost: performance.now() - sampleStart };
+    },
+    {
+      beforeEach: () => {
+        now = Date.now();
+        keys = generateIds(keysPerSample, now);
+        sampleStart = performance.now();
+      },
+      afterAll: () => {
+        if (w.size !== entries) throw new Error(`${name}: window holds ${w.size} stored entries, want ${entries} (full)`);
+      },
+    },
+  );
+}
 
 function sizeName(n: number): string {
   if (n >= 1024 * 1024 && n % (1024 * 1024) === 0) return `${n / (1024 * 1024)}MiB`;
@@ -125,6 +198,16 @@ export async function benchMicro(_ctx: ScenarioContext, p: MicroParams): Promise
     for (let i = 0; i < targets.length; i++) sink ^= index.lookupOffset(targets[i] as number)?.position ?? 0;
   });
 
+  // DedupeWindow claim vs claimNew, full window (one window per task, each filled once here).
+  const dedupeEntries = p.dedupeEntries ?? MICRO_DEFAULTS.dedupeEntries;
+  const dedupeKeys = p.dedupeKeysPerSample ?? MICRO_DEFAULTS.dedupeKeysPerSample;
+  const claimName = 'dedupe claim (lookup)';
+  const claimNewName = 'dedupe claimNew (no lookup)';
+  const fillStart = performance.now();
+  addDedupeTask(bench, claimName, fullDedupeWindow(dedupeEntries, 'claim', Date.now()), 'claim', dedupeKeys, dedupeEntries);
+  addDedupeTask(bench, claimNewName, fullDedupeWindow(dedupeEntries, 'claimNew', Date.now()), 'claimNew', dedupeKeys, dedupeEntries);
+  const dedupeFillMs = performance.now() - fillStart;
+
   await bench.run();
   if (sink === 0.5) console.error('unreachable'); // keep `sink` observable
 
@@ -169,6 +252,22 @@ export async function benchMicro(_ctx: ScenarioContext, p: MicroParams): Promise
     { scenario: 'micro', metric: `${decodeName} (+CRC)`, value: median.decodeRecordsPerSec, unit: 'rec/s', ratios: `${fmt(median.decodeMBps)} MB/s` },
     { scenario: 'micro', metric: lookupName, value: lookupNs, unit: 'ns/lookup' },
   );
+  const claimNs = (sec(claimName) / dedupeKeys) * 1e9;
+  const claimNewNs = (sec(claimNewName) / dedupeKeys) * 1e9;
+  median.dedupeClaimNs = claimNs;
+  median.dedupeClaimNewNs = claimNewNs;
+  median.dedupeClaimOverClaimNew = claimNs / claimNewNs;
+  const windowDesc = `full window of ${fmt(dedupeEntries, 0)}`;
+  labels.dedupeClaimNs = `${claimName}, ${windowDesc}: claim + stored ns/key`;
+  labels.dedupeClaimNewNs = `${claimNewName}, ${windowDesc}: claimNew + stored ns/key`;
+  labels.dedupeClaimOverClaimNew = 'dedupe claim / claimNew (x)';
+  rows.push({
+    scenario: 'micro',
+    metric: `dedupe window claim, full (${fmt(dedupeEntries, 0)})`,
+    value: claimNs,
+    unit: 'ns/key',
+    ratios: `claimNew ${fmt(claimNewNs)} ns/key (${fmtRatio(claimNs / claimNewNs)} cheaper)`,
+  });
   const largest = p.crcSizes.filter((s) => s >= 4096);
   if (largest.length > 0) {
     ratios.push(
@@ -182,7 +281,7 @@ export async function benchMicro(_ctx: ScenarioContext, p: MicroParams): Promise
   return {
     name: 'micro',
     title: 'tinybench micro benchmarks (median sample)',
-    params: { ...p, crcSizes: p.crcSizes.map(sizeName).join('/') },
+    params: { ...p, crcSizes: p.crcSizes.map(sizeName).join('/'), dedupeEntries, dedupeKeysPerSample: dedupeKeys, dedupeFillMs: Math.round(dedupeFillMs) },
     repeats: 1, // tinybench samples each task many times; its median sample is reported
     median,
     runs,
