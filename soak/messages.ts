@@ -25,17 +25,24 @@ export function idOf(n: number): string {
   return `m-${n}`;
 }
 
-/** The n of `m-<n>`, or -1 for an id the soak never makes. */
-export function numberOf(id: string): number {
-  const m = /^m-(\d+)$/.exec(id);
-  return m === null ? -1 : Number(m[1]);
+/** An id the client makes when the publisher gives none (generateId: 26 base32hex characters). */
+const CLIENT_MADE_ID = /^[0-9a-v]{26}$/;
+
+/**
+ * Which message a received one is: its header `n`, when its id is `m-<n>` or one the client made
+ * (some publishes carry no id, so the client's own one, with the PUBLISH flag NEW_ID, is tested
+ * too); -1 for a message the soak never publishes.
+ */
+export function numberOf(m: { id: string; headers: Record<string, unknown> }): number {
+  const n = m.headers.n;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) return -1;
+  return m.id === idOf(n) || CLIENT_MADE_ID.test(m.id) ? n : -1;
 }
 
 /** What a received message must look like: null when it is message n as published, else what is wrong. */
 export function problemWith(m: { id: string; body: Buffer; headers: Record<string, unknown> }, seed: number, largeFraction: number): string | null {
-  const n = numberOf(m.id);
-  if (n < 0) return `a message nobody published: id ${JSON.stringify(m.id)}`;
-  if (!m.body.equals(bodyOf(n, seed, largeFraction))) return `${m.id} has a changed body (${m.body.length} B)`;
-  if (m.headers.n !== n) return `${m.id} has header n = ${JSON.stringify(m.headers.n)}`;
+  const n = numberOf(m);
+  if (n < 0) return `a message nobody published: id ${JSON.stringify(m.id)}, header n ${JSON.stringify(m.headers.n)}`;
+  if (!m.body.equals(bodyOf(n, seed, largeFraction))) return `${m.id} (n ${n}) has a changed body (${m.body.length} B)`;
   return null;
 }

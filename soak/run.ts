@@ -71,7 +71,7 @@ const r = await runSoak({ ...o, log: (line) => process.stderr.write(`soak: ${lin
 const sorted = [...r.downMs].sort((a, b) => a - b);
 const median = sorted.length === 0 ? 0 : (sorted[sorted.length >> 1] as number);
 const lines = [
-  `published ${r.published} (${r.delayed} delayed, ${r.batches} batches): ${r.confirmed} confirmed (${r.duplicateAnswers} answered 'duplicate'), ${r.failed} failed`,
+  `published ${r.published} (${r.delayed} delayed, ${r.batches} batches): ${r.confirmed} confirmed (${r.confirmedClientIds} with a client-made id; ${r.duplicateAnswers} answered 'duplicate'), ${r.failed} failed`,
   `cancels: ${r.cancels.cancelled} cancelled, ${r.cancels.notPending} too late (fired), ${r.cancels.unknown} cut off`,
   `server kills ${r.kills} (and ${r.startupKills} more during a startup), reconnects ${r.reconnects}, down time median ${median} ms, max ${sorted.at(-1) ?? 0} ms; worker process kills ${r.workerKills}`,
   `workers: ${r.workerDeliveries} deliveries (${r.workerRedeliveries} redeliveries, ${r.nacks} requeued, ${r.rejects} rejected); auditor: ${r.auditorDeliveries} deliveries`,

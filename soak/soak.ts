@@ -11,7 +11,9 @@
  *   producer   one client keeps `window` sends in flight through the topic exchange 'soak' (one in
  *              ten a `publishBatch` of 2–20); message n has the id `m-<n>`, a body derived from n
  *              (20–400 B, some 8–64 KiB) and the header `n`; some are delayed by 0–1.5 s, and a few
- *              by 1–3 s and then cancelled. The queues 'work', 'audit' and 'retry' get every one.
+ *              by 1–3 s and then cancelled. Of the rest, `clientIdFraction` (0.3) go without an
+ *              id: the client makes one and sends its first attempt with the flag NEW_ID (the
+ *              server records it without a lookup), so resends of those are tested too. The queues 'work', 'audit' and 'retry' get every one.
  *   workers    group 'workers' on queue 'work': `workers` competing consumers, each in its own
  *              process (soak/consumer-child.ts), SIGKILLed every workerKillMinMs–workerKillMaxMs
  *              and started again; ack 'manual' (32 handlers each, every one awaiting its
@@ -45,7 +47,8 @@
  *     'expired' from 'slow'): expiry moves a message, never loses or copies it;
  *   - a message whose cancel resolved true is never stored or delivered; one whose cancel
  *     resolved false is delivered like any other;
- *   - every message delivered has the body and header its id says: nothing is corrupted;
+ *   - every message delivered has the body its header `n` says, and the id `m-<n>` or, for one
+ *     published without an id, the one its confirmation named: nothing is corrupted;
  *   - no 'workers' delivery (in any worker process) comes after an ack of that message resolved
  *     'acked': an ack, once confirmed, survives the crash;
  *   - a worker process killed with deliveries unsettled loses none: they go to the others;
@@ -85,6 +88,8 @@ export interface SoakOptions {
   cancelFraction: number;
   /** Fraction of sends that are a `publishBatch` of 2–20 messages. */
   batchFraction: number;
+  /** Fraction of messages (neither delayed nor cancelled) published without an id: the client makes one and sends it with NEW_ID. */
+  clientIdFraction: number;
   /** How long the drain may take once publishing stopped, in ms. */
   drainTimeoutMs: number;
   /** Clients connect over TCP (127.0.0.1, with a token) instead of the unix socket. */
@@ -115,6 +120,7 @@ export const SOAK_DEFAULTS: SoakOptions = {
   largeFraction: 0.02,
   cancelFraction: 0.03,
   batchFraction: 0.1,
+  clientIdFraction: 0.3,
   drainTimeoutMs: 60_000,
   tcp: false,
   segmentBytes: 2 * 1024 * 1024,
@@ -141,6 +147,8 @@ export interface SoakReport {
   downMs: number[];
   published: number;
   confirmed: number;
+  /** Confirmed messages that were published without an id (the client made one). */
+  confirmedClientIds: number;
   /**
    * Publishes answered 'duplicate'. Each id is published once, and the client answers a resend
    * that finds its id stored 'confirmed' (it landed, once), so this stays 0 unless that breaks.
@@ -312,7 +320,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
     const checkMessage = (m: RemoteMessage, who: string): number => {
       const problem = problemWith(m, o.seed, o.largeFraction);
       if (problem !== null) violate(`${who}: ${problem}`);
-      return numberOf(m.id);
+      return numberOf(m);
     };
     // The workers: child processes, journaling what they do (soak/worker.ts).
     const journals: string[] = [];
@@ -436,6 +444,8 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
 
     // --- the producer ---
     const confirmed = new Set<number>();
+    /** Message n → the id the client made for it (those published without one), from its confirmation. */
+    const clientIds = new Map<number, string>();
     const failedSet = new Set<number>();
     let published = 0;
     let duplicateAnswers = 0;
@@ -458,7 +468,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       );
     };
     /** Message n's publish options: its id and header, and maybe a delay (some long ones cancelled later). */
-    const optionsOf = (n: number): { id: string; headers: { n: number }; delay?: number; cancel: boolean } => {
+    const optionsOf = (n: number): { id?: string; headers: { n: number }; delay?: number; cancel: boolean } => {
       const d = rnd();
       if (d < o.delayedFraction) {
         delayed++;
@@ -468,6 +478,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
         delayed++;
         return { id: idOf(n), headers: { n }, delay: 1000 + Math.floor(rnd() * 2000), cancel: true };
       }
+      if (rnd() < o.clientIdFraction) return { headers: { n }, cancel: false };
       return { id: idOf(n), headers: { n }, cancel: false };
     };
     const settled = (n: number, cancel: boolean, r: PublishResult): void => {
@@ -477,6 +488,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
         return;
       }
       confirmed.add(n);
+      if (r.id !== idOf(n)) clientIds.set(n, r.id);
       if (cancel) cancelLater(n);
     };
     const until = Date.now() + o.seconds * 1000;
@@ -582,6 +594,8 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
           read++;
           const n = checkMessage(m, `ledger ${q}`);
           if (n >= 0) counts.set(n, (counts.get(n) ?? 0) + 1);
+          // A client-made id is fixed before the first attempt: a resend keeps it.
+          if (n >= 0 && clientIds.has(n) && m.id !== clientIds.get(n)) violate(`${q}: message ${n} is stored as ${m.id}, confirmed as ${clientIds.get(n)}`);
           if (q === 'dead' || q === 'gaveup' || q === 'expired') {
             const death = (m.headers['x-death'] as { reason?: string; queue?: string; 'last-error'?: string }[] | undefined)?.[0];
             const [from, reason] = q === 'dead' ? ['work', 'rejected'] : q === 'gaveup' ? ['retry', 'rejected'] : ['slow', 'expired'];
@@ -658,6 +672,7 @@ export async function runSoak(partial: Partial<SoakOptions> = {}): Promise<SoakR
       downMs,
       published,
       confirmed: confirmed.size,
+      confirmedClientIds: clientIds.size,
       duplicateAnswers,
       failed: failedSet.size,
       delayed,

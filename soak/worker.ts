@@ -33,7 +33,7 @@ export function fileJournal(file: string): (kind: JournalKind, n: number, extra?
 export function workerHandler(seed: number, largeFraction: number, rngSeed: number, journal: (kind: JournalKind, n: number, extra?: string | number) => void): (m: RemoteMessage) => Promise<void> {
   const decide = random(rngSeed);
   return async (m) => {
-    const n = numberOf(m.id);
+    const n = numberOf(m);
     const problem = problemWith(m, seed, largeFraction);
     if (problem !== null) journal('X', Math.max(n, 0), problem.replace(/\n/g, ' '));
     if (n < 0) return;

@@ -29,6 +29,8 @@ describe('the durability soak, short', () => {
     expect(r.workerKills).toBeGreaterThanOrEqual(3);
     expect(r.startupKills).toBeGreaterThanOrEqual(1);
     expect(r.confirmed).toBeGreaterThan(1000);
+    // Some published without an id: the client's own ids (PUBLISH flag NEW_ID) across the kills.
+    expect(r.confirmedClientIds).toBeGreaterThan(100);
     expect(r.delayed).toBeGreaterThan(50);
     expect(r.nacks).toBeGreaterThan(50);
     expect(r.rejects).toBeGreaterThan(10);
