@@ -8,6 +8,14 @@
  *
  * Writes are group-committed like appends: while one write is in flight, new changes wait and
  * then share the next write and fsync. A change is lost by a crash only if its write had not resolved.
+ *
+ * Acks nobody awaits (a consumer's 'auto' handler returned, a served client's DONE) also wait up
+ * to `batchMs` before their write starts, so that more of them share it. A busy consumer otherwise
+ * keeps one write and fdatasync after another in flight, each covering a few hundred acks; on a
+ * 2-CPU machine those thread-pool fsyncs took CPU from the broker and its clients (a served drain
+ * ran ~30% faster with 5 ms: 8 of 8 alternated pairs; the embedded drain did not change). Anything
+ * awaited (a manual ack's promise, a delivery count, a retry time, `drain`) cuts the wait short.
+ * After a crash, an ack still waiting is lost like any unwritten one: its message comes again.
  */
 import { SpoolError } from '../errors.js';
 import { Log, type LogOptions, type RecordInput } from '../log/index.js';
@@ -179,6 +187,11 @@ export class AckStore {
   private flushing = false;
   private recordsSinceSnapshot = 0;
   private idle: (() => void)[] = [];
+  /** The wait before a write of only unawaited acks (see the header): its timer, and what ends it early. */
+  private batchTimer: NodeJS.Timeout | null = null;
+  private batchWake: (() => void) | null = null;
+  /** `drain` was called: no more waits until the loop goes idle. */
+  private draining = false;
   /** The committed offset as far as the disk knows: retention may only delete below this. */
   durableCommitted: number;
   onError: (err: Error) => void = () => {};
@@ -188,6 +201,8 @@ export class AckStore {
   private constructor(
     private readonly log: Log,
     readonly state: AckState,
+    /** How long unawaited acks wait for company before a write (0: none). */
+    private readonly batchMs: number,
   ) {
     this.durableCommitted = state.committed;
   }
@@ -197,7 +212,7 @@ export class AckStore {
    * queue's first retained offset: a committed offset below it (a crash between retention and
    * an ack write) is raised to it, since those messages are gone.
    */
-  static async open(dir: string, initialCommitted: number, floor: number, logOptions: LogOptions): Promise<AckStore> {
+  static async open(dir: string, initialCommitted: number, floor: number, logOptions: LogOptions, batchMs = 0): Promise<AckStore> {
     // Never blocking commits: acks of a fast drain flush thousands of times a second, and the
     // drain would stall on every one of them.
     const { log, recovery } = await Log.open(dir, { ...logOptions, segmentBytesMax: ACK_SEGMENT_BYTES, blockingCommitBytes: 0 });
@@ -205,7 +220,7 @@ export class AckStore {
     if (recovery.created || log.endOffset === log.startOffset) {
       state.committed = initialCommitted;
       await log.appendOne({ value: encodeSnapshot(state) });
-      return new AckStore(log, state);
+      return new AckStore(log, state, batchMs);
     }
     let next = log.startOffset;
     for (;;) {
@@ -222,7 +237,7 @@ export class AckStore {
       state.committed = c;
       await log.appendOne({ value: encodeSnapshot(state) });
     }
-    const store = new AckStore(log, state);
+    const store = new AckStore(log, state, batchMs);
     store.recordsSinceSnapshot = log.endOffset - log.startOffset;
     return store;
   }
@@ -252,7 +267,10 @@ export class AckStore {
 
   private queued(wantPromise: boolean): Promise<void> | undefined {
     let p: Promise<void> | undefined;
-    if (wantPromise) p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    if (wantPromise) {
+      p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+      this.endBatchWait();
+    }
     if (!this.flushing) {
       this.flushing = true;
       queueMicrotask(() => void this.flushLoop());
@@ -260,9 +278,26 @@ export class AckStore {
     return p;
   }
 
+  /** Waits up to `batchMs` for more changes (see the header), unless `endBatchWait` comes first. */
+  private batchWait(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.batchWake = resolve;
+      this.batchTimer = setTimeout(() => this.endBatchWait(), this.batchMs);
+    });
+  }
+
+  private endBatchWait(): void {
+    if (this.batchTimer !== null) clearTimeout(this.batchTimer);
+    this.batchTimer = null;
+    const wake = this.batchWake;
+    this.batchWake = null;
+    wake?.();
+  }
+
   private async flushLoop(): Promise<void> {
     try {
       while (this.pending.length > 0 || this.pendingCounts.size > 0 || this.pendingRetry.size > 0) {
+        if (this.batchMs > 0 && this.waiters.length === 0 && !this.draining) await this.batchWait();
         const records: RecordInput[] = [];
         // Counts and retries first: an ack in the same write then wins on replay.
         if (this.pendingCounts.size > 0) records.push({ value: encodePairs(KIND_COUNTS, this.pendingCounts) });
@@ -290,6 +325,7 @@ export class AckStore {
       }
     } finally {
       this.flushing = false;
+      this.draining = false;
       const idle = this.idle;
       this.idle = [];
       for (const f of idle) f();
@@ -306,6 +342,8 @@ export class AckStore {
   /** Resolves when every change handed over so far is durable (or failed). */
   drain(): Promise<void> {
     if (!this.flushing) return Promise.resolve();
+    this.draining = true;
+    this.endBatchWait();
     return new Promise((resolve) => this.idle.push(resolve));
   }
 
