@@ -28,12 +28,14 @@
  * resend after a lost connection repeats one), and an unindexed entry that leaves the window costs
  * no table work either. Any lookup (`claim`, `holds`) first puts every unindexed entry in the table,
  * so it sees them all. Each entry is still indexed at most once, so a mix of new and other keys
- * costs what it did before; a long run of new keys and then one lookup pays for the run at once
- * (at most `entriesMax` inserts: measured 8 ms for 100,000 and 66-100 ms for 1,000,000, one
- * stall of the event loop; only a resend, a caller's id or a delayed fire's check looks up, and
- * with those coming often the unindexed run stays short). Claiming a new key skips the random
- * access into the table that is most of a claim's cost (bench `micro`, a full window: 446 ns a
- * key with the lookup, 113 without).
+ * costs what it did before. But a long run of new keys and then one lookup pays for the run at
+ * once, in one stall of the event loop (measured: 8 ms for 100,000 entries, 66-100 ms for
+ * 1,000,000, the limit). So new keys stay unindexed only while the window saw no lookup for
+ * `indexEagerlyMs` (10 s): a queue that also gets callers' ids or resends indexes each new key as
+ * it comes (the old cost, no stalls), and one that gets only client-made ids skips the table
+ * until its next lookup, typically a resend after a reconnect. Claiming a new key unindexed skips
+ * the random access into the table that is most of a claim's cost (bench `micro`, a full window:
+ * 446 ns a key with the lookup, 113 without).
  *
  * A hash match is a candidate, not an answer: the record at the candidate's offset is read and its
  * key compared, so two keys that share a hash never make a message a false duplicate. Only when
@@ -93,6 +95,9 @@ const DEAD = 0;
 const CLAIMED = 1;
 const STORED = 2;
 
+/** New keys are indexed as they come while the window saw a lookup this recently (see the header). */
+const INDEX_EAGERLY_MS = 10_000;
+
 export type Claim = 'claimed' | 'duplicate';
 
 export class DedupeWindow {
@@ -109,6 +114,8 @@ export class DedupeWindow {
   /** Live entries with `unindexed` set, and a sequence number at or before the oldest of them. */
   private unindexedCount = 0;
   private unindexedFrom = 0;
+  /** When `claim` or `holds` last ran (-Infinity: never). */
+  private lookedUpAt = Number.NEGATIVE_INFINITY;
   /** Absolute sequence numbers: the oldest entry, and the next one to be made. */
   private head = 0;
   private tail = 0;
@@ -139,6 +146,8 @@ export class DedupeWindow {
     private readonly entriesMax: number,
     /** The dedupe key of the record at `offset` ('' when it has none), or null when the record is gone. */
     private readonly keyAt: (offset: number) => Promise<string | null>,
+    /** How long after a lookup `claimNew` still indexes (see the header); tests vary it. */
+    private readonly indexEagerlyMs = INDEX_EAGERLY_MS,
   ) {
     assert(entriesMax >= 1, 'the window holds at least one entry');
   }
@@ -167,6 +176,7 @@ export class DedupeWindow {
    */
   claim(key: string, now: number): Claim | Promise<Claim> {
     this.evict(now);
+    this.lookedUpAt = now;
     if (this.unindexedCount > 0) this.indexAll();
     // Room first: dropping an entry or growing the table moves slots, and the probe below must
     // end at the slot the new entry takes.
@@ -200,6 +210,17 @@ export class DedupeWindow {
   claimNew(key: string, now: number): 'claimed' {
     this.evict(now);
     if (this.tail - this.head >= this.entriesMax) this.dropOldest();
+    if (now - this.lookedUpAt < this.indexEagerlyMs) {
+      // Lookups come here: index it now, as `claim` would, so none meets a long unindexed run.
+      if (this.unindexedCount > 0) this.indexAll();
+      if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
+      const slot = this.probe(key, now);
+      assert(slot >= 0, 'a new key has no pending claim');
+      // Stored entries with its hash are other keys (it is new): it goes in after them.
+      this.probeOffsets = null;
+      this.addClaim(key, this.scratch.h1, this.scratch.h2, now + this.windowMs, slot);
+      return 'claimed';
+    }
     const h = keyHashing.hashKey(key, this.scratch);
     this.addClaim(key, h.h1, h.h2, now + this.windowMs, -1);
     return 'claimed';
@@ -227,6 +248,7 @@ export class DedupeWindow {
    */
   holds(key: string, now: number): boolean | Promise<boolean> {
     this.evict(now);
+    this.lookedUpAt = now;
     if (this.unindexedCount > 0) this.indexAll();
     if (this.probe(key, now) < 0) return true;
     const offsets = this.probeOffsets;

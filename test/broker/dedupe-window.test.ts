@@ -33,11 +33,12 @@ async function settle(c: Claim | Promise<Claim>): Promise<Claim> {
 }
 
 describe('DedupeWindow', () => {
-  it('agrees with a Map of exact keys over random claims, holds, stores, releases and time (collisions forced on half the keys)', async () => {
+  // Each model test runs with new keys indexed lazily always (0) and eagerly after lookups (the default).
+  it.each([0, 10_000])('agrees with a Map of exact keys over random claims, holds, stores, releases and time (collisions forced on half the keys; indexEagerlyMs %i)', async (eagerMs) => {
     // Proves exactness: a reference Map<key, until> and the window must give the same answer to every claim; keys 'c*' all share one hash.
     keyHashing.hashKey = (id, out) => (id.startsWith('c') ? Object.assign(out, { h1: 7, h2: 9 }) : hashKey(id, out));
     const log = new FakeLog();
-    const w = new DedupeWindow(1000, 1_000_000, log.keyAt);
+    const w = new DedupeWindow(1000, 1_000_000, log.keyAt, eagerMs);
     const ref = new Map<string, number>();
     const rnd = seededRandom(42);
     let now = 1_000_000;
@@ -63,10 +64,10 @@ describe('DedupeWindow', () => {
     expect(log.reads).toBeGreaterThan(100);
   });
 
-  it('agrees with a reference when appends resolve out of order, across growth of the ring and table', async () => {
+  it.each([0, 10_000])('agrees with a reference when appends resolve out of order, across growth of the ring and table (indexEagerlyMs %i)', async (eagerMs) => {
     // Proves the pending-claim bookkeeping: hundreds of claims in flight at once, stored or released in random order (not the claim order the fast path expects), keys repeated while in flight, thousands of keys so every array grows.
     const log = new FakeLog();
-    const w = new DedupeWindow(1_000_000, 10_000_000, log.keyAt);
+    const w = new DedupeWindow(1_000_000, 10_000_000, log.keyAt, eagerMs);
     const stored = new Set<string>();
     const pending: string[] = [];
     const rnd = seededRandom(11);
@@ -129,16 +130,24 @@ describe('DedupeWindow', () => {
     expect(w.indexed).toBe(3000);
     expect(await w.holds('n2950', 1)).toBe(true);
     for (let i = 2900; i < 3000; i++) w.stored(`n${i}`, log.append(`n${i}`));
-    // New keys released or expired unindexed leave no table entries.
+    // Lookups came (at 1), so for the next 10 s a new key is indexed as it comes: no later lookup
+    // meets a long unindexed run. Released, it leaves the table again.
     expect(w.claimNew('r', 2)).toBe('claimed');
+    expect(w.indexed).toBe(3001);
     w.release('r');
-    expect(await settle(w.claim('r', 3))).toBe('claimed');
-    w.release('r');
-    for (let i = 0; i < 100; i++) w.claimNew(`late${i}`, 5);
     expect(w.indexed).toBe(3000);
-    expect(await settle(w.claim('fresh', 2000))).toBe('claimed'); // every n* and late* expired
+    // 10 s without a lookup (everything before expired meanwhile): unindexed again.
+    for (let i = 0; i < 100; i++) w.claimNew(`late${i}`, 20_000);
+    expect(w.indexed).toBe(0);
+    expect(await settle(w.claim('late5', 20_001))).toBe('duplicate'); // still in flight
+    expect(w.indexed).toBe(100);
+    // New keys that expire unindexed leave no table entries either.
+    for (let i = 0; i < 100; i++) w.claimNew(`later${i}`, 40_000);
+    expect(w.indexed).toBe(0);
+    expect(await settle(w.claim('fresh', 50_000))).toBe('claimed'); // every late* and later* expired
     expect(w.indexed).toBe(1);
     expect(w.size).toBe(0);
+    expect(w.claimed).toBe(1);
   });
 
   it('forgets keys whose window ended and keeps at most entriesMax', async () => {
