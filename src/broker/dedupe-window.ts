@@ -207,7 +207,7 @@ export class DedupeWindow {
    * client made it for this publish and sends it for the first time. Nothing is looked up (see the
    * header); then call `stored` or `release`, as after `claim`.
    */
-  claimNew(key: string, now: number): 'claimed' {
+  claimNew(key: string, now: number): Claim {
     this.evict(now);
     if (this.tail - this.head >= this.entriesMax) this.dropOldest();
     if (now - this.lookedUpAt < this.indexEagerlyMs) {
@@ -215,8 +215,10 @@ export class DedupeWindow {
       if (this.unindexedCount > 0) this.indexAll();
       if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
       const slot = this.probe(key, now);
-      assert(slot >= 0, 'a new key has no pending claim');
-      // Stored entries with its hash are other keys (it is new): it goes in after them.
+      // Held by a claim in flight: not new after all (a client that set NEW_ID wrongly). The
+      // lazy path cannot see this; here it costs nothing to answer it right.
+      if (slot < 0) return 'duplicate';
+      // Stored entries with its hash are taken as other keys: the caller says it is new.
       this.probeOffsets = null;
       this.addClaim(key, this.scratch.h1, this.scratch.h2, now + this.windowMs, slot);
       return 'claimed';

@@ -134,6 +134,8 @@ describe('DedupeWindow', () => {
     // meets a long unindexed run. Released, it leaves the table again.
     expect(w.claimNew('r', 2)).toBe('claimed');
     expect(w.indexed).toBe(3001);
+    // Indexing, it also sees a key wrongly called new while a claim of it is in flight.
+    expect(w.claimNew('r', 2)).toBe('duplicate');
     w.release('r');
     expect(w.indexed).toBe(3000);
     // 10 s without a lookup (everything before expired meanwhile): unindexed again.
