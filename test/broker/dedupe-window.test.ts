@@ -152,6 +152,18 @@ describe('DedupeWindow', () => {
     expect(w.claimed).toBe(1);
   });
 
+  it('ids made in sequence share a table block: h1 differs only in its low 3 bits when the last character does', () => {
+    // Proves the locality of hashKey's h1 (one cache miss for up to 8 consecutive ids); ids that differ elsewhere scatter.
+    const h1 = (k: string) => hashKey(k, { h1: 0, h2: 0 }).h1;
+    const block = (k: string) => h1(k) >>> 3;
+    const ids = Array.from({ length: 8 }, (_, i) => `order-1${i}`); // last characters '0'..'7': 0x30..0x37
+    expect(new Set(ids.map(block)).size).toBe(1);
+    expect(new Set(ids.map(h1)).size).toBe(8);
+    expect(new Set(ids.map((k) => hashKey(k, { h1: 0, h2: 0 }).h2)).size).toBe(8);
+    const spread = Array.from({ length: 64 }, (_, i) => `order-${i}0`);
+    expect(new Set(spread.map(block)).size).toBeGreaterThan(60);
+  });
+
   it('forgets keys whose window ended and keeps at most entriesMax', async () => {
     // Proves eviction: entries leave at their expiry and beyond the bound, oldest first.
     const log = new FakeLog();
