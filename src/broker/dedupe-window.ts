@@ -199,12 +199,7 @@ export class DedupeWindow {
   claim(key: string, now: number): Claim | Promise<Claim> {
     this.evict(now);
     this.lookedUpAt = now;
-    if (this.unindexedCount > 0) this.indexAll();
-    // Room first: dropping an entry or growing the table moves slots, and the probe below must
-    // end at the slot the new entry takes.
-    if (this.tail - this.head >= this.entriesMax) this.dropOldest();
-    if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
-    const slot = this.probe(key, now);
+    const slot = this.probeToInsert(key, now);
     if (slot < 0) return 'duplicate';
     const offsets = this.probeOffsets;
     this.probeOffsets = null;
@@ -231,12 +226,9 @@ export class DedupeWindow {
    */
   claimNew(key: string, now: number): Claim {
     this.evict(now);
-    if (this.tail - this.head >= this.entriesMax) this.dropOldest();
     if (now - this.lookedUpAt < this.indexEagerlyMs) {
       // Lookups come here: index it now, as `claim` would, so none meets a long unindexed run.
-      if (this.unindexedCount > 0) this.indexAll();
-      if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
-      const slot = this.probe(key, now);
+      const slot = this.probeToInsert(key, now);
       // Held by a claim in flight: not new after all (a client that set NEW_ID wrongly). The
       // lazy path cannot see this; here it costs nothing to answer it right.
       if (slot < 0) return 'duplicate';
@@ -245,9 +237,21 @@ export class DedupeWindow {
       this.addClaim(key, this.scratch.h1, this.scratch.h2, now + this.windowMs, slot);
       return 'claimed';
     }
+    if (this.tail - this.head >= this.entriesMax) this.dropOldest();
     const h = keyHashing.hashKey(key, this.scratch);
     this.addClaim(key, h.h1, h.h2, now + this.windowMs, -1);
     return 'claimed';
+  }
+
+  /**
+   * `probe` for a key about to be claimed, with every entry indexed and room made first: dropping
+   * an entry or growing the table moves slots, and the probe must end at the slot the new entry takes.
+   */
+  private probeToInsert(key: string, now: number): number {
+    if (this.unindexedCount > 0) this.indexAll();
+    if (this.tail - this.head >= this.entriesMax) this.dropOldest();
+    if ((this.tableUsed + 1) * 2 > this.tableMask + 1) this.growTable();
+    return this.probe(key, now);
   }
 
   /** Puts every unindexed entry in the table, so that a probe sees all the window's entries. */
